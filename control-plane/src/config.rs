@@ -1,0 +1,251 @@
+//! Command-line / environment configuration, validated in one pass before anything binds.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::error::Error;
+use crate::topology::NodeAddr;
+
+/// Configuration of the control plane (flags, or `PIVOT_*` environment variables).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "pivot-control-plane",
+    version,
+    about = "Pivot control plane: watches Redis Sentinels and streams topology to Pivot proxies"
+)]
+pub struct Config {
+    /// Directory holding the SQLite store (created if missing).
+    #[arg(
+        long,
+        env = "PIVOT_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./pivot-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Address of the HTTP server (REST API, web UI, /metrics, /healthz, /readyz).
+    #[arg(
+        long,
+        env = "PIVOT_HTTP_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub http_listen: SocketAddr,
+
+    /// Address of the gRPC server proxies stream their configuration from.
+    #[arg(
+        long,
+        env = "PIVOT_GRPC_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub grpc_listen: SocketAddr,
+
+    /// Registers or updates a service: NAME is the Sentinel master name, followed by the
+    /// addresses of its Sentinels. Repeatable; in PIVOT_SERVICES separate services with `;`.
+    #[arg(
+        long = "service",
+        env = "PIVOT_SERVICES",
+        value_name = "NAME=HOST:PORT,HOST:PORT,...",
+        value_delimiter = ';'
+    )]
+    pub services: Vec<ServiceSpec>,
+
+    /// How often every Sentinel is polled (events trigger an immediate poll as well).
+    #[arg(long, env = "PIVOT_SENTINEL_POLL_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sentinel_poll_interval: Duration,
+
+    /// Log output format.
+    #[arg(long, env = "PIVOT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A service to watch: its Sentinel master name and its Sentinels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Sentinel master name.
+    pub name: String,
+    /// Configured Sentinels.
+    pub sentinels: Vec<NodeAddr>,
+}
+
+impl FromStr for ServiceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, addrs) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}` is not NAME=HOST:PORT,..."))?;
+        let name = name.trim();
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(format!(
+                "`{s}`: the service name must be non-empty, without spaces"
+            ));
+        }
+        let sentinels = addrs
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(NodeAddr::from_str)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("service `{name}`: {e}"))?;
+        if sentinels.is_empty() {
+            return Err(format!(
+                "service `{name}` needs at least one Sentinel address"
+            ));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            sentinels,
+        })
+    }
+}
+
+impl Config {
+    /// A configuration with the defaults and no services (for tests and embedding).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut c = Config::parse_from(["pivot-control-plane"]);
+        c.data_dir = data_dir.into();
+        c
+    }
+
+    /// Checks everything that can be checked before binding: unique service names, at
+    /// least one Sentinel per service, no duplicate Sentinels, a sane poll interval.
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut names = HashSet::new();
+        for s in &self.services {
+            if s.name.is_empty() || s.name.contains(char::is_whitespace) {
+                return Err(Error::Config(format!("invalid service name `{}`", s.name)));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(Error::Config(format!(
+                    "service `{}` is given more than once",
+                    s.name
+                )));
+            }
+            if s.sentinels.is_empty() {
+                return Err(Error::Config(format!(
+                    "service `{}` needs at least one Sentinel",
+                    s.name
+                )));
+            }
+            let mut seen = HashSet::new();
+            for a in &s.sentinels {
+                if a.port == 0 || a.host.is_empty() {
+                    return Err(Error::Config(format!(
+                        "service `{}`: invalid Sentinel address `{a}`",
+                        s.name
+                    )));
+                }
+                if !seen.insert(a) {
+                    return Err(Error::Config(format!(
+                        "service `{}`: Sentinel {a} is listed twice",
+                        s.name
+                    )));
+                }
+            }
+        }
+        if self.sentinel_poll_interval < Duration::from_millis(10) {
+            return Err(Error::Config(
+                "--sentinel-poll-interval must be at least 10ms".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::try_parse_from(["x"]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./pivot-data"));
+        assert_eq!(c.http_listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.grpc_listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(c.sentinel_poll_interval, Duration::from_secs(1));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.services.is_empty());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn services_repeatable() {
+        let c = Config::try_parse_from([
+            "x",
+            "--service",
+            "mymaster=127.0.0.1:26379,127.0.0.1:26380",
+            "--service",
+            "other=sentinel.local:26379",
+            "--sentinel-poll-interval",
+            "250ms",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services[0].name, "mymaster");
+        assert_eq!(
+            c.services[0].sentinels,
+            vec![
+                NodeAddr::new("127.0.0.1", 26379),
+                NodeAddr::new("127.0.0.1", 26380)
+            ]
+        );
+        assert_eq!(
+            c.services[1].sentinels,
+            vec![NodeAddr::new("sentinel.local", 26379)]
+        );
+        assert_eq!(c.sentinel_poll_interval, Duration::from_millis(250));
+        assert_eq!(c.log_format, LogFormat::Json);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_service_specs() {
+        for bad in [
+            "noequals",
+            "=h:1",
+            "a=",
+            "a=h",
+            "a=h:0",
+            "a=h:1,h:x",
+            "a b=h:1",
+        ] {
+            assert!(
+                Config::try_parse_from(["x", "--service", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn validate_rejects_duplicates() {
+        let c = Config::try_parse_from(["x", "--service", "a=h:1", "--service", "a=h:2"]).unwrap();
+        assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("more than once")));
+        let c = Config::try_parse_from(["x", "--service", "a=h:1,h:1"]).unwrap();
+        assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("twice")));
+        let mut c = Config::with_data_dir("/tmp/x");
+        c.services.push(ServiceSpec {
+            name: "a".into(),
+            sentinels: vec![],
+        });
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,44 @@
+//! The crate's one error type. Every variant says who caused it (operator config, the
+//! store, the OS); HTTP and gRPC callers never see these messages (see `http`, `grpc`).
+
+use std::net::SocketAddr;
+
+/// Errors of the control plane's start-up and run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operator's configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A listener could not be bound; `flag` names the option that moves it.
+    #[error("cannot listen on {addr} (set another address with {flag}): {source}")]
+    Bind {
+        /// The command-line flag that sets this address.
+        flag: &'static str,
+        /// The address that was asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The data directory could not be created or used.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The SQLite store failed.
+    #[error("store: {0}")]
+    Store(#[from] sqlx::Error),
+    /// A schema migration failed.
+    #[error("store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A server stopped with an error.
+    #[error("{server} server: {message}")]
+    Serve {
+        /// `http` or `grpc`.
+        server: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}

@@ -1,0 +1,115 @@
+//! Domain -> `pivot.v1` conversions. The only place that knows proto types besides the
+//! service itself.
+
+use pivot_proto::v1 as pb;
+
+use crate::state::{Consistency, Policy, ReadPolicy, ServiceState, Target};
+use crate::topology::{NodeAddr, Topology};
+
+/// A node address on the wire.
+pub fn node(a: &NodeAddr) -> pb::Node {
+    pb::Node {
+        host: a.host.clone(),
+        port: u32::from(a.port),
+    }
+}
+
+/// A topology on the wire.
+pub fn topology(t: &Topology) -> pb::Topology {
+    pb::Topology {
+        master: t.master.as_ref().map(node),
+        replicas: t
+            .replicas
+            .iter()
+            .map(|r| pb::Replica {
+                node: Some(node(&r.addr)),
+                healthy: r.healthy,
+                lag_bytes: r.lag_bytes,
+                link_down_ms: r.link_down_ms,
+                reason: r.reason.clone(),
+            })
+            .collect(),
+        sentinels: t
+            .sentinels
+            .iter()
+            .map(|s| pb::SentinelInfo {
+                node: Some(node(&s.addr)),
+                configured: s.configured,
+                reachable: s.reachable,
+            })
+            .collect(),
+        config_epoch: t.config_epoch,
+        changed_version: t.changed_version,
+        changed_at: t.changed_at.map(prost_types::Timestamp::from),
+    }
+}
+
+/// A routing policy on the wire.
+pub fn policy(p: &Policy) -> pb::RoutingPolicy {
+    let read_policy = match p.read_policy {
+        ReadPolicy::MasterOnly => pb::ReadPolicy::MasterOnly,
+        ReadPolicy::Replicas => pb::ReadPolicy::Replicas,
+        ReadPolicy::All => pb::ReadPolicy::All,
+    };
+    let consistency = match p.consistency {
+        Consistency::Eventual => pb::Consistency::Eventual,
+        Consistency::ReadYourWrites => pb::Consistency::ReadYourWrites,
+        Consistency::Strong => pb::Consistency::Strong,
+    };
+    pb::RoutingPolicy {
+        read_policy: read_policy.into(),
+        consistency: consistency.into(),
+        rules: p
+            .rules
+            .iter()
+            .map(|r| pb::CommandRule {
+                command: r.command.clone(),
+                target: match r.target {
+                    Target::Master => pb::Target::Master,
+                    Target::Replica => pb::Target::Replica,
+                    Target::Any => pb::Target::Any,
+                }
+                .into(),
+            })
+            .collect(),
+    }
+}
+
+/// One service's configuration on the wire.
+pub fn service(s: &ServiceState) -> pb::ServiceConfig {
+    pb::ServiceConfig {
+        name: s.name.clone(),
+        topology: Some(topology(&s.topology)),
+        policy: Some(policy(&s.policy)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn default_policy_on_the_wire() {
+        let p = policy(&Policy::default());
+        assert_eq!(p.read_policy(), pb::ReadPolicy::Replicas);
+        assert_eq!(p.consistency(), pb::Consistency::ReadYourWrites);
+        assert!(p.rules.is_empty());
+    }
+
+    #[test]
+    fn topology_on_the_wire() {
+        let t = Topology {
+            master: Some(NodeAddr::new("127.0.0.1", 7000)),
+            config_epoch: 2,
+            changed_version: 9,
+            changed_at: Some(std::time::SystemTime::UNIX_EPOCH),
+            ..Topology::default()
+        };
+        let p = topology(&t);
+        assert_eq!(p.master.unwrap().port, 7000);
+        assert_eq!(p.config_epoch, 2);
+        assert_eq!(p.changed_version, 9);
+        assert_eq!(p.changed_at.unwrap().seconds, 0);
+    }
+}

@@ -1,0 +1,227 @@
+//! Pivot's control plane: watches the Redis Sentinels of every service, decides each
+//! service's topology, versions it, and streams it to the proxy fleet.
+//!
+//! Data flows top to bottom through these modules:
+//!
+//! - [`config`]: flags / environment, validated before anything binds.
+//! - [`store`]: SQLite (services, topology events, proxies, version reservation).
+//! - [`sentinel`]: one watcher per service, one link per Sentinel (pub/sub + polling),
+//!   producing [`topology::SentinelView`]s.
+//! - [`topology`]: domain types and the pure [`topology::decide`] rule.
+//! - [`state`]: the versioned fleet snapshot (`watch::Sender<Arc<FleetState>>`) and the
+//!   events each change writes.
+//! - [`grpc`]: the `ProxyDiscovery` config stream (proto conversion in `grpc::convert`)
+//!   and the registry of proxies and the versions they run.
+//! - [`http`]: health, readiness, metrics, REST API and the embedded web page.
+//! - [`metrics`]: the Prometheus registry.
+//!
+//! [`ControlPlane`] wires them: `bind` opens the store and the listeners, `run` serves
+//! until its `CancellationToken` is cancelled and then drains within a bounded time.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod sentinel;
+pub mod state;
+pub mod store;
+pub mod topology;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pivot_proto::v1::proxy_discovery_server::ProxyDiscoveryServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::{Config, ServiceSpec};
+pub use error::Error;
+
+use crate::grpc::{Discovery, ProxyRegistry};
+use crate::metrics::Metrics;
+use crate::state::State;
+use crate::store::{Store, StoredService, Writer};
+
+/// How long servers and watchers get to finish after shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A control plane with its store open and its listeners bound, ready to [`run`](Self::run).
+#[derive(Debug)]
+pub struct ControlPlane {
+    config: Config,
+    store: Store,
+    services: Vec<StoredService>,
+    state: Arc<State>,
+    registry: Arc<ProxyRegistry>,
+    metrics: Arc<Metrics>,
+    writer: Writer,
+    /// Cancelled by `run` after the servers drained; ends the store writer task.
+    writer_stop: CancellationToken,
+    writer_task: tokio::task::JoinHandle<()>,
+    http: TcpListener,
+    grpc: TcpListener,
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+}
+
+async fn bind_listener(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { flag, addr, source })
+}
+
+impl ControlPlane {
+    /// Validates `config`, binds both listeners, opens the store (creating `data_dir` if
+    /// missing; SQLite WAL; embedded migrations) and registers or updates
+    /// `config.services`. A busy port gives an error naming the flag that moves it.
+    pub async fn bind(config: Config) -> Result<ControlPlane, Error> {
+        config.validate()?;
+        let http = bind_listener(config.http_listen, "--http-listen").await?;
+        let grpc = bind_listener(config.grpc_listen, "--grpc-listen").await?;
+        let local = |l: &TcpListener, flag: &'static str, addr: SocketAddr| {
+            l.local_addr()
+                .map_err(|source| Error::Bind { flag, addr, source })
+        };
+        let http_addr = local(&http, "--http-listen", config.http_listen)?;
+        let grpc_addr = local(&grpc, "--grpc-listen", config.grpc_listen)?;
+
+        let store = Store::open(&config.data_dir).await?;
+        for s in &config.services {
+            store.upsert_service(s).await?;
+        }
+        // The store is the source of truth: services registered by earlier runs are
+        // watched too.
+        let services = store.services().await?;
+        let writer_stop = CancellationToken::new();
+        let (writer, writer_task) = store::spawn_writer(store.clone(), writer_stop.clone());
+        let metrics = Arc::new(Metrics::new());
+        let state = State::new(store.clone(), writer.clone(), metrics.clone(), &services).await?;
+        Ok(ControlPlane {
+            config,
+            store,
+            services,
+            state,
+            registry: Arc::new(ProxyRegistry::default()),
+            metrics,
+            writer,
+            writer_stop,
+            writer_task,
+            http,
+            grpc,
+            http_addr,
+            grpc_addr,
+        })
+    }
+
+    /// The bound HTTP address (the real port when configured with port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bound gRPC address (the real port when configured with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Runs the watchers and both servers until `shutdown` is cancelled (or a server
+    /// fails), then drains within a bounded time.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        // Everything below stops on `stop`: the caller's shutdown, or a failed server.
+        let stop = shutdown.child_token();
+        let tracker = TaskTracker::new();
+        for s in &self.services {
+            sentinel::spawn_watcher(
+                s.clone(),
+                self.state.clone(),
+                self.config.sentinel_poll_interval,
+                tracker.clone(),
+                stop.clone(),
+            );
+        }
+        tracker.close();
+
+        let app = http::AppState {
+            state: self.state.clone(),
+            registry: self.registry.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let http_server = axum::serve(self.http, http::router(app))
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let mut http_task = tokio::spawn(async move { http_server.await });
+
+        let discovery = Discovery::new(
+            self.state.clone(),
+            self.registry.clone(),
+            self.writer.clone(),
+            self.metrics.clone(),
+            stop.clone(),
+        );
+        let grpc_server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(ProxyDiscoveryServer::new(discovery))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.grpc),
+                stop.clone().cancelled_owned(),
+            );
+        let mut grpc_task = tokio::spawn(grpc_server);
+        info!(http = %self.http_addr, grpc = %self.grpc_addr, services = self.services.len(), "control plane running");
+
+        let mut failure: Option<Error> = None;
+        let (mut http_done, mut grpc_done) = (false, false);
+        tokio::select! {
+            () = stop.cancelled() => {}
+            r = &mut http_task => {
+                http_done = true;
+                failure = Some(Error::Serve { server: "http", message: outcome(r.map(|r| r.map_err(|e| e.to_string()))) });
+            }
+            r = &mut grpc_task => {
+                grpc_done = true;
+                failure = Some(Error::Serve { server: "grpc", message: outcome(r.map(|r| r.map_err(|e| e.to_string()))) });
+            }
+        }
+        stop.cancel();
+        info!("shutting down");
+
+        let drain = async {
+            if !http_done {
+                let _ = http_task.await;
+            }
+            if !grpc_done {
+                let _ = grpc_task.await;
+            }
+            tracker.wait().await;
+        };
+        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+            warn!(timeout = ?DRAIN_TIMEOUT, "drain timed out; stopping anyway");
+        }
+        // Servers and watchers are done: flush queued store writes, then close.
+        self.writer_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.writer_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.store.close()).await;
+        info!("stopped");
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn outcome(r: Result<Result<(), String>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => "stopped unexpectedly".into(),
+        Ok(Err(e)) => e,
+        Err(e) => format!("task failed: {e}"),
+    }
+}
+
+/// Binds and runs a control plane until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    ControlPlane::bind(config).await?.run(shutdown).await
+}

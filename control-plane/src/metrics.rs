@@ -1,0 +1,140 @@
+//! Prometheus metrics (prometheus-client), registered once at start and served by `http`
+//! at `/metrics`. The state and gRPC modules update them as things happen.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label set naming a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabel {
+    /// Sentinel master name.
+    pub service: String,
+}
+
+impl ServiceLabel {
+    /// Label for `service`.
+    pub fn new(service: &str) -> Self {
+        Self {
+            service: service.to_string(),
+        }
+    }
+}
+
+/// Every metric of the control plane.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Current config version.
+    pub config_version: Gauge,
+    /// 1 when the service has an accepted master.
+    pub master_known: Family<ServiceLabel, Gauge>,
+    /// Replicas proxies may read from.
+    pub healthy_replicas: Family<ServiceLabel, Gauge>,
+    /// Sentinels with a working link.
+    pub sentinels_reachable: Family<ServiceLabel, Gauge>,
+    /// Accepted master changes from one known master to another.
+    pub failovers: Family<ServiceLabel, Counter>,
+    /// Topology events (version bumps) per service.
+    pub events: Family<ServiceLabel, Counter>,
+    /// Proxy config streams currently open.
+    pub proxies_connected: Gauge,
+    /// ACKs received from proxies.
+    pub proxy_acks: Counter,
+    /// NACKs received from proxies.
+    pub proxy_nacks: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `pivot` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pivot");
+        let config_version = Gauge::default();
+        let master_known = Family::<ServiceLabel, Gauge>::default();
+        let healthy_replicas = Family::<ServiceLabel, Gauge>::default();
+        let sentinels_reachable = Family::<ServiceLabel, Gauge>::default();
+        let failovers = Family::<ServiceLabel, Counter>::default();
+        let events = Family::<ServiceLabel, Counter>::default();
+        let proxies_connected = Gauge::default();
+        let proxy_acks = Counter::default();
+        let proxy_nacks = Counter::default();
+        registry.register(
+            "config_version",
+            "Current configuration version",
+            config_version.clone(),
+        );
+        registry.register(
+            "service_master_known",
+            "1 when the service has an accepted master",
+            master_known.clone(),
+        );
+        registry.register(
+            "service_healthy_replicas",
+            "Replicas proxies may read from",
+            healthy_replicas.clone(),
+        );
+        registry.register(
+            "service_sentinels_reachable",
+            "Sentinels the control plane has a working link to",
+            sentinels_reachable.clone(),
+        );
+        registry.register(
+            "service_failovers",
+            "Accepted changes from one master to another",
+            failovers.clone(),
+        );
+        registry.register(
+            "service_topology_events",
+            "Topology changes (configuration versions) per service",
+            events.clone(),
+        );
+        registry.register(
+            "proxies_connected",
+            "Proxy configuration streams currently open",
+            proxies_connected.clone(),
+        );
+        registry.register(
+            "proxy_acks",
+            "ACKs received from proxies",
+            proxy_acks.clone(),
+        );
+        registry.register(
+            "proxy_nacks",
+            "NACKs received from proxies",
+            proxy_nacks.clone(),
+        );
+        Self {
+            registry,
+            config_version,
+            master_known,
+            healthy_replicas,
+            sentinels_reachable,
+            failovers,
+            events,
+            proxies_connected,
+            proxy_acks,
+            proxy_nacks,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Saturating conversion for gauges.
+pub fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

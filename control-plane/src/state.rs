@@ -1,0 +1,494 @@
+//! The fleet state: every service's accepted topology and the global config version,
+//! published as immutable snapshots through a `watch` channel.
+//!
+//! Only [`State::apply`] changes it. A change proxies act on (see
+//! [`Topology::same_shape`]) bumps the version, publishes a new snapshot and queues a
+//! `topology_events` row; a poll that changes only lag numbers refreshes the snapshot
+//! in place (same version); an equal result is a no-op.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::json;
+use tokio::sync::{Mutex, watch};
+
+use crate::metrics::{Metrics, ServiceLabel, gauge_value};
+use crate::store::{NewEvent, Store, StoredService, VERSION_BLOCK, Write, Writer};
+use crate::topology::{NodeAddr, SentinelState, Topology};
+
+/// How reads are spread (domain twin of the proto enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadPolicy {
+    /// Every command to the master.
+    MasterOnly,
+    /// Reads over healthy replicas, master as fallback.
+    Replicas,
+    /// Reads over master and healthy replicas.
+    All,
+}
+
+/// Read consistency (domain twin of the proto enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// Any healthy replica.
+    Eventual,
+    /// A connection's reads see its own writes.
+    ReadYourWrites,
+    /// Master only.
+    Strong,
+}
+
+/// Where a command goes, overriding its class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// The master.
+    Master,
+    /// A healthy replica.
+    Replica,
+    /// Any node.
+    Any,
+}
+
+/// A per-service command override.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CommandRule {
+    /// Command name (`container|sub` for subcommands).
+    pub command: String,
+    /// Where it goes.
+    pub target: Target,
+}
+
+/// A service's routing policy. Not editable yet (a later issue adds the API and the
+/// `services.policy` column's use); every service gets the default.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Policy {
+    /// Read spreading.
+    pub read_policy: ReadPolicy,
+    /// Read consistency.
+    pub consistency: Consistency,
+    /// Command overrides.
+    pub rules: Vec<CommandRule>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            read_policy: ReadPolicy::Replicas,
+            consistency: Consistency::ReadYourWrites,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One service in a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceState {
+    /// Sentinel master name.
+    pub name: String,
+    /// Accepted topology.
+    pub topology: Topology,
+    /// Routing policy.
+    pub policy: Policy,
+    /// The watcher has made its first decision.
+    pub decided: bool,
+}
+
+/// An immutable snapshot of every service at one version.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FleetState {
+    /// Global config version; strictly increasing, also across restarts.
+    pub version: u64,
+    /// Services by name.
+    pub services: BTreeMap<String, ServiceState>,
+}
+
+impl FleetState {
+    /// True when every service's watcher has decided once.
+    pub fn all_decided(&self) -> bool {
+        self.services.values().all(|s| s.decided)
+    }
+}
+
+struct Versions {
+    /// Last version handed out.
+    last: u64,
+    /// Highest version reserved in the store.
+    reserved: u64,
+}
+
+/// Owner of the fleet state. Shared (`Arc`) by the watchers, gRPC and HTTP.
+pub struct State {
+    tx: watch::Sender<Arc<FleetState>>,
+    /// Serialises changes: version bump + publish happen under it.
+    versions: Mutex<Versions>,
+    store: Store,
+    writer: Writer,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("version", &self.tx.borrow().version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a topology change was, for the event row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Event kind.
+    pub kind: &'static str,
+    /// Human-readable reason.
+    pub reason: String,
+    /// JSON details.
+    pub details: serde_json::Value,
+}
+
+impl State {
+    /// Starts from the store's last version, with `services` undecided.
+    pub async fn new(
+        store: Store,
+        writer: Writer,
+        metrics: Arc<Metrics>,
+        services: &[StoredService],
+    ) -> Result<Arc<State>, crate::Error> {
+        let last = store.last_version().await?;
+        let mut fleet = FleetState {
+            version: last,
+            services: BTreeMap::new(),
+        };
+        for s in services {
+            let sentinels = s
+                .sentinels
+                .iter()
+                .map(|a| SentinelState {
+                    addr: a.clone(),
+                    configured: true,
+                    reachable: false,
+                })
+                .collect();
+            fleet.services.insert(
+                s.name.clone(),
+                ServiceState {
+                    name: s.name.clone(),
+                    topology: Topology {
+                        sentinels,
+                        master_reason: "waiting for the first answers".into(),
+                        ..Topology::default()
+                    },
+                    policy: Policy::default(),
+                    decided: false,
+                },
+            );
+        }
+        metrics.config_version.set(gauge_value(last));
+        let (tx, _) = watch::channel(Arc::new(fleet));
+        Ok(Arc::new(State {
+            tx,
+            versions: Mutex::new(Versions {
+                last,
+                reserved: last,
+            }),
+            store,
+            writer,
+            metrics,
+        }))
+    }
+
+    /// A receiver of snapshots (sees the current one at once).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<FleetState>> {
+        self.tx.subscribe()
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<FleetState> {
+        self.tx.borrow().clone()
+    }
+
+    /// Applies a decision for `service`. Returns the new version if it bumped one.
+    pub async fn apply(&self, service: &str, decided: Topology) -> Option<u64> {
+        let mut versions = self.versions.lock().await;
+        let current = self.current();
+        let prev = current.services.get(service)?;
+        if prev.decided && prev.topology.same_shape(&decided) {
+            // Refresh lag / link-down numbers without a new version.
+            let mut refreshed = decided;
+            refreshed.changed_version = prev.topology.changed_version;
+            refreshed.changed_at = prev.topology.changed_at;
+            if refreshed != prev.topology {
+                let mut next = (*current).clone();
+                if let Some(s) = next.services.get_mut(service) {
+                    s.topology = refreshed;
+                }
+                self.tx.send_replace(Arc::new(next));
+            }
+            return None;
+        }
+
+        let version = versions.last + 1;
+        if version > versions.reserved {
+            let upto = version + VERSION_BLOCK - 1;
+            match self.store.reserve_versions(upto).await {
+                Ok(()) => versions.reserved = upto,
+                // Keep serving: a lost reservation only matters if we also crash before
+                // the event row of this version is written.
+                Err(e) => tracing::error!(error = %e, "cannot reserve config versions"),
+            }
+        }
+        versions.last = version;
+
+        let now = SystemTime::now();
+        let change = classify(prev.decided.then_some(&prev.topology), &decided);
+        let old_master = prev.topology.master.clone();
+        let mut topology = decided;
+        topology.changed_version = version;
+        topology.changed_at = Some(now);
+
+        let mut next = (*current).clone();
+        next.version = version;
+        if let Some(s) = next.services.get_mut(service) {
+            s.topology = topology.clone();
+            s.decided = true;
+        }
+        self.tx.send_replace(Arc::new(next));
+        drop(versions);
+
+        self.record(service, version, old_master, &topology, change, now);
+        Some(version)
+    }
+
+    fn record(
+        &self,
+        service: &str,
+        version: u64,
+        old_master: Option<NodeAddr>,
+        topology: &Topology,
+        change: Change,
+        at: SystemTime,
+    ) {
+        let label = ServiceLabel::new(service);
+        let m = &self.metrics;
+        m.config_version.set(gauge_value(version));
+        m.master_known
+            .get_or_create(&label)
+            .set(i64::from(topology.master.is_some()));
+        m.healthy_replicas
+            .get_or_create(&label)
+            .set(gauge_value(topology.healthy_replicas() as u64));
+        m.sentinels_reachable
+            .get_or_create(&label)
+            .set(gauge_value(topology.reachable_sentinels() as u64));
+        m.events.get_or_create(&label).inc();
+
+        let new_master = topology.master.clone();
+        if change.kind == "master-changed" {
+            if old_master.is_some() {
+                m.failovers.get_or_create(&label).inc();
+            }
+            tracing::info!(
+                service,
+                version,
+                old_master = ?old_master.as_ref().map(ToString::to_string),
+                new_master = ?new_master.as_ref().map(ToString::to_string),
+                epoch = topology.config_epoch,
+                reason = %change.reason,
+                "master changed"
+            );
+        } else {
+            tracing::info!(service, version, kind = change.kind, reason = %change.reason, "topology changed");
+        }
+        self.writer.send(Write::Event(NewEvent {
+            service: service.to_string(),
+            version,
+            kind: change.kind,
+            old_master: old_master.map(|m| m.to_string()),
+            new_master: new_master.map(|m| m.to_string()),
+            reason: change.reason,
+            details: change.details,
+            at,
+        }));
+    }
+}
+
+/// Names the most important difference between `prev` (None: first decision) and `next`.
+pub fn classify(prev: Option<&Topology>, next: &Topology) -> Change {
+    let master = |t: &Topology| t.master.as_ref().map(ToString::to_string);
+    let Some(prev) = prev else {
+        return Change {
+            kind: "initial",
+            reason: next.master_reason.clone(),
+            details: json!({
+                "master": master(next),
+                "config_epoch": next.config_epoch,
+                "replicas": next.replicas,
+                "sentinels": next.sentinels,
+            }),
+        };
+    };
+    if prev.master != next.master || prev.config_epoch != next.config_epoch {
+        return Change {
+            kind: "master-changed",
+            reason: next.master_reason.clone(),
+            details: json!({
+                "old_master": master(prev),
+                "new_master": master(next),
+                "old_epoch": prev.config_epoch,
+                "new_epoch": next.config_epoch,
+            }),
+        };
+    }
+    let addrs = |t: &Topology| {
+        t.replicas
+            .iter()
+            .map(|r| r.addr.to_string())
+            .collect::<Vec<_>>()
+    };
+    if addrs(prev) != addrs(next) {
+        let (a, b) = (addrs(prev), addrs(next));
+        let added: Vec<_> = b.iter().filter(|x| !a.contains(x)).collect();
+        let removed: Vec<_> = a.iter().filter(|x| !b.contains(x)).collect();
+        return Change {
+            kind: "replicas-changed",
+            reason: format!("replicas added {added:?}, removed {removed:?}"),
+            details: json!({"added": added, "removed": removed, "replicas": next.replicas}),
+        };
+    }
+    let health_changes: Vec<String> = next
+        .replicas
+        .iter()
+        .zip(&prev.replicas)
+        .filter(|(n, p)| n.healthy != p.healthy || n.reason != p.reason)
+        .map(|(n, _)| {
+            if n.healthy {
+                format!("{} healthy", n.addr)
+            } else {
+                format!("{} unhealthy: {}", n.addr, n.reason)
+            }
+        })
+        .collect();
+    if !health_changes.is_empty() {
+        return Change {
+            kind: "replica-health",
+            reason: health_changes.join("; "),
+            details: json!({"replicas": next.replicas}),
+        };
+    }
+    let reach: Vec<String> = next
+        .sentinels
+        .iter()
+        .filter(|s| !prev.sentinels.contains(s))
+        .map(|s| {
+            format!(
+                "{} {}{}",
+                s.addr,
+                if s.reachable {
+                    "reachable"
+                } else {
+                    "unreachable"
+                },
+                if s.configured { "" } else { " (discovered)" }
+            )
+        })
+        .collect();
+    Change {
+        kind: "sentinels-changed",
+        reason: if reach.is_empty() {
+            "Sentinels removed".into()
+        } else {
+            reach.join("; ")
+        },
+        details: json!({"sentinels": next.sentinels}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::topology::ReplicaState;
+    use tokio_util::sync::CancellationToken;
+
+    fn topo(master: &str, epoch: u64, replicas: &[(&str, bool)]) -> Topology {
+        Topology {
+            master: Some(master.parse().unwrap()),
+            config_epoch: epoch,
+            replicas: replicas
+                .iter()
+                .map(|(a, h)| ReplicaState {
+                    addr: a.parse().unwrap(),
+                    healthy: *h,
+                    lag_bytes: Some(0),
+                    link_down_ms: 0,
+                    reason: if *h { String::new() } else { "s_down".into() },
+                })
+                .collect(),
+            ..Topology::default()
+        }
+    }
+
+    #[test]
+    fn classify_kinds() {
+        let a = topo("m:1", 0, &[("r:1", true)]);
+        assert_eq!(classify(None, &a).kind, "initial");
+        assert_eq!(
+            classify(Some(&a), &topo("m:2", 1, &[("r:1", true)])).kind,
+            "master-changed"
+        );
+        assert_eq!(
+            classify(Some(&a), &topo("m:1", 0, &[("r:2", true)])).kind,
+            "replicas-changed"
+        );
+        assert_eq!(
+            classify(Some(&a), &topo("m:1", 0, &[("r:1", false)])).kind,
+            "replica-health"
+        );
+        let mut s = a.clone();
+        s.sentinels.push(SentinelState {
+            addr: "s:1".parse().unwrap(),
+            configured: true,
+            reachable: true,
+        });
+        assert_eq!(classify(Some(&a), &s).kind, "sentinels-changed");
+    }
+
+    #[tokio::test]
+    async fn versions_bump_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let (writer, _task) = crate::store::spawn_writer(store.clone(), CancellationToken::new());
+        let services = vec![StoredService {
+            name: "svc".into(),
+            sentinels: vec!["s:1".parse().unwrap()],
+        }];
+        let state = State::new(store.clone(), writer, Arc::new(Metrics::new()), &services)
+            .await
+            .unwrap();
+        assert!(!state.current().all_decided());
+        let v1 = state
+            .apply("svc", topo("m:1", 0, &[("r:1", true)]))
+            .await
+            .unwrap();
+        assert!(state.current().all_decided());
+        // Same shape, only lag moved: no new version, numbers refreshed.
+        let mut lagged = topo("m:1", 0, &[("r:1", true)]);
+        lagged.replicas[0].lag_bytes = Some(42);
+        assert_eq!(state.apply("svc", lagged).await, None);
+        let cur = state.current();
+        assert_eq!(cur.version, v1);
+        assert_eq!(cur.services["svc"].topology.replicas[0].lag_bytes, Some(42));
+        assert_eq!(cur.services["svc"].topology.changed_version, v1);
+        let v2 = state
+            .apply("svc", topo("m:2", 1, &[("r:1", true)]))
+            .await
+            .unwrap();
+        assert_eq!(v2, v1 + 1);
+        assert_eq!(state.apply("unknown", topo("m:2", 1, &[])).await, None);
+        // A reservation covers the versions handed out.
+        assert!(store.last_version().await.unwrap() >= v2);
+    }
+}

@@ -1,0 +1,216 @@
+//! The proxy config stream against a control plane bound on port 0, with Sentinels that
+//! don't answer (no Redis needed).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{closed_port, eventually, http_json, start};
+use pivot_proto::v1::proxy_discovery_client::ProxyDiscoveryClient;
+use pivot_proto::v1::proxy_message::Msg;
+use pivot_proto::v1::{Ack, ConfigUpdate, Hello, Nack, ProxyMessage};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn hello(id: &str, services: &[&str]) -> ProxyMessage {
+    ProxyMessage {
+        msg: Some(Msg::Hello(Hello {
+            proxy_id: id.into(),
+            listen_addr: "127.0.0.1:6380".into(),
+            build_version: "test".into(),
+            services: services.iter().map(|s| s.to_string()).collect(),
+            running_version: 0,
+        })),
+    }
+}
+
+async fn open(
+    grpc: std::net::SocketAddr,
+    first: ProxyMessage,
+) -> Result<(mpsc::Sender<ProxyMessage>, Streaming<ConfigUpdate>), tonic::Status> {
+    let mut client = ProxyDiscoveryClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(first).await.unwrap();
+    let resp = client.stream_config(ReceiverStream::new(rx)).await?;
+    Ok((tx, resp.into_inner()))
+}
+
+async fn next(updates: &mut Streaming<ConfigUpdate>) -> ConfigUpdate {
+    tokio::time::timeout(WAIT, updates.message())
+        .await
+        .expect("an update in time")
+        .unwrap()
+        .expect("stream open")
+}
+
+#[tokio::test]
+async fn stream_ack_nack_and_unknown_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("mymaster={}", closed_port());
+    let cp = start(dir.path(), &[&spec]).await;
+
+    let (tx, mut updates) = open(cp.grpc, hello("proxy-1", &["mymaster", "nosuch"]))
+        .await
+        .unwrap();
+    let first = next(&mut updates).await;
+    assert_eq!(first.unknown_services, vec!["nosuch".to_string()]);
+    assert_eq!(first.services.len(), 1);
+    let svc = &first.services[0];
+    assert_eq!(svc.name, "mymaster");
+    let topo = svc.topology.as_ref().unwrap();
+    assert!(topo.master.is_none(), "no Sentinel answers, so no master");
+    assert_eq!(topo.sentinels.len(), 1);
+    assert!(!topo.sentinels[0].reachable);
+    assert!(!first.nonce.is_empty());
+
+    tx.send(ProxyMessage {
+        msg: Some(Msg::Ack(Ack {
+            version: first.version,
+            nonce: first.nonce.clone(),
+        })),
+    })
+    .await
+    .unwrap();
+    let want = first.version;
+    eventually(WAIT, "the ACK in /api/v1/proxies", || async {
+        let v = http_json(cp.http, "/api/v1/proxies").await;
+        let p = &v["proxies"][0];
+        (p["proxy_id"] == "proxy-1" && p["acked_version"] == want && p["connected"] == true)
+            .then_some(())
+    })
+    .await;
+
+    // The first decision (no master, Sentinel unreachable) may come as a second update;
+    // either way the service becomes ready.
+    eventually(WAIT, "readiness", || async {
+        let (status, _) = common::http_get(cp.http, "/readyz").await;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    tx.send(ProxyMessage {
+        msg: Some(Msg::Nack(Nack {
+            version: first.version,
+            nonce: first.nonce.clone(),
+            reason: "cannot reach 10.0.0.1:6379".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    eventually(WAIT, "the NACK in /api/v1/proxies", || async {
+        let v = http_json(cp.http, "/api/v1/proxies").await;
+        (v["proxies"][0]["last_nack"] == "cannot reach 10.0.0.1:6379").then_some(())
+    })
+    .await;
+
+    // Nonces are unique per update.
+    let topo = http_json(cp.http, "/api/v1/topology").await;
+    if topo["version"].as_u64().unwrap() > first.version {
+        let second = next(&mut updates).await;
+        assert_ne!(second.nonce, first.nonce);
+        assert!(second.version > first.version);
+    }
+
+    // Shutdown ends the stream.
+    drop(tx);
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn first_message_must_be_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start(dir.path(), &[]).await;
+    let not_hello = ProxyMessage {
+        msg: Some(Msg::Ack(Ack {
+            version: 1,
+            nonce: "x".into(),
+        })),
+    };
+    let Err(err) = open(cp.grpc, not_hello).await else {
+        panic!("a stream whose first message isn't Hello is rejected");
+    };
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn stream_ends_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("mymaster={}", closed_port());
+    let cp = start(dir.path(), &[&spec]).await;
+    let (_tx, mut updates) = open(cp.grpc, hello("proxy-2", &["mymaster"]))
+        .await
+        .unwrap();
+    next(&mut updates).await;
+    cp.shutdown.cancel();
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match updates.message().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await
+    .expect("stream ends after shutdown");
+    assert!(end.is_ok(), "stream ends cleanly: {end:?}");
+    tokio::time::timeout(WAIT, cp.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn version_increases_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("mymaster={}", closed_port());
+
+    let cp = start(dir.path(), &[&spec]).await;
+    let before = eventually(WAIT, "a first decision", || async {
+        let v = http_json(cp.http, "/api/v1/topology").await;
+        (v["services"][0]["decided"] == true).then(|| v["version"].as_u64().unwrap())
+    })
+    .await;
+    assert!(before >= 1);
+    cp.stop().await;
+
+    // Same data dir, no --service: the stored service is still watched.
+    let cp = start(dir.path(), &[]).await;
+    let after = eventually(WAIT, "a decision after restart", || async {
+        let v = http_json(cp.http, "/api/v1/topology").await;
+        (v["services"][0]["decided"] == true).then(|| v["version"].as_u64().unwrap())
+    })
+    .await;
+    assert!(after > before, "{after} > {before}");
+    // The initial event of each run is in the store, newest first.
+    let events = http_json(cp.http, "/api/v1/events?service=mymaster").await;
+    let versions: Vec<u64> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert!(versions.contains(&before), "{versions:?}");
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn busy_port_names_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = pivot_control_plane::Config::with_data_dir(dir.path());
+    config.http_listen = busy.local_addr().unwrap();
+    config.grpc_listen = "127.0.0.1:0".parse().unwrap();
+    let err = pivot_control_plane::ControlPlane::bind(config)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("--http-listen"), "{err}");
+}

@@ -1,0 +1,71 @@
+//! The proxy's admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/status`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use crate::server::Shared;
+
+/// The admin routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(shared)
+}
+
+/// Serves the admin routes until `shutdown`.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let app = router(shared);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        error!(error = %e, "admin listener failed");
+    }
+}
+
+/// Ready once a config snapshot has been applied.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let table = shared.table.load();
+    if table.version == 0 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "no config received from the control plane yet"})),
+        )
+            .into_response();
+    }
+    (StatusCode::OK, Json(json!({"ready": true, "version": table.version}))).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// The routing table as JSON, for operators and tests.
+async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let t = shared.table.load();
+    Json(json!({
+        "service": t.service,
+        "version": t.version,
+        "master": t.master.as_ref().map(ToString::to_string),
+        "replicas": t.replicas.iter().map(|r| json!({"addr": r.addr.to_string(), "healthy": r.healthy})).collect::<Vec<_>>(),
+        "read_policy": format!("{:?}", t.read_policy),
+        "consistency": format!("{:?}", t.consistency),
+        "commands_known": shared.commands.load().len(),
+    }))
+}

@@ -1,0 +1,381 @@
+//! Command classification from Redis's own metadata.
+//!
+//! The proxy does not keep a hand-written list of which commands write: it reads `COMMAND`
+//! from the master (at start and after every failover, since a new master may run another
+//! version or other modules) and classifies each command and subcommand by its flags. Only
+//! what flags cannot express is named here: commands the proxy answers itself and commands
+//! that need connection state a multiplexed backend connection cannot share.
+//!
+//! Lookups are case-insensitive and allocation-free: the name is lowercased into a stack
+//! buffer and looked up as a byte slice.
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+/// How a command may be routed, from its flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Modifies data (`write`, `may_replicate`): master only.
+    Write,
+    /// Reads data (`readonly`): the read pool.
+    Read,
+    /// Touches no keyspace data (`INFO`, `TIME`, `COMMAND`, ...): the read pool.
+    Neutral,
+    /// Administrative or server-level (`admin`, or `noscript` without data access, such as
+    /// `SCRIPT LOAD` or `ROLE`): master.
+    Admin,
+    /// Blocks the connection (`blocking`): needs a dedicated connection.
+    Blocking,
+    /// Pub/Sub (`pubsub`) subscription commands.
+    PubSub,
+    /// Not in the master's command table: master, as Redis would reject or run it there.
+    Unknown,
+}
+
+impl Class {
+    /// Label used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Write => "write",
+            Class::Read => "read",
+            Class::Neutral => "neutral",
+            Class::Admin => "admin",
+            Class::Blocking => "blocking",
+            Class::PubSub => "pubsub",
+            Class::Unknown => "unknown",
+        }
+    }
+
+    /// Every class, for pre-registering metrics.
+    pub const ALL: [Class; 7] = [
+        Class::Write,
+        Class::Read,
+        Class::Neutral,
+        Class::Admin,
+        Class::Blocking,
+        Class::PubSub,
+        Class::Unknown,
+    ];
+
+    fn from_flags<'a>(flags: impl IntoIterator<Item = &'a str>) -> Class {
+        let (mut write, mut read, mut admin, mut blocking, mut pubsub, mut noscript) =
+            (false, false, false, false, false, false);
+        for f in flags {
+            match f {
+                "write" | "may_replicate" => write = true,
+                "readonly" => read = true,
+                "admin" => admin = true,
+                "blocking" => blocking = true,
+                "pubsub" => pubsub = true,
+                "noscript" => noscript = true,
+                _ => {}
+            }
+        }
+        // Order matters: a blocking write (BLMOVE) is blocking first; PUBLISH is `pubsub` and
+        // `may_replicate`, a write to the master, not a subscription.
+        if blocking {
+            Class::Blocking
+        } else if write {
+            Class::Write
+        } else if pubsub {
+            Class::PubSub
+        } else if read {
+            Class::Read
+        } else if admin || noscript {
+            Class::Admin
+        } else {
+            Class::Neutral
+        }
+    }
+}
+
+/// Commands whose meaning depends on connection state or that the proxy answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    /// `PING`: answered by the proxy.
+    Ping,
+    /// `ECHO`: answered by the proxy.
+    Echo,
+    /// `QUIT`: `+OK`, then the proxy closes the connection.
+    Quit,
+    /// `HELLO`: protocol negotiation, answered by the proxy.
+    Hello,
+    /// `AUTH`: answered by the proxy.
+    Auth,
+    /// `SELECT`: per-connection database.
+    Select,
+    /// `CLIENT ...`: some subcommands are answered by the proxy.
+    Client,
+    /// `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH`.
+    Transaction,
+    /// `MONITOR`, `RESET`, `SYNC`, `PSYNC`: connection takeover.
+    Takeover,
+    /// `XREAD`/`XREADGROUP`: blocking only with a `BLOCK` argument.
+    StreamRead,
+}
+
+fn special(lower: &[u8]) -> Option<Special> {
+    Some(match lower {
+        b"ping" => Special::Ping,
+        b"echo" => Special::Echo,
+        b"quit" => Special::Quit,
+        b"hello" => Special::Hello,
+        b"auth" => Special::Auth,
+        b"select" => Special::Select,
+        b"client" => Special::Client,
+        b"multi" | b"exec" | b"discard" | b"watch" | b"unwatch" => Special::Transaction,
+        b"monitor" | b"reset" | b"sync" | b"psync" | b"replconf" => Special::Takeover,
+        b"xread" | b"xreadgroup" => Special::StreamRead,
+        _ => return None,
+    })
+}
+
+/// Longest command name looked up; longer names are unknown commands.
+const MAX_NAME: usize = 64;
+
+/// A name lowercased into a stack buffer.
+pub struct Lower {
+    buf: [u8; MAX_NAME],
+    len: usize,
+}
+
+impl Lower {
+    /// `None` when `name` is longer than any Redis command name.
+    pub fn new(name: &[u8]) -> Option<Lower> {
+        if name.len() > MAX_NAME {
+            return None;
+        }
+        let mut buf = [0u8; MAX_NAME];
+        for (d, s) in buf.iter_mut().zip(name) {
+            *d = s.to_ascii_lowercase();
+        }
+        Some(Lower {
+            buf,
+            len: name.len(),
+        })
+    }
+
+    /// The lowercased bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    class: Option<Class>,
+    /// `subcommand -> class`, for container commands (`CONFIG GET`, `SCRIPT LOAD`).
+    subcommands: HashMap<Box<[u8]>, Class>,
+}
+
+/// Result of looking a request up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lookup {
+    /// Class from the flags.
+    pub class: Class,
+    /// Set when the command needs the proxy's own handling.
+    pub special: Option<Special>,
+}
+
+/// The command table of one Redis version, built from its `COMMAND` reply.
+#[derive(Debug, Clone, Default)]
+pub struct CommandTable {
+    commands: HashMap<Box<[u8]>, Entry>,
+}
+
+impl CommandTable {
+    /// An empty table: every command is [`Class::Unknown`] and goes to the master.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Number of commands known.
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// True when no `COMMAND` reply has been loaded.
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    /// Builds the table from the reply to `COMMAND` (Redis 7 format: each entry is
+    /// `[name, arity, flags, first, last, step, acl-categories, tips, key-specs, subcommands]`;
+    /// Redis 6 entries have fewer elements and no subcommands).
+    pub fn from_command_reply(reply: &Value) -> Result<Self, String> {
+        let Value::Array(entries) = reply else {
+            return Err("COMMAND reply is not an array".into());
+        };
+        let mut commands = HashMap::with_capacity(entries.len());
+        for e in entries {
+            let (name, class, subs) = parse_entry(e)?;
+            let mut entry = Entry {
+                class: Some(class),
+                subcommands: HashMap::new(),
+            };
+            for s in subs {
+                let (full, class, _) = parse_entry(s)?;
+                // Subcommand names come as `container|sub`.
+                let sub = match full.iter().position(|&b| b == b'|') {
+                    Some(i) => full[i + 1..].to_vec(),
+                    None => full,
+                };
+                entry.subcommands.insert(sub.into_boxed_slice(), class);
+            }
+            commands.insert(name.into_boxed_slice(), entry);
+        }
+        Ok(CommandTable { commands })
+    }
+
+    /// Classifies a request by its name and first argument (the subcommand of container
+    /// commands), without allocating.
+    pub fn lookup(&self, name: &[u8], arg1: Option<&[u8]>) -> Lookup {
+        let Some(lower) = Lower::new(name) else {
+            return Lookup {
+                class: Class::Unknown,
+                special: None,
+            };
+        };
+        let lower = lower.as_bytes();
+        let special = special(lower);
+        let class = match self.commands.get(lower) {
+            None => Class::Unknown,
+            Some(entry) => {
+                let sub_class = if entry.subcommands.is_empty() {
+                    None
+                } else {
+                    arg1.and_then(Lower::new)
+                        .and_then(|sub| entry.subcommands.get(sub.as_bytes()).copied())
+                };
+                sub_class.or(entry.class).unwrap_or(Class::Unknown)
+            }
+        };
+        Lookup { class, special }
+    }
+}
+
+fn parse_entry(v: &Value) -> Result<(Vec<u8>, Class, &[Value]), String> {
+    let Value::Array(fields) = v else {
+        return Err("COMMAND entry is not an array".into());
+    };
+    let name = match fields.first() {
+        Some(Value::BulkString(b)) => b.to_ascii_lowercase(),
+        Some(Value::SimpleString(s)) => s.to_ascii_lowercase().into_bytes(),
+        _ => return Err("COMMAND entry without a name".into()),
+    };
+    let flags: Vec<&str> = match fields.get(2) {
+        Some(Value::Array(flags)) | Some(Value::Set(flags)) => flags
+            .iter()
+            .filter_map(|f| match f {
+                Value::SimpleString(s) => Some(s.as_str()),
+                Value::BulkString(b) => std::str::from_utf8(b).ok(),
+                _ => None,
+            })
+            .collect(),
+        _ => return Err("COMMAND entry without flags".into()),
+    };
+    let subs = match fields.get(9) {
+        Some(Value::Array(subs)) => subs.as_slice(),
+        _ => &[],
+    };
+    Ok((name, Class::from_flags(flags), subs))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, flags: &[&str], subs: Vec<Value>) -> Value {
+        let mut v = vec![
+            Value::BulkString(name.as_bytes().to_vec()),
+            Value::Int(-1),
+            Value::Array(
+                flags
+                    .iter()
+                    .map(|f| Value::SimpleString((*f).to_string()))
+                    .collect(),
+            ),
+            Value::Int(1),
+            Value::Int(1),
+            Value::Int(1),
+            Value::Array(vec![]),
+            Value::Array(vec![]),
+            Value::Array(vec![]),
+        ];
+        v.push(Value::Array(subs));
+        Value::Array(v)
+    }
+
+    fn table() -> CommandTable {
+        let reply = Value::Array(vec![
+            entry("set", &["write", "denyoom"], vec![]),
+            entry("get", &["readonly", "fast"], vec![]),
+            entry("info", &["loading", "stale"], vec![]),
+            entry("blmove", &["write", "denyoom", "blocking"], vec![]),
+            entry("publish", &["pubsub", "loading", "stale", "fast", "may_replicate"], vec![]),
+            entry("subscribe", &["pubsub", "noscript", "loading", "stale"], vec![]),
+            entry("eval", &["noscript", "stale", "skip_monitor", "may_replicate"], vec![]),
+            entry("eval_ro", &["noscript", "stale", "readonly"], vec![]),
+            entry("xread", &["readonly", "blocking"], vec![]),
+            entry(
+                "config",
+                &[],
+                vec![
+                    entry("config|get", &["admin", "noscript", "loading", "stale"], vec![]),
+                    entry("config|set", &["admin", "noscript", "loading", "stale"], vec![]),
+                ],
+            ),
+            entry(
+                "script",
+                &[],
+                vec![
+                    entry("script|load", &["noscript", "stale"], vec![]),
+                    entry("script|flush", &["noscript", "may_replicate"], vec![]),
+                ],
+            ),
+        ]);
+        CommandTable::from_command_reply(&reply).unwrap()
+    }
+
+    #[test]
+    fn classes_from_flags() {
+        let t = table();
+        let cases: &[(&[u8], Option<&[u8]>, Class, Option<Special>)] = &[
+            (b"SET", None, Class::Write, None),
+            (b"get", None, Class::Read, None),
+            (b"GeT", Some(b"k"), Class::Read, None),
+            (b"INFO", Some(b"replication"), Class::Neutral, None),
+            (b"BLMOVE", None, Class::Blocking, None),
+            (b"PUBLISH", None, Class::Write, None),
+            (b"SUBSCRIBE", None, Class::PubSub, None),
+            (b"EVAL", None, Class::Write, None),
+            (b"EVAL_RO", None, Class::Read, None),
+            (b"CONFIG", Some(b"GET"), Class::Admin, None),
+            (b"SCRIPT", Some(b"flush"), Class::Write, None),
+            (b"SCRIPT", Some(b"load"), Class::Admin, None),
+            (b"SCRIPT", Some(b"nosuch"), Class::Neutral, None),
+            (b"EVAL_RO", None, Class::Read, None),
+            (b"XREAD", None, Class::Blocking, Some(Special::StreamRead)),
+            (b"NOSUCHCMD", None, Class::Unknown, None),
+            (b"PING", None, Class::Unknown, Some(Special::Ping)),
+            (b"multi", None, Class::Unknown, Some(Special::Transaction)),
+        ];
+        for (name, arg1, class, special) in cases {
+            let got = t.lookup(name, *arg1);
+            assert_eq!(got.class, *class, "{}", String::from_utf8_lossy(name));
+            assert_eq!(got.special, *special, "{}", String::from_utf8_lossy(name));
+        }
+        let long = vec![b'a'; 200];
+        assert_eq!(t.lookup(&long, None).class, Class::Unknown);
+        assert!(CommandTable::empty().is_empty());
+        assert_eq!(CommandTable::empty().lookup(b"SET", None).class, Class::Unknown);
+    }
+
+    #[test]
+    fn rejects_malformed_replies() {
+        assert!(CommandTable::from_command_reply(&Value::Int(1)).is_err());
+        assert!(CommandTable::from_command_reply(&Value::Array(vec![Value::Int(1)])).is_err());
+    }
+}

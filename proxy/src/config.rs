@@ -1,0 +1,178 @@
+//! Command-line and environment configuration, validated in one pass before anything binds.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// pivot-proxy: speaks RESP to clients and sends every command to the right node of a Redis
+/// group managed by Sentinel, following the control plane's topology.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "pivot-proxy", version, about, long_about = None)]
+pub struct Config {
+    /// Service to serve: the Sentinel master name registered in the control plane.
+    #[arg(long, env = "PIVOT_SERVICE")]
+    pub service: String,
+
+    /// Address clients connect to.
+    #[arg(long, env = "PIVOT_LISTEN", default_value = "127.0.0.1:6379")]
+    pub listen: SocketAddr,
+
+    /// gRPC endpoint of the control plane.
+    #[arg(long, env = "PIVOT_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
+    pub control_plane: String,
+
+    /// Address of the admin HTTP listener (/healthz, /readyz, /metrics, /status).
+    #[arg(long, env = "PIVOT_ADMIN_LISTEN", default_value = "127.0.0.1:9121")]
+    pub admin_listen: SocketAddr,
+
+    /// Worker threads, each a single-threaded runtime with its own backend connections.
+    /// One suits a small machine where Redis needs the other cores; raise it with the cores.
+    #[arg(long, env = "PIVOT_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
+    /// Identity reported to the control plane (default: hostname-pid).
+    #[arg(long, env = "PIVOT_PROXY_ID")]
+    pub proxy_id: Option<String>,
+
+    /// Largest request a client may send, in bytes (suffixes k, m, g); like Redis's
+    /// proto-max-bulk-len.
+    #[arg(long, env = "PIVOT_MAX_REQUEST_BYTES", default_value = "512m", value_parser = parse_bytes)]
+    pub max_request_bytes: usize,
+
+    /// Largest reply accepted from Redis, in bytes (suffixes k, m, g).
+    #[arg(long, env = "PIVOT_MAX_REPLY_BYTES", default_value = "1g", value_parser = parse_bytes)]
+    pub max_reply_bytes: usize,
+
+    /// Requests one client may have in flight before the proxy stops reading from it.
+    #[arg(long, env = "PIVOT_MAX_PIPELINE", default_value_t = 1024)]
+    pub max_pipeline: usize,
+
+    /// Timeout for connecting to a Redis node.
+    #[arg(long, env = "PIVOT_BACKEND_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub backend_connect_timeout: Duration,
+
+    /// How long a connection to a node that lost its role waits for replies in flight.
+    #[arg(long, env = "PIVOT_BACKEND_DRAIN_GRACE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub backend_drain_grace: Duration,
+
+    /// How long client connections may take to finish at shutdown.
+    #[arg(long, env = "PIVOT_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "PIVOT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.service.trim().is_empty() {
+            return Err("--service must not be empty".into());
+        }
+        if !(1..=256).contains(&self.workers) {
+            return Err("--workers must be between 1 and 256".into());
+        }
+        if self.max_pipeline == 0 {
+            return Err("--max-pipeline must be at least 1".into());
+        }
+        if self.max_request_bytes < 1024 {
+            return Err("--max-request-bytes must be at least 1k".into());
+        }
+        if self.max_reply_bytes < 1024 {
+            return Err("--max-reply-bytes must be at least 1k".into());
+        }
+        if !(self.control_plane.starts_with("http://") || self.control_plane.starts_with("https://"))
+        {
+            return Err(format!(
+                "--control-plane must be an http:// or https:// URL, got '{}'",
+                self.control_plane
+            ));
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests and the sandbox: ephemeral ports on loopback.
+    pub fn for_service(service: &str, control_plane: &str) -> Self {
+        Config {
+            service: service.to_string(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            control_plane: control_plane.to_string(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: 1,
+            proxy_id: None,
+            max_request_bytes: 512 << 20,
+            max_reply_bytes: 1 << 30,
+            max_pipeline: 1024,
+            backend_connect_timeout: Duration::from_secs(1),
+            backend_drain_grace: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(5),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Parses `512m`, `64k`, `1g` or a plain number of bytes.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (digits, mul) = match s.char_indices().last() {
+        Some((i, 'k')) => (&s[..i], 1usize << 10),
+        Some((i, 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    digits
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("'{s}' is not a size (examples: 1048576, 512k, 64m, 1g)"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert_eq!(parse_bytes("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_bytes("64MB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        let c = Config::try_parse_from(["pivot-proxy", "--service", "mymaster"]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:6379");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9121");
+        assert_eq!(c.control_plane, "http://127.0.0.1:50051");
+        c.validate().unwrap();
+        assert!(Config::try_parse_from(["pivot-proxy"]).is_err());
+        let bad = Config::try_parse_from([
+            "pivot-proxy",
+            "--service",
+            "m",
+            "--control-plane",
+            "127.0.0.1:1",
+        ])
+        .unwrap();
+        assert!(bad.validate().unwrap_err().contains("--control-plane"));
+        let bad = Config::try_parse_from(["pivot-proxy", "--service", "m", "--workers", "0"]).unwrap();
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! pivot-proxy: clients speak RESP to it as to one Redis; it sends every write to the master
+//! the Sentinels decided on and spreads reads over healthy replicas, following the topology
+//! the control plane streams to it.
+//!
+//! How the modules fit:
+//! - [`config`]: flags and environment, validated before anything binds.
+//! - [`server`]: listeners, worker threads (one single-threaded runtime each), shared state.
+//! - [`connection`]: one client: read, frame ([`resp`]), classify ([`command`]), route
+//!   ([`routing`]), hand to a backend with a reply slot, answer in order.
+//! - [`backend`]: multiplexed, pipelined connections to Redis nodes and their pool.
+//! - [`config_client`]: the gRPC config stream; swaps the routing table atomically.
+//! - [`admin`], [`metrics`]: health, readiness, Prometheus.
+//! - [`reply`]: replies the proxy writes itself.
+
+pub mod admin;
+pub mod backend;
+pub mod command;
+pub mod config;
+pub mod config_client;
+mod connection;
+pub mod error;
+pub mod metrics;
+pub mod reply;
+pub mod resp;
+pub mod routing;
+pub mod server;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::{Proxy, run};

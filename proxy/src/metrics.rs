@@ -1,0 +1,291 @@
+//! Prometheus metrics of the proxy.
+//!
+//! Every label combination is resolved once at start into plain counter handles, so the hot
+//! path increments an atomic and never hashes labels or takes the registry's lock.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::command::Class;
+
+/// Where a command was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The master.
+    Master,
+    /// A replica.
+    Replica,
+    /// The proxy itself.
+    Local,
+}
+
+impl Target {
+    fn as_str(self) -> &'static str {
+        match self {
+            Target::Master => "master",
+            Target::Replica => "replica",
+            Target::Local => "local",
+        }
+    }
+    const ALL: [Target; 3] = [Target::Master, Target::Replica, Target::Local];
+}
+
+/// Kinds of backend failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendFailure {
+    /// A connection attempt failed.
+    Connect,
+    /// An established connection was lost with requests in flight.
+    Lost,
+    /// The backend sent bytes that are not RESP, or a reply nobody asked for.
+    Protocol,
+    /// A retired connection did not answer within its drain grace period.
+    DrainTimeout,
+}
+
+impl BackendFailure {
+    fn as_str(self) -> &'static str {
+        match self {
+            BackendFailure::Connect => "connect",
+            BackendFailure::Lost => "lost",
+            BackendFailure::Protocol => "protocol",
+            BackendFailure::DrainTimeout => "drain_timeout",
+        }
+    }
+    const ALL: [BackendFailure; 4] = [
+        BackendFailure::Connect,
+        BackendFailure::Lost,
+        BackendFailure::Protocol,
+        BackendFailure::DrainTimeout,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    class: &'static str,
+    target: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabel {
+    target: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// All metrics of one proxy process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    commands: Vec<Counter>,
+    latency: Vec<Histogram>,
+    backend_failures: Vec<Counter>,
+    /// Commands refused by the proxy (unsupported, no master, bad arguments).
+    pub rejected: Counter,
+    /// Client protocol errors (connection closed).
+    pub protocol_errors: Counter,
+    /// Open client connections.
+    pub client_connections: Gauge,
+    /// Client connections accepted.
+    pub client_connections_total: Counter,
+    /// Open backend connections.
+    pub backend_connections: Gauge,
+    /// Config version applied.
+    pub config_version: Gauge,
+    /// Config updates applied.
+    pub config_acks: Counter,
+    /// Config updates rejected.
+    pub config_nacks: Counter,
+    /// Whether the config stream to the control plane is up (1) or not (0).
+    pub control_plane_connected: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pivot_proxy");
+        let commands_family = Family::<CommandLabels, Counter>::default();
+        registry.register(
+            "commands",
+            "Commands by class (from Redis's command flags) and the node role that served them",
+            commands_family.clone(),
+        );
+        let mut commands = Vec::new();
+        for class in Class::ALL {
+            for target in Target::ALL {
+                commands.push(
+                    commands_family
+                        .get_or_create(&CommandLabels {
+                            class: class.as_str(),
+                            target: target.as_str(),
+                        })
+                        .clone(),
+                );
+            }
+        }
+        let latency_family = Family::<TargetLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ])
+        });
+        registry.register(
+            "command_duration_seconds",
+            "Time from reading a forwarded command to having its reply, by node role",
+            latency_family.clone(),
+        );
+        let latency = [Target::Master, Target::Replica]
+            .iter()
+            .map(|t| {
+                latency_family
+                    .get_or_create(&TargetLabel { target: t.as_str() })
+                    .clone()
+            })
+            .collect();
+        let failures_family = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "backend_errors",
+            "Backend connection failures by kind",
+            failures_family.clone(),
+        );
+        let backend_failures = BackendFailure::ALL
+            .iter()
+            .map(|k| {
+                failures_family
+                    .get_or_create(&KindLabel { kind: k.as_str() })
+                    .clone()
+            })
+            .collect();
+        let updates = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_updates",
+            "Config updates from the control plane, by result",
+            updates.clone(),
+        );
+        // Separate statements: a `get_or_create` guard holds the family's lock until the end
+        // of the statement that created it.
+        let config_acks = updates.get_or_create(&ResultLabel { result: "ack" }).clone();
+        let config_nacks = updates.get_or_create(&ResultLabel { result: "nack" }).clone();
+        let mut m = Metrics {
+            commands,
+            latency,
+            backend_failures,
+            rejected: Counter::default(),
+            protocol_errors: Counter::default(),
+            client_connections: Gauge::default(),
+            client_connections_total: Counter::default(),
+            backend_connections: Gauge::default(),
+            config_version: Gauge::default(),
+            config_acks,
+            config_nacks,
+            control_plane_connected: Gauge::default(),
+            registry,
+        };
+        m.registry.register(
+            "rejected_commands",
+            "Commands the proxy refused (unsupported, no master, bad arguments)",
+            m.rejected.clone(),
+        );
+        m.registry.register(
+            "client_protocol_errors",
+            "Client connections closed for a protocol error",
+            m.protocol_errors.clone(),
+        );
+        m.registry.register(
+            "client_connections",
+            "Open client connections",
+            m.client_connections.clone(),
+        );
+        m.registry.register(
+            "client_connections_accepted",
+            "Client connections accepted",
+            m.client_connections_total.clone(),
+        );
+        m.registry.register(
+            "backend_connections",
+            "Open backend connections",
+            m.backend_connections.clone(),
+        );
+        m.registry.register(
+            "config_version",
+            "Version of the control plane config applied",
+            m.config_version.clone(),
+        );
+        m.registry.register(
+            "control_plane_connected",
+            "1 while the config stream to the control plane is up",
+            m.control_plane_connected.clone(),
+        );
+        m
+    }
+
+    /// Counts one command.
+    #[inline]
+    pub fn command(&self, class: Class, target: Target) {
+        let i = class as usize * Target::ALL.len() + target as usize;
+        if let Some(c) = self.commands.get(i) {
+            c.inc();
+        }
+    }
+
+    /// Records a forwarded command's latency.
+    #[inline]
+    pub fn latency(&self, target: Target, seconds: f64) {
+        if let Some(h) = self.latency.get(target as usize) {
+            h.observe(seconds);
+        }
+    }
+
+    /// Counts a backend failure.
+    pub fn backend_failure(&self, kind: BackendFailure) {
+        if let Some(c) = self.backend_failures.get(kind as usize) {
+            c.inc();
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_exported() {
+        let m = Metrics::new();
+        m.command(Class::Write, Target::Master);
+        m.command(Class::Read, Target::Replica);
+        m.command(Class::Read, Target::Replica);
+        m.latency(Target::Replica, 0.0003);
+        m.backend_failure(BackendFailure::Lost);
+        let text = m.encode();
+        assert!(text.contains(r#"pivot_proxy_commands_total{class="write",target="master"} 1"#), "{text}");
+        assert!(text.contains(r#"pivot_proxy_commands_total{class="read",target="replica"} 2"#), "{text}");
+        assert!(text.contains(r#"pivot_proxy_backend_errors_total{kind="lost"} 1"#), "{text}");
+        assert!(text.contains("pivot_proxy_command_duration_seconds_bucket"), "{text}");
+    }
+}

@@ -1,0 +1,88 @@
+//! Replies the proxy writes itself (errors, `PING`, `HELLO`, `CLIENT ID`, ...), encoded with
+//! redis-protocol. Backend replies are never re-encoded: their bytes are forwarded as read.
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::bytes_utils::Str;
+use redis_protocol::resp2::encode::extend_encode;
+use redis_protocol::resp2::types::BytesFrame;
+
+/// Encodes one frame.
+pub fn encode(frame: &BytesFrame) -> Bytes {
+    let mut buf = BytesMut::with_capacity(64);
+    // Encoding into a growable buffer only fails on frames we never build (none here).
+    if extend_encode(&mut buf, frame, false).is_err() {
+        return Bytes::from_static(b"-ERR pivot: internal error encoding a reply\r\n");
+    }
+    buf.freeze()
+}
+
+/// `+OK`.
+pub fn ok() -> Bytes {
+    Bytes::from_static(b"+OK\r\n")
+}
+
+/// A simple string.
+pub fn simple(s: &'static str) -> Bytes {
+    encode(&BytesFrame::SimpleString(Bytes::from_static(s.as_bytes())))
+}
+
+/// An error line. `msg` starts with the error code (`ERR ...`, `NOPROTO ...`); CR and LF are
+/// replaced so that an error can never break the framing.
+pub fn error(msg: &str) -> Bytes {
+    let clean: String = msg
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    encode(&BytesFrame::Error(Str::from(clean)))
+}
+
+/// A bulk string.
+pub fn bulk(b: &[u8]) -> Bytes {
+    encode(&BytesFrame::BulkString(Bytes::copy_from_slice(b)))
+}
+
+/// The null bulk string.
+pub fn null() -> Bytes {
+    Bytes::from_static(b"$-1\r\n")
+}
+
+/// An integer.
+pub fn int(i: i64) -> Bytes {
+    encode(&BytesFrame::Integer(i))
+}
+
+/// An array.
+pub fn array(items: Vec<BytesFrame>) -> Bytes {
+    encode(&BytesFrame::Array(items))
+}
+
+/// `-ERR wrong number of arguments for 'cmd' command`, as Redis words it.
+pub fn wrong_args(cmd: &[u8]) -> Bytes {
+    error(&format!(
+        "ERR wrong number of arguments for '{}' command",
+        String::from_utf8_lossy(cmd).to_ascii_lowercase()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings() {
+        assert_eq!(&ok()[..], b"+OK\r\n");
+        assert_eq!(&simple("PONG")[..], b"+PONG\r\n");
+        assert_eq!(&error("ERR bad\r\nthing")[..], b"-ERR bad  thing\r\n");
+        assert_eq!(&bulk(b"hi")[..], b"$2\r\nhi\r\n");
+        assert_eq!(&null()[..], b"$-1\r\n");
+        assert_eq!(&int(-7)[..], b":-7\r\n");
+        assert_eq!(
+            &array(vec![BytesFrame::Integer(1), BytesFrame::Null])[..],
+            b"*2\r\n:1\r\n$-1\r\n"
+        );
+        assert_eq!(
+            &wrong_args(b"PING")[..],
+            b"-ERR wrong number of arguments for 'ping' command\r\n"
+        );
+    }
+}

@@ -1,0 +1,447 @@
+//! The routing table and the routing decision.
+//!
+//! [`RoutingTable`] is an immutable snapshot built from one config update of the control
+//! plane; the proxy swaps it atomically (`ArcSwap`) and client connections read it once per
+//! batch of requests. [`route`] is a pure function of (table, command class, client state):
+//! no I/O, table-driven tests.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pivot_proto::v1;
+
+use crate::command::Class;
+
+/// A Redis node's address as the Sentinels report it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeAddr {
+    /// Host name or IP.
+    pub host: Arc<str>,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl NodeAddr {
+    /// A node address.
+    pub fn new(host: &str, port: u16) -> Self {
+        NodeAddr {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Where reads go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPolicy {
+    /// Every command to the master.
+    MasterOnly,
+    /// Reads round-robin over healthy replicas, the master as fallback.
+    Replicas,
+    /// Reads round-robin over the master and healthy replicas.
+    All,
+}
+
+/// Read consistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Any healthy replica serves any read.
+    Eventual,
+    /// A connection that has written reads from the master from then on.
+    ReadYourWrites,
+    /// Master only.
+    Strong,
+}
+
+/// Per-command override from the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleTarget {
+    /// Always the master.
+    Master,
+    /// The read pool (replicas per the read policy).
+    Replica,
+    /// Any node: master and replicas alike.
+    Any,
+}
+
+/// A replica as routing sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRoute {
+    /// Address.
+    pub addr: NodeAddr,
+    /// Whether it may serve reads.
+    pub healthy: bool,
+}
+
+/// One immutable routing snapshot for the service this proxy serves.
+#[derive(Debug, Clone)]
+pub struct RoutingTable {
+    /// Config version of the control plane this table came from (0: none yet).
+    pub version: u64,
+    /// Service (Sentinel master name).
+    pub service: String,
+    /// The master the Sentinels decided on; `None` while there is none.
+    pub master: Option<NodeAddr>,
+    /// Every replica the control plane reported, healthy or not.
+    pub replicas: Vec<ReplicaRoute>,
+    /// Healthy replicas only: the read pool, precomputed.
+    pub readable: Vec<NodeAddr>,
+    /// Read policy.
+    pub read_policy: ReadPolicy,
+    /// Consistency mode.
+    pub consistency: Consistency,
+    /// Lowercased command (or `container|sub`) -> override.
+    pub rules: HashMap<Box<[u8]>, RuleTarget>,
+    /// Sentinels known for the service.
+    pub sentinels: Vec<NodeAddr>,
+}
+
+impl RoutingTable {
+    /// The table a proxy starts with: no master, nothing routable.
+    pub fn empty(service: &str) -> Self {
+        RoutingTable {
+            version: 0,
+            service: service.to_string(),
+            master: None,
+            replicas: Vec::new(),
+            readable: Vec::new(),
+            read_policy: ReadPolicy::Replicas,
+            consistency: Consistency::ReadYourWrites,
+            rules: HashMap::new(),
+            sentinels: Vec::new(),
+        }
+    }
+
+    /// Builds and validates a table from the control plane's config of one service.
+    pub fn from_proto(version: u64, svc: &v1::ServiceConfig) -> Result<Self, String> {
+        let topo = svc
+            .topology
+            .as_ref()
+            .ok_or_else(|| format!("service '{}' has no topology", svc.name))?;
+        let node = |n: &v1::Node, what: &str| -> Result<NodeAddr, String> {
+            if n.host.is_empty() {
+                return Err(format!("{what} has an empty host"));
+            }
+            let port = u16::try_from(n.port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{what} has invalid port {}", n.port))?;
+            Ok(NodeAddr::new(&n.host, port))
+        };
+        let master = topo
+            .master
+            .as_ref()
+            .map(|m| node(m, "master"))
+            .transpose()?;
+        let mut replicas = Vec::with_capacity(topo.replicas.len());
+        for r in &topo.replicas {
+            let n = r
+                .node
+                .as_ref()
+                .ok_or_else(|| "replica without an address".to_string())?;
+            let addr = node(n, "replica")?;
+            if Some(&addr) == master.as_ref() {
+                return Err(format!("{addr} is listed as both master and replica"));
+            }
+            if replicas.iter().any(|x: &ReplicaRoute| x.addr == addr) {
+                return Err(format!("replica {addr} is listed twice"));
+            }
+            replicas.push(ReplicaRoute {
+                addr,
+                healthy: r.healthy,
+            });
+        }
+        let readable = replicas
+            .iter()
+            .filter(|r| r.healthy)
+            .map(|r| r.addr.clone())
+            .collect();
+        let sentinels = topo
+            .sentinels
+            .iter()
+            .filter_map(|s| s.node.as_ref())
+            .map(|n| node(n, "sentinel"))
+            .collect::<Result<_, _>>()?;
+        let policy = svc.policy.clone().unwrap_or_default();
+        let read_policy = match v1::ReadPolicy::try_from(policy.read_policy) {
+            Ok(v1::ReadPolicy::MasterOnly) => ReadPolicy::MasterOnly,
+            Ok(v1::ReadPolicy::All) => ReadPolicy::All,
+            Ok(v1::ReadPolicy::Replicas | v1::ReadPolicy::Unspecified) => ReadPolicy::Replicas,
+            Err(_) => return Err(format!("unknown read policy {}", policy.read_policy)),
+        };
+        let consistency = match v1::Consistency::try_from(policy.consistency) {
+            Ok(v1::Consistency::Eventual) => Consistency::Eventual,
+            Ok(v1::Consistency::Strong) => Consistency::Strong,
+            Ok(v1::Consistency::ReadYourWrites | v1::Consistency::Unspecified) => {
+                Consistency::ReadYourWrites
+            }
+            Err(_) => return Err(format!("unknown consistency {}", policy.consistency)),
+        };
+        let mut rules = HashMap::new();
+        for r in &policy.rules {
+            let target = match v1::Target::try_from(r.target) {
+                Ok(v1::Target::Master) => RuleTarget::Master,
+                Ok(v1::Target::Replica) => RuleTarget::Replica,
+                Ok(v1::Target::Any) => RuleTarget::Any,
+                _ => return Err(format!("rule for '{}' has no valid target", r.command)),
+            };
+            if r.command.is_empty() || r.command.len() > 128 {
+                return Err(format!("invalid rule command '{}'", r.command));
+            }
+            rules.insert(
+                r.command.to_ascii_lowercase().into_bytes().into_boxed_slice(),
+                target,
+            );
+        }
+        Ok(RoutingTable {
+            version,
+            service: svc.name.clone(),
+            master,
+            replicas,
+            readable,
+            read_policy,
+            consistency,
+            rules,
+            sentinels,
+        })
+    }
+}
+
+/// Per-connection state that routing depends on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientState {
+    /// The connection has sent a write (read-your-writes pins its reads to the master).
+    pub has_written: bool,
+}
+
+/// Where one command goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The master.
+    Master,
+    /// The replica at this index of [`RoutingTable::readable`].
+    Replica(usize),
+    /// No node can take it now (no master known).
+    NoMaster,
+}
+
+/// The routing decision for one command of `class`, given the overriding `rule` (if the
+/// table has one for the command). `rr` spreads reads round-robin.
+pub fn route(
+    table: &RoutingTable,
+    class: Class,
+    rule: Option<RuleTarget>,
+    client: &ClientState,
+    rr: &AtomicUsize,
+) -> Route {
+    let to_master = || {
+        if table.master.is_some() {
+            Route::Master
+        } else {
+            Route::NoMaster
+        }
+    };
+    let read_pool = match rule {
+        Some(RuleTarget::Master) => false,
+        Some(RuleTarget::Replica | RuleTarget::Any) => true,
+        None => matches!(class, Class::Read | Class::Neutral),
+    };
+    if !read_pool
+        || table.consistency == Consistency::Strong
+        || (table.consistency == Consistency::ReadYourWrites && client.has_written)
+    {
+        return to_master();
+    }
+    let include_master = match rule {
+        Some(RuleTarget::Any) => true,
+        Some(RuleTarget::Replica) => false,
+        _ => match table.read_policy {
+            ReadPolicy::MasterOnly => return to_master(),
+            ReadPolicy::Replicas => false,
+            ReadPolicy::All => true,
+        },
+    };
+    let replicas = table.readable.len();
+    let master = usize::from(include_master && table.master.is_some());
+    let choices = replicas + master;
+    if choices == 0 {
+        return to_master();
+    }
+    let n = rr.fetch_add(1, Ordering::Relaxed) % choices;
+    if n < replicas {
+        Route::Replica(n)
+    } else {
+        Route::Master
+    }
+}
+
+/// Finds the rule for a request, if the table has rules at all (most have none: one branch).
+pub fn rule_for(table: &RoutingTable, lower_name: &[u8], arg1: Option<&[u8]>) -> Option<RuleTarget> {
+    if table.rules.is_empty() {
+        return None;
+    }
+    if let Some(sub) = arg1 {
+        let mut key = Vec::with_capacity(lower_name.len() + 1 + sub.len());
+        key.extend_from_slice(lower_name);
+        key.push(b'|');
+        key.extend(sub.iter().map(u8::to_ascii_lowercase));
+        if let Some(t) = table.rules.get(key.as_slice()) {
+            return Some(*t);
+        }
+    }
+    table.rules.get(lower_name).copied()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn table(master: bool, healthy: &[bool]) -> RoutingTable {
+        let mut t = RoutingTable::empty("svc");
+        t.version = 1;
+        if master {
+            t.master = Some(NodeAddr::new("127.0.0.1", 7000));
+        }
+        for (i, h) in healthy.iter().enumerate() {
+            let addr = NodeAddr::new("127.0.0.1", 7001 + i as u16);
+            t.replicas.push(ReplicaRoute {
+                addr: addr.clone(),
+                healthy: *h,
+            });
+            if *h {
+                t.readable.push(addr);
+            }
+        }
+        t
+    }
+
+    fn routes(t: &RoutingTable, class: Class, rule: Option<RuleTarget>, written: bool) -> Vec<Route> {
+        let rr = AtomicUsize::new(0);
+        let c = ClientState {
+            has_written: written,
+        };
+        (0..6).map(|_| route(t, class, rule, &c, &rr)).collect()
+    }
+
+    #[test]
+    fn table_driven() {
+        use Route::*;
+        let two = table(true, &[true, true]);
+        let one_down = table(true, &[false, true]);
+        let none_healthy = table(true, &[false, false]);
+        let no_master = table(false, &[true]);
+        let mut all = table(true, &[true, true]);
+        all.read_policy = ReadPolicy::All;
+        let mut master_only = table(true, &[true, true]);
+        master_only.read_policy = ReadPolicy::MasterOnly;
+        let mut strong = table(true, &[true]);
+        strong.consistency = Consistency::Strong;
+        let mut eventual = table(true, &[true]);
+        eventual.consistency = Consistency::Eventual;
+
+        let r = |i| Replica(i);
+        let cases: Vec<(&str, &RoutingTable, Class, Option<RuleTarget>, bool, Vec<Route>)> = vec![
+            ("write to master", &two, Class::Write, None, false, vec![Master; 6]),
+            ("unknown to master", &two, Class::Unknown, None, false, vec![Master; 6]),
+            ("admin to master", &two, Class::Admin, None, false, vec![Master; 6]),
+            ("reads round-robin", &two, Class::Read, None, false, vec![r(0), r(1), r(0), r(1), r(0), r(1)]),
+            ("neutral like reads", &two, Class::Neutral, None, false, vec![r(0), r(1), r(0), r(1), r(0), r(1)]),
+            ("only healthy replicas", &one_down, Class::Read, None, false, vec![r(0); 6]),
+            ("master fallback", &none_healthy, Class::Read, None, false, vec![Master; 6]),
+            ("policy all", &all, Class::Read, None, false, vec![r(0), r(1), Master, r(0), r(1), Master]),
+            ("master-only", &master_only, Class::Read, None, false, vec![Master; 6]),
+            ("strong", &strong, Class::Read, None, false, vec![Master; 6]),
+            ("ryw after write", &two, Class::Read, None, true, vec![Master; 6]),
+            ("eventual after write", &eventual, Class::Read, None, true, vec![r(0); 6]),
+            ("no master: writes", &no_master, Class::Write, None, false, vec![NoMaster; 6]),
+            ("no master: reads still served", &no_master, Class::Read, None, false, vec![r(0); 6]),
+            ("rule master", &two, Class::Read, Some(RuleTarget::Master), false, vec![Master; 6]),
+            ("rule replica on a write-class cmd", &two, Class::Write, Some(RuleTarget::Replica), false, vec![r(0), r(1), r(0), r(1), r(0), r(1)]),
+            ("rule any", &one_down, Class::Write, Some(RuleTarget::Any), false, vec![r(0), Master, r(0), Master, r(0), Master]),
+            ("rule replica with master-only policy", &master_only, Class::Read, Some(RuleTarget::Replica), false, vec![r(0), r(1), r(0), r(1), r(0), r(1)]),
+        ];
+        for (name, t, class, rule, written, want) in cases {
+            assert_eq!(routes(t, class, rule, written), want, "{name}");
+        }
+    }
+
+    fn proto(master: Option<(&str, u32)>, replicas: &[(&str, u32, bool)]) -> v1::ServiceConfig {
+        v1::ServiceConfig {
+            name: "svc".into(),
+            topology: Some(v1::Topology {
+                master: master.map(|(h, p)| v1::Node {
+                    host: h.into(),
+                    port: p,
+                }),
+                replicas: replicas
+                    .iter()
+                    .map(|(h, p, ok)| v1::Replica {
+                        node: Some(v1::Node {
+                            host: (*h).into(),
+                            port: *p,
+                        }),
+                        healthy: *ok,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            policy: Some(v1::RoutingPolicy {
+                read_policy: v1::ReadPolicy::All as i32,
+                consistency: v1::Consistency::Eventual as i32,
+                rules: vec![v1::CommandRule {
+                    command: "EVALSHA".into(),
+                    target: v1::Target::Replica as i32,
+                }],
+            }),
+        }
+    }
+
+    #[test]
+    fn from_proto_validates() {
+        let ok = RoutingTable::from_proto(
+            3,
+            &proto(Some(("127.0.0.1", 7000)), &[("127.0.0.1", 7001, true), ("127.0.0.1", 7002, false)]),
+        )
+        .unwrap();
+        assert_eq!(ok.version, 3);
+        assert_eq!(ok.readable, vec![NodeAddr::new("127.0.0.1", 7001)]);
+        assert_eq!(ok.read_policy, ReadPolicy::All);
+        assert_eq!(ok.consistency, Consistency::Eventual);
+        assert_eq!(rule_for(&ok, b"evalsha", Some(b"abc")), Some(RuleTarget::Replica));
+        assert_eq!(rule_for(&ok, b"get", None), None);
+
+        let errs = [
+            (proto(Some(("", 7000)), &[]), "empty host"),
+            (proto(Some(("h", 70000)), &[]), "invalid port"),
+            (proto(Some(("h", 0)), &[]), "invalid port"),
+            (proto(Some(("h", 1)), &[("h", 1, true)]), "both master and replica"),
+            (proto(Some(("h", 1)), &[("h", 2, true), ("h", 2, true)]), "twice"),
+        ];
+        for (p, want) in errs {
+            let e = RoutingTable::from_proto(1, &p).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+        let mut no_topo = proto(None, &[]);
+        no_topo.topology = None;
+        assert!(RoutingTable::from_proto(1, &no_topo).is_err());
+        let mut bad_rule = proto(None, &[]);
+        if let Some(p) = bad_rule.policy.as_mut() {
+            p.rules[0].target = 0;
+        }
+        assert!(RoutingTable::from_proto(1, &bad_rule).is_err());
+    }
+}

@@ -1,0 +1,354 @@
+//! The proxy process: listeners, worker threads, and the state they share.
+//!
+//! Data path: `workers` OS threads, each a single-threaded tokio runtime that accepts on its
+//! own clone of the client listener and owns its own backend connections (one per node), so
+//! the hot path shares nothing across cores but the routing snapshot (an `ArcSwap`, read once
+//! per batch) and atomic counters. Control path (config stream, command table, admin HTTP):
+//! the runtime that calls [`Proxy::run`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::backend::{BackendOptions, Pool};
+use crate::command::CommandTable;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::routing::RoutingTable;
+use crate::{Error, admin, config_client, connection};
+
+/// Limits applied to every client connection.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request frame.
+    pub max_request_bytes: usize,
+    /// Requests in flight per client.
+    pub max_pipeline: usize,
+}
+
+/// State shared by every worker and the control path.
+#[derive(Debug)]
+pub struct Shared {
+    /// The service this proxy serves.
+    pub service: String,
+    /// Current routing snapshot; swapped whole by the config client.
+    pub table: ArcSwap<RoutingTable>,
+    /// Command classification from the master's `COMMAND`.
+    pub commands: ArcSwap<CommandTable>,
+    /// Version of the applied table; workers watch it to retire connections.
+    pub applied: watch::Sender<u64>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Client limits.
+    pub limits: Limits,
+    /// Source of `CLIENT ID`s.
+    pub next_client_id: AtomicU64,
+    /// Round-robin cursor for reads.
+    pub rr: AtomicUsize,
+}
+
+/// One worker thread's state.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) pool: Pool,
+}
+
+/// A proxy with its listeners bound, ready to [`run`](Proxy::run).
+#[derive(Debug)]
+pub struct Proxy {
+    config: Config,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    admin: TcpListener,
+    local_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl Proxy {
+    /// Validates the config and binds both listeners. A busy address fails with an error
+    /// naming the flag that moves it.
+    pub async fn bind(config: Config) -> Result<Proxy, Error> {
+        config.validate().map_err(Error::Config)?;
+        let listener = std::net::TcpListener::bind(config.listen).map_err(|e| Error::Bind {
+            flag: "--listen",
+            addr: config.listen,
+            source: e,
+        })?;
+        listener.set_nonblocking(true).map_err(Error::Io)?;
+        let local_addr = listener.local_addr().map_err(Error::Io)?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|e| Error::Bind {
+                flag: "--admin-listen",
+                addr: config.admin_listen,
+                source: e,
+            })?;
+        let admin_addr = admin.local_addr().map_err(Error::Io)?;
+        let shared = Arc::new(Shared {
+            service: config.service.clone(),
+            table: ArcSwap::from_pointee(RoutingTable::empty(&config.service)),
+            commands: ArcSwap::from_pointee(CommandTable::empty()),
+            applied: watch::Sender::new(0),
+            metrics: Arc::new(Metrics::new()),
+            limits: Limits {
+                max_request_bytes: config.max_request_bytes,
+                max_pipeline: config.max_pipeline,
+            },
+            next_client_id: AtomicU64::new(1),
+            rr: AtomicUsize::new(0),
+        });
+        Ok(Proxy {
+            config,
+            shared,
+            listener,
+            admin,
+            local_addr,
+            admin_addr,
+        })
+    }
+
+    /// Where clients connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Where the admin HTTP listener is.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The config version applied, updated on every change.
+    pub fn applied_version(&self) -> watch::Receiver<u64> {
+        self.shared.applied.subscribe()
+    }
+
+    /// Shared state (routing table, metrics), for tests and embedding.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets client connections
+    /// finish what they sent (bounded by `--shutdown-grace`) and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let Proxy {
+            config,
+            shared,
+            listener,
+            admin,
+            local_addr,
+            admin_addr,
+        } = self;
+        info!(%local_addr, %admin_addr, service = %config.service, workers = config.workers, "pivot-proxy listening");
+        let proxy_id = config.proxy_id.clone().unwrap_or_else(default_proxy_id);
+        let tasks = TaskTracker::new();
+        tasks.spawn(
+            config_client::run(
+                shared.clone(),
+                config_client::Settings {
+                    endpoint: config.control_plane.clone(),
+                    proxy_id,
+                    listen_addr: local_addr.to_string(),
+                },
+                shutdown.clone(),
+            )
+            .instrument(info_span!("config_client")),
+        );
+        tasks.spawn(refresh_commands(shared.clone(), shutdown.clone()).instrument(info_span!("commands")));
+        tasks.spawn(admin::serve(admin, shared.clone(), shutdown.clone()));
+
+        let backend_opts = BackendOptions {
+            connect_timeout: config.backend_connect_timeout,
+            drain_grace: config.backend_drain_grace,
+            max_reply_bytes: config.max_reply_bytes,
+            ..BackendOptions::default()
+        };
+        let mut threads = Vec::new();
+        for i in 0..config.workers {
+            let l = listener.try_clone().map_err(Error::Io)?;
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            let opts = backend_opts.clone();
+            let grace = config.shutdown_grace;
+            let t = std::thread::Builder::new()
+                .name(format!("pivot-worker-{i}"))
+                .spawn(move || worker_thread(i, l, shared, opts, shutdown, grace))
+                .map_err(Error::Io)?;
+            threads.push(t);
+        }
+        drop(listener);
+        shutdown.cancelled().await;
+        info!("shutting down");
+        tasks.close();
+        // Joining blocks: do it off the async threads.
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                if t.join().is_err() {
+                    error!("a worker thread panicked");
+                }
+            }
+        });
+        let _ = joined.await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+        Ok(())
+    }
+}
+
+/// Binds and runs a proxy: what `main` calls.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    Proxy::bind(config).await?.run(shutdown).await
+}
+
+fn default_proxy_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "proxy".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn worker_thread(
+    index: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    opts: BackendOptions,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start worker runtime");
+            shutdown.cancel();
+            return;
+        }
+    };
+    rt.block_on(
+        async move {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    error!(error = %e, "cannot register listener");
+                    shutdown.cancel();
+                    return;
+                }
+            };
+            let worker = Arc::new(Worker {
+                pool: Pool::new(opts, shared.metrics.clone()),
+                shared,
+            });
+            let tasks = TaskTracker::new();
+            tasks.spawn(retire_on_change(worker.clone(), shutdown.clone()));
+            let mut next_conn: u64 = 0;
+            loop {
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        next_conn += 1;
+                        let span = info_span!("client", %peer, conn = next_conn);
+                        tasks.spawn(
+                            connection::serve(stream, worker.clone(), shutdown.clone()).instrument(span),
+                        );
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            drop(listener);
+            tasks.close();
+            if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+                warn!("client connections still open after the shutdown grace period");
+            }
+        }
+        .instrument(info_span!("worker", index)),
+    );
+}
+
+/// Retires this worker's connections to nodes that lost the master role or left the table,
+/// so that no request reaches a demoted master on an old connection (invariant I1).
+async fn retire_on_change(worker: Arc<Worker>, shutdown: CancellationToken) {
+    let mut applied = worker.shared.applied.subscribe();
+    let mut prev = worker.shared.table.load_full();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = applied.changed() => if r.is_err() { return },
+        }
+        let next = worker.shared.table.load_full();
+        if let Some(old) = &prev.master {
+            if next.master.as_ref() != Some(old) {
+                worker.pool.retire(old);
+            }
+        }
+        worker.pool.retain(|addr| {
+            next.master.as_ref() == Some(addr) || next.replicas.iter().any(|r| &r.addr == addr)
+        });
+        prev = next;
+    }
+}
+
+/// Keeps the command table in step with the master: loads `COMMAND` when a master is first
+/// known and again whenever it changes (the new master may run another version).
+async fn refresh_commands(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut applied = shared.applied.subscribe();
+    let mut loaded_from = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let master = shared.table.load().master.clone();
+        if master.is_some() && master != loaded_from {
+            if let Some(m) = &master {
+                match load_commands(&m.host, m.port).await {
+                    Ok(table) => {
+                        info!(master = %m, commands = table.len(), "command table loaded");
+                        shared.commands.store(Arc::new(table));
+                        loaded_from = master.clone();
+                        backoff = Duration::from_millis(100);
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(master = %m, error = %e, "cannot load the command table; unknown commands go to the master meanwhile");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = applied.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+async fn load_commands(host: &str, port: u16) -> Result<CommandTable, String> {
+    let client = redis::Client::open(format!("redis://{host}:{port}/")).map_err(|e| e.to_string())?;
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply: redis::Value = redis::cmd("COMMAND")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    CommandTable::from_command_reply(&reply)
+}
