@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::error::Error;
+use crate::state::ReadPolicy;
 use crate::topology::NodeAddr;
 
 /// Configuration of the control plane (flags, or `PIVOT_*` environment variables).
@@ -56,6 +57,17 @@ pub struct Config {
     )]
     pub services: Vec<ServiceSpec>,
 
+    /// Read policy of a service: `master-only`, `replicas` (the default: round-robin over
+    /// healthy replicas, master as fallback) or `all` (master and replicas). Stored, so it
+    /// stays until changed. Repeatable; in PIVOT_READ_POLICIES separate entries with `;`.
+    #[arg(
+        long = "read-policy",
+        env = "PIVOT_READ_POLICIES",
+        value_name = "NAME=POLICY",
+        value_delimiter = ';'
+    )]
+    pub read_policies: Vec<ReadPolicySpec>,
+
     /// How often every Sentinel is polled (events trigger an immediate poll as well).
     #[arg(long, env = "PIVOT_SENTINEL_POLL_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sentinel_poll_interval: Duration,
@@ -81,6 +93,29 @@ pub struct ServiceSpec {
     pub name: String,
     /// Configured Sentinels.
     pub sentinels: Vec<NodeAddr>,
+}
+
+/// A `--read-policy NAME=POLICY` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadPolicySpec {
+    /// Service name.
+    pub service: String,
+    /// Its read policy.
+    pub policy: ReadPolicy,
+}
+
+impl FromStr for ReadPolicySpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, policy) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}` is not NAME=POLICY"))?;
+        Ok(Self {
+            service: name.trim().to_string(),
+            policy: policy.trim().parse()?,
+        })
+    }
 }
 
 impl FromStr for ServiceSpec {

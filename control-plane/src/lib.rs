@@ -39,8 +39,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::{Config, ServiceSpec};
+pub use config::{Config, ReadPolicySpec, ServiceSpec};
 pub use error::Error;
+pub use state::ReadPolicy;
 
 use crate::grpc::{Discovery, ProxyRegistry};
 use crate::metrics::Metrics;
@@ -93,6 +94,14 @@ impl ControlPlane {
         let store = Store::open(&config.data_dir).await?;
         for s in &config.services {
             store.upsert_service(s).await?;
+        }
+        for p in &config.read_policies {
+            if !store.set_read_policy(&p.service, p.policy).await? {
+                return Err(Error::Config(format!(
+                    "--read-policy names service `{}`, which is not registered",
+                    p.service
+                )));
+            }
         }
         // The store is the source of truth: services registered by earlier runs are
         // watched too.

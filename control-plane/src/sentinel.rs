@@ -398,6 +398,7 @@ fn parse_replica(f: &Fields) -> Option<ReplicaInfo> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         repl_offset: f.get("slave-repl-offset").and_then(|v| v.parse().ok()),
+        role_reported: f.get("role-reported").cloned().unwrap_or_default(),
     })
 }
 

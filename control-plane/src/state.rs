@@ -18,7 +18,7 @@ use crate::store::{NewEvent, Store, StoredService, VERSION_BLOCK, Write, Writer}
 use crate::topology::{NodeAddr, SentinelState, Topology};
 
 /// How reads are spread (domain twin of the proto enum).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReadPolicy {
     /// Every command to the master.
@@ -27,6 +27,21 @@ pub enum ReadPolicy {
     Replicas,
     /// Reads over master and healthy replicas.
     All,
+}
+
+impl std::str::FromStr for ReadPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "master-only" => Ok(ReadPolicy::MasterOnly),
+            "replicas" => Ok(ReadPolicy::Replicas),
+            "all" => Ok(ReadPolicy::All),
+            other => Err(format!(
+                "unknown read policy `{other}` (expected master-only, replicas or all)"
+            )),
+        }
+    }
 }
 
 /// Read consistency (domain twin of the proto enum).
@@ -181,7 +196,10 @@ impl State {
                         master_reason: "waiting for the first answers".into(),
                         ..Topology::default()
                     },
-                    policy: Policy::default(),
+                    policy: Policy {
+                        read_policy: s.read_policy.unwrap_or(ReadPolicy::Replicas),
+                        ..Policy::default()
+                    },
                     decided: false,
                 },
             );

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServiceSpec;
 use crate::error::Error;
+use crate::state::ReadPolicy;
 use crate::topology::NodeAddr;
 
 /// Versions are reserved in blocks of this size.
@@ -52,12 +53,22 @@ pub struct StoredService {
     pub name: String,
     /// Configured Sentinels.
     pub sentinels: Vec<NodeAddr>,
+    /// Read policy set with `--read-policy`; `None` means the default.
+    pub read_policy: Option<ReadPolicy>,
 }
 
 #[derive(FromRow)]
 struct ServiceRow {
     name: String,
     sentinels: String,
+    policy: Option<String>,
+}
+
+/// What the `services.policy` column holds (JSON); fields absent mean the default.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct StoredPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    read_policy: Option<ReadPolicy>,
 }
 
 /// One topology event as stored.
@@ -212,10 +223,25 @@ impl Store {
         Ok(())
     }
 
+    /// Sets a service's read policy. Returns false when the service does not exist.
+    pub async fn set_read_policy(&self, service: &str, policy: ReadPolicy) -> Result<bool, Error> {
+        let json = serde_json::to_string(&StoredPolicy {
+            read_policy: Some(policy),
+        })
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let done = sqlx::query("UPDATE services SET policy = ?1, updated_at = ?2 WHERE name = ?3")
+            .bind(json)
+            .bind(unix_ms(SystemTime::now()))
+            .bind(service)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Every registered service, by name.
     pub async fn services(&self) -> Result<Vec<StoredService>, Error> {
         let rows: Vec<ServiceRow> =
-            sqlx::query_as("SELECT name, sentinels FROM services ORDER BY name")
+            sqlx::query_as("SELECT name, sentinels, policy FROM services ORDER BY name")
                 .fetch_all(&self.pool)
                 .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -228,9 +254,16 @@ impl Store {
                 .map(|s| s.parse::<NodeAddr>())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| sqlx::Error::Decode(format!("services.sentinels: {e}").into()))?;
+            let policy: StoredPolicy = match r.policy.as_deref() {
+                None | Some("") => StoredPolicy::default(),
+                Some(json) => serde_json::from_str(json).map_err(|e| {
+                    sqlx::Error::Decode(format!("services.policy of {}: {e}", r.name).into())
+                })?,
+            };
             out.push(StoredService {
                 name: r.name,
                 sentinels,
+                read_policy: policy.read_policy,
             });
         }
         Ok(out)

@@ -143,6 +143,9 @@ pub struct ReplicaInfo {
     pub master_link_down_ms: u64,
     /// `slave-repl-offset`, when reported.
     pub repl_offset: Option<u64>,
+    /// `role-reported`: what the node itself says it is (`slave`, or `master` for a demoted
+    /// master that has not been reconfigured yet). Empty when not reported.
+    pub role_reported: String,
 }
 
 /// A replica in the accepted topology.
@@ -343,6 +346,14 @@ fn merge_replicas(sources: &[&SentinelView], master: Option<&NodeAddr>) -> Vec<R
                     .or_default()
                     .insert(v.sentinel.clone());
             }
+            // A demoted master that still calls itself master (for about 10 s after it comes
+            // back, SENTINEL.md) serves stale data: no reads until it is a replica again.
+            if !r.role_reported.is_empty() && r.role_reported != "slave" {
+                a.problems
+                    .entry(format!("reports role {}", r.role_reported))
+                    .or_default()
+                    .insert(v.sentinel.clone());
+            }
             a.link_down_ms = a.link_down_ms.max(r.master_link_down_ms);
             // Sentinels refresh replica INFO at different times: keep the freshest
             // (highest) offset.
@@ -421,6 +432,7 @@ mod tests {
             master_link_status: link.to_string(),
             master_link_down_ms: 0,
             repl_offset: offset,
+            role_reported: "slave".to_string(),
         }
     }
 
@@ -593,6 +605,23 @@ mod tests {
             t.master_reason.contains("only 1 of 3"),
             "{}",
             t.master_reason
+        );
+    }
+
+    #[test]
+    fn demoted_master_still_claiming_master_gets_no_reads() {
+        let mut r = replica("10.0.1.1:6379", &["slave"], "ok", None);
+        r.role_reported = "master".to_string();
+        let views = vec![
+            view("s:1", Some((M1, 1)), vec![r]),
+            view("s:2", Some((M1, 1)), vec![]),
+        ];
+        let t = decide(&Topology::default(), &views, 2);
+        assert!(!t.replicas[0].healthy);
+        assert!(
+            t.replicas[0].reason.contains("reports role master"),
+            "{}",
+            t.replicas[0].reason
         );
     }
 

@@ -35,22 +35,38 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     }
 }
 
-/// Ready once a config snapshot has been applied.
+/// Ready once a config snapshot has been applied and the command table is loaded (without
+/// it every command would be classified unknown and sent to the master, blocking ones
+/// included).
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let table = shared.table.load();
-    if table.version == 0 {
+    let reason = if table.version == 0 {
+        Some("no config received from the control plane yet")
+    } else if shared.commands.load().is_empty() {
+        Some("command table not loaded from the master yet")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": "no config received from the control plane yet"})),
+            Json(json!({"ready": false, "reason": reason})),
         )
             .into_response();
     }
-    (StatusCode::OK, Json(json!({"ready": true, "version": table.version}))).into_response()
+    (
+        StatusCode::OK,
+        Json(json!({"ready": true, "version": table.version})),
+    )
+        .into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         shared.metrics.encode(),
     )
         .into_response()

@@ -86,6 +86,9 @@ pub struct BackendOptions {
     pub max_reply_bytes: usize,
     /// How long a retired connection waits for in-flight replies.
     pub drain_grace: Duration,
+    /// A request unanswered for this long means the node has stopped answering: a retired
+    /// connection stops waiting for it.
+    pub stall: Duration,
     /// After a failed connect, how long the pool answers "unreachable" before trying again.
     pub reconnect_backoff: Duration,
 }
@@ -98,6 +101,7 @@ impl Default for BackendOptions {
             max_inflight: 16384,
             max_reply_bytes: 1 << 30,
             drain_grace: Duration::from_secs(1),
+            stall: Duration::from_millis(250),
             reconnect_backoff: Duration::from_millis(100),
         }
     }
@@ -105,6 +109,8 @@ impl Default for BackendOptions {
 
 struct Pending {
     reply: oneshot::Sender<Reply>,
+    /// When the batch holding this request was written (one clock read per batch).
+    sent_at: Instant,
 }
 
 struct Shared {
@@ -292,15 +298,48 @@ async fn run(
                 if lock(&shared.inflight).is_empty() {
                     return End::Closed;
                 }
-                match tokio::time::timeout(opts.drain_grace, &mut reader).await {
-                    Ok(end) => end,
-                    Err(_) => End::Failed(
-                        BackendFailure::DrainTimeout,
-                        format!("no reply within the drain grace period of {:?}", opts.drain_grace),
-                    ),
-                }
+                drain(shared, &mut reader, opts).await
             }
         },
+    }
+}
+
+/// Lets the requests on the wire of a retired connection finish: up to `drain_grace`, but no
+/// longer than it takes to see that the node has stopped answering (the oldest request
+/// unanswered for `stall`), so that a frozen old master does not hold its clients' errors
+/// back for the whole grace period.
+async fn drain(
+    shared: &Shared,
+    reader: &mut (impl std::future::Future<Output = End> + Unpin),
+    opts: &BackendOptions,
+) -> End {
+    let deadline = tokio::time::Instant::now() + opts.drain_grace;
+    let tick = (opts.stall / 4).max(Duration::from_millis(5));
+    loop {
+        let oldest = lock(&shared.inflight).front().map(|p| p.sent_at.elapsed());
+        match oldest {
+            None => return End::Closed,
+            Some(age) if age >= opts.stall => {
+                return End::Failed(
+                    BackendFailure::DrainTimeout,
+                    format!("no reply for {} ms", age.as_millis()),
+                );
+            }
+            Some(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return End::Failed(
+                BackendFailure::DrainTimeout,
+                format!(
+                    "no reply within the drain grace period of {:?}",
+                    opts.drain_grace
+                ),
+            );
+        }
+        tokio::select! {
+            end = &mut *reader => return end,
+            _ = tokio::time::sleep(tick) => {}
+        }
     }
 }
 
@@ -325,6 +364,7 @@ async fn write_requests(
             // not be sent now (a demoted master must get no writes).
             return None;
         };
+        let sent_at = Instant::now();
         let mut next = Some(first);
         while let Some(req) = next.take() {
             // Wait for room on the wire; the reader returns permits as replies arrive.
@@ -333,13 +373,19 @@ async fn write_requests(
                 Err(_) => return Some(End::Failed(BackendFailure::Lost, "closed".into())),
             }
             buf.extend_from_slice(&req.frame);
-            lock(&shared.inflight).push_back(Pending { reply: req.reply });
+            lock(&shared.inflight).push_back(Pending {
+                reply: req.reply,
+                sent_at,
+            });
             if buf.len() < MAX_BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
         }
         if let Err(e) = wr.write_all(&buf).await {
-            return Some(End::Failed(BackendFailure::Lost, format!("write failed: {e}")));
+            return Some(End::Failed(
+                BackendFailure::Lost,
+                format!("write failed: {e}"),
+            ));
         }
         buf.clear();
         if buf.capacity() > 1024 * 1024 {
@@ -387,7 +433,9 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
 
 /// Makes room for the next read: at least 8 KiB, or what the current frame still needs.
 pub(crate) fn reserve(buf: &mut BytesMut, need: usize) {
-    let want = need.saturating_sub(buf.len()).clamp(8 * 1024, 4 * 1024 * 1024);
+    let want = need
+        .saturating_sub(buf.len())
+        .clamp(8 * 1024, 4 * 1024 * 1024);
     if buf.capacity() - buf.len() < want {
         buf.reserve(want.max(16 * 1024));
     }
@@ -454,7 +502,10 @@ mod tests {
     use tokio::net::TcpListener;
 
     /// A fake Redis that answers `+OK` to every request line after `delay`.
-    async fn server(replies: usize, delay: Duration) -> (NodeAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    async fn server(
+        replies: usize,
+        delay: Duration,
+    ) -> (NodeAddr, tokio::task::JoinHandle<Vec<u8>>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let h = tokio::spawn(async move {
@@ -517,7 +568,11 @@ mod tests {
         let again = pool.get(&NodeAddr::new("127.0.0.1", port));
         assert!(!again.is_alive());
         let r = call(&again, b"x\n").await.await.unwrap();
-        assert!(r.unwrap_err().to_resp().starts_with(b"-ERR pivot: cannot reach"));
+        assert!(
+            r.unwrap_err()
+                .to_resp()
+                .starts_with(b"-ERR pivot: cannot reach")
+        );
     }
 
     #[tokio::test]
@@ -525,9 +580,11 @@ mod tests {
         // The server answers one request, then goes silent.
         let (addr, _srv) = server(1, Duration::from_millis(50)).await;
         let opts = BackendOptions {
-            drain_grace: Duration::from_millis(200),
+            drain_grace: Duration::from_secs(5),
+            stall: Duration::from_millis(200),
             ..Default::default()
         };
+        let started = Instant::now();
         let b = Backend::spawn(addr, opts, Arc::new(Metrics::new()));
         let r1 = call(&b, b"a\n").await;
         let r2 = call(&b, b"b\n").await;
@@ -538,6 +595,12 @@ mod tests {
         let e2 = r2.await.unwrap().unwrap_err();
         assert!(matches!(e2, BackendError::Lost { .. }), "{e2}");
         assert!(e2.to_string().contains("may or may not have been applied"));
+        // Given up after the stall bound, not the (much longer) grace period.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
         let e3 = r3.await.unwrap().unwrap_err();
         assert!(matches!(e3, BackendError::NotSent { .. }), "{e3}");
     }

@@ -314,17 +314,37 @@ mod tests {
             entry("get", &["readonly", "fast"], vec![]),
             entry("info", &["loading", "stale"], vec![]),
             entry("blmove", &["write", "denyoom", "blocking"], vec![]),
-            entry("publish", &["pubsub", "loading", "stale", "fast", "may_replicate"], vec![]),
-            entry("subscribe", &["pubsub", "noscript", "loading", "stale"], vec![]),
-            entry("eval", &["noscript", "stale", "skip_monitor", "may_replicate"], vec![]),
+            entry(
+                "publish",
+                &["pubsub", "loading", "stale", "fast", "may_replicate"],
+                vec![],
+            ),
+            entry(
+                "subscribe",
+                &["pubsub", "noscript", "loading", "stale"],
+                vec![],
+            ),
+            entry(
+                "eval",
+                &["noscript", "stale", "skip_monitor", "may_replicate"],
+                vec![],
+            ),
             entry("eval_ro", &["noscript", "stale", "readonly"], vec![]),
             entry("xread", &["readonly", "blocking"], vec![]),
             entry(
                 "config",
                 &[],
                 vec![
-                    entry("config|get", &["admin", "noscript", "loading", "stale"], vec![]),
-                    entry("config|set", &["admin", "noscript", "loading", "stale"], vec![]),
+                    entry(
+                        "config|get",
+                        &["admin", "noscript", "loading", "stale"],
+                        vec![],
+                    ),
+                    entry(
+                        "config|set",
+                        &["admin", "noscript", "loading", "stale"],
+                        vec![],
+                    ),
                 ],
             ),
             entry(
@@ -370,7 +390,10 @@ mod tests {
         let long = vec![b'a'; 200];
         assert_eq!(t.lookup(&long, None).class, Class::Unknown);
         assert!(CommandTable::empty().is_empty());
-        assert_eq!(CommandTable::empty().lookup(b"SET", None).class, Class::Unknown);
+        assert_eq!(
+            CommandTable::empty().lookup(b"SET", None).class,
+            Class::Unknown
+        );
     }
 
     #[test]

@@ -28,7 +28,11 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// gRPC endpoint of the control plane.
-    #[arg(long, env = "PIVOT_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "PIVOT_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub control_plane: String,
 
     /// Address of the admin HTTP listener (/healthz, /readyz, /metrics, /status).
@@ -40,7 +44,7 @@ pub struct Config {
     #[arg(long, env = "PIVOT_WORKERS", default_value_t = 1)]
     pub workers: usize,
 
-    /// Identity reported to the control plane (default: hostname-pid).
+    /// Identity reported to the control plane (default: hostname-pid-random).
     #[arg(long, env = "PIVOT_PROXY_ID")]
     pub proxy_id: Option<String>,
 
@@ -64,6 +68,11 @@ pub struct Config {
     /// How long a connection to a node that lost its role waits for replies in flight.
     #[arg(long, env = "PIVOT_BACKEND_DRAIN_GRACE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub backend_drain_grace: Duration,
+
+    /// A backend request unanswered this long means the node stopped answering; a
+    /// connection to a node that lost its role stops waiting for it then.
+    #[arg(long, env = "PIVOT_BACKEND_STALL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub backend_stall: Duration,
 
     /// How long client connections may take to finish at shutdown.
     #[arg(long, env = "PIVOT_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -92,7 +101,8 @@ impl Config {
         if self.max_reply_bytes < 1024 {
             return Err("--max-reply-bytes must be at least 1k".into());
         }
-        if !(self.control_plane.starts_with("http://") || self.control_plane.starts_with("https://"))
+        if !(self.control_plane.starts_with("http://")
+            || self.control_plane.starts_with("https://"))
         {
             return Err(format!(
                 "--control-plane must be an http:// or https:// URL, got '{}'",
@@ -116,6 +126,7 @@ impl Config {
             max_pipeline: 1024,
             backend_connect_timeout: Duration::from_secs(1),
             backend_drain_grace: Duration::from_secs(1),
+            backend_stall: Duration::from_millis(250),
             shutdown_grace: Duration::from_secs(5),
             log_format: LogFormat::Text,
         }
@@ -172,7 +183,8 @@ mod tests {
         ])
         .unwrap();
         assert!(bad.validate().unwrap_err().contains("--control-plane"));
-        let bad = Config::try_parse_from(["pivot-proxy", "--service", "m", "--workers", "0"]).unwrap();
+        let bad =
+            Config::try_parse_from(["pivot-proxy", "--service", "m", "--workers", "0"]).unwrap();
         assert!(bad.validate().is_err());
     }
 }

@@ -47,7 +47,9 @@ pub async fn run(shared: Arc<Shared>, settings: Settings, shutdown: Cancellation
             // The stream worked for a while: start the backoff over.
             Ok(true) => backoff = MIN_BACKOFF,
             Ok(false) => {}
-            Err(e) => warn!(error = %e, endpoint = %settings.endpoint, "config stream failed; serving with the last config"),
+            Err(e) => {
+                warn!(error = %e, endpoint = %settings.endpoint, "config stream failed; serving with the last config")
+            }
         }
         let jitter = rand::rng().random_range(0.8..1.2);
         let wait = backoff.mul_f64(jitter);
@@ -82,7 +84,9 @@ async fn stream_once(shared: &Shared, settings: &Settings) -> Result<bool, Strin
             running_version: shared.table.load().version,
         })),
     };
-    tx.send(hello).await.map_err(|_| "stream closed".to_string())?;
+    tx.send(hello)
+        .await
+        .map_err(|_| "stream closed".to_string())?;
     let mut updates = client
         .stream_config(ReceiverStream::new(rx))
         .await
@@ -131,7 +135,11 @@ async fn stream_once(shared: &Shared, settings: &Settings) -> Result<bool, Strin
                 })
             }
         };
-        if tx.send(v1::ProxyMessage { msg: Some(answer) }).await.is_err() {
+        if tx
+            .send(v1::ProxyMessage { msg: Some(answer) })
+            .await
+            .is_err()
+        {
             return Ok(true);
         }
     }
@@ -140,11 +148,7 @@ async fn stream_once(shared: &Shared, settings: &Settings) -> Result<bool, Strin
 /// Validates an update and swaps the routing table. Nothing changes on error. `last_version`
 /// is the last version applied on the same stream.
 pub fn apply(shared: &Shared, update: &v1::ConfigUpdate, last_version: u64) -> Result<(), String> {
-    if update
-        .unknown_services
-        .iter()
-        .any(|s| s == &shared.service)
-    {
+    if update.unknown_services.iter().any(|s| s == &shared.service) {
         return Err(format!(
             "service '{}' is not known to the control plane",
             shared.service
@@ -171,7 +175,11 @@ pub fn apply(shared: &Shared, update: &v1::ConfigUpdate, last_version: u64) -> R
             "master changed"
         );
     }
-    debug!(version = update.version, replicas = table.readable.len(), "config applied");
+    debug!(
+        version = update.version,
+        replicas = table.readable.len(),
+        "config applied"
+    );
     let version = table.version;
     shared.table.store(Arc::new(table));
     shared.metrics.config_version.set(version as i64);

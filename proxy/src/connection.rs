@@ -148,7 +148,12 @@ async fn read_requests(
                         let bytes = Bytes::from(inline.request);
                         match Scanner::new(Mode::Request, usize::MAX).scan(&bytes) {
                             Ok(Some(info)) => (info, bytes),
-                            _ => continue,
+                            // We built it: only a bug gets here, and it must not be silent.
+                            Ok(None) => {
+                                let e = FrameError::Protocol("incomplete inline request".into());
+                                return protocol_error(&tx, worker, &e).await;
+                            }
+                            Err(e) => return protocol_error(&tx, worker, &e).await,
                         }
                     }
                     Ok(None) => break,
@@ -185,8 +190,16 @@ async fn read_requests(
                         Slot::Ready(r)
                     }
                     Answer::Forward => {
-                        forward(bytes, info, lookup.class, &table, &mut resolved, &mut session, worker)
-                            .await
+                        forward(
+                            bytes,
+                            info,
+                            lookup.class,
+                            &table,
+                            &mut resolved,
+                            &mut session,
+                            worker,
+                        )
+                        .await
                     }
                 }
             } else {
@@ -196,7 +209,16 @@ async fn read_requests(
                         Slot::Ready(unsupported(name, lookup.class))
                     }
                     class => {
-                        forward(bytes, info, class, &table, &mut resolved, &mut session, worker).await
+                        forward(
+                            bytes,
+                            info,
+                            class,
+                            &table,
+                            &mut resolved,
+                            &mut session,
+                            worker,
+                        )
+                        .await
                     }
                 }
             };
@@ -213,7 +235,9 @@ async fn protocol_error(tx: &mpsc::Sender<Slot>, worker: &Worker, e: &FrameError
     debug!(error = %e, "client protocol error");
     // Replies to the requests before the bad one are still delivered, then the error, then
     // the connection closes: the stream cannot be resynchronised (Redis does the same).
-    let _ = tx.send(Slot::Ready(reply::error(&format!("ERR {e}")))).await;
+    let _ = tx
+        .send(Slot::Ready(reply::error(&format!("ERR {e}"))))
+        .await;
     let _ = tx.send(Slot::Close).await;
 }
 
@@ -389,7 +413,10 @@ fn answer_special(
             if argc != 2 {
                 return Answer::Reject(reply::wrong_args(name));
             }
-            match std::str::from_utf8(arg(1)).ok().and_then(|s| s.parse::<i64>().ok()) {
+            match std::str::from_utf8(arg(1))
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
                 None => Answer::Reject(reply::error("ERR value is not an integer or out of range")),
                 Some(0) => Answer::Reply(reply::ok()),
                 Some(_) => Answer::Reject(reply::error(
@@ -416,7 +443,10 @@ fn answer_special(
             String::from_utf8_lossy(name).to_ascii_lowercase()
         ))),
         Special::StreamRead => {
-            let blocks = args.iter().skip(1).any(|a| a.eq_ignore_ascii_case(b"block"));
+            let blocks = args
+                .iter()
+                .skip(1)
+                .any(|a| a.eq_ignore_ascii_case(b"block"));
             if blocks {
                 Answer::Reject(unsupported(name, Class::Blocking))
             } else {
@@ -430,7 +460,10 @@ fn answer_special(
 fn hello(args: &[&[u8]], session: &mut Session) -> Answer {
     let mut i = 1;
     if let Some(v) = args.get(1) {
-        match std::str::from_utf8(v).ok().and_then(|s| s.parse::<i64>().ok()) {
+        match std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+        {
             Some(2) => {}
             Some(3) => {
                 return Answer::Reject(reply::error(
@@ -515,6 +548,14 @@ fn client(args: &[&[u8]], name: &[u8], session: &mut Session) -> Answer {
             None => reply::null(),
         }),
         (b"id", 2) => Answer::Reply(reply::int(session.id as i64)),
+        // Client libraries announce themselves (redis-py, redis-rs, ...); the proxy's own
+        // backend connections are shared, so the announcement stays with the proxy.
+        (b"setinfo", 4)
+            if args[2].eq_ignore_ascii_case(b"lib-name")
+                || args[2].eq_ignore_ascii_case(b"lib-ver") =>
+        {
+            Answer::Reply(reply::ok())
+        }
         (b"setname" | b"getname" | b"id", _) => Answer::Reject(reply::error(&format!(
             "ERR wrong number of arguments for 'client|{}' command",
             String::from_utf8_lossy(&lower)

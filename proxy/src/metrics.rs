@@ -175,8 +175,12 @@ impl Metrics {
         );
         // Separate statements: a `get_or_create` guard holds the family's lock until the end
         // of the statement that created it.
-        let config_acks = updates.get_or_create(&ResultLabel { result: "ack" }).clone();
-        let config_nacks = updates.get_or_create(&ResultLabel { result: "nack" }).clone();
+        let config_acks = updates
+            .get_or_create(&ResultLabel { result: "ack" })
+            .clone();
+        let config_nacks = updates
+            .get_or_create(&ResultLabel { result: "nack" })
+            .clone();
         let mut m = Metrics {
             commands,
             latency,
@@ -283,9 +287,21 @@ mod tests {
         m.latency(Target::Replica, 0.0003);
         m.backend_failure(BackendFailure::Lost);
         let text = m.encode();
-        assert!(text.contains(r#"pivot_proxy_commands_total{class="write",target="master"} 1"#), "{text}");
-        assert!(text.contains(r#"pivot_proxy_commands_total{class="read",target="replica"} 2"#), "{text}");
-        assert!(text.contains(r#"pivot_proxy_backend_errors_total{kind="lost"} 1"#), "{text}");
-        assert!(text.contains("pivot_proxy_command_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains(r#"pivot_proxy_commands_total{class="write",target="master"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pivot_proxy_commands_total{class="read",target="replica"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pivot_proxy_backend_errors_total{kind="lost"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("pivot_proxy_command_duration_seconds_bucket"),
+            "{text}"
+        );
     }
 }

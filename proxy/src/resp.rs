@@ -147,7 +147,8 @@ impl Scanner {
                     if n == -1 && kind == b'$' {
                         self.pos = after;
                     } else {
-                        if n < 0 || (self.mode == Mode::Request && n > self.max_frame as i64) {
+                        let max = i64::try_from(self.max_frame).unwrap_or(i64::MAX);
+                        if n < 0 || (self.mode == Mode::Request && n > max) {
                             return Err(FrameError::Protocol("invalid bulk length".into()));
                         }
                         let end = after
@@ -165,7 +166,9 @@ impl Scanner {
                             return Ok(None);
                         }
                         if &buf[end - 2..end] != b"\r\n" {
-                            return Err(FrameError::Protocol("bulk string not terminated by CRLF".into()));
+                            return Err(FrameError::Protocol(
+                                "bulk string not terminated by CRLF".into(),
+                            ));
                         }
                         if self.mode == Mode::Request && self.depth == 1 {
                             let index = self.frame.argc - self.stack[0] as usize;
@@ -203,7 +206,9 @@ impl Scanner {
                         }
                         if children > 0 {
                             if self.depth == MAX_DEPTH {
-                                return Err(FrameError::Protocol("aggregate nested too deep".into()));
+                                return Err(FrameError::Protocol(
+                                    "aggregate nested too deep".into(),
+                                ));
                             }
                             self.stack[self.depth] = u32::try_from(children).map_err(|_| {
                                 FrameError::Protocol("invalid multibulk length".into())
@@ -379,7 +384,9 @@ fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
             if in_dq {
                 let c = *line.get(i)?;
                 if c == b'\\' && line.get(i + 1) == Some(&b'x') {
-                    let hex = line.get(i + 2..i + 4).and_then(|h| std::str::from_utf8(h).ok());
+                    let hex = line
+                        .get(i + 2..i + 4)
+                        .and_then(|h| std::str::from_utf8(h).ok());
                     if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                         cur.push(v);
                         i += 4;
@@ -553,7 +560,9 @@ mod tests {
             .scan(b"*1\r\n$200\r\n")
             .unwrap_err();
         assert!(err.to_string().contains("invalid bulk length"), "{err}");
-        let err = Scanner::new(Mode::Reply, 100).scan(b"$200\r\n").unwrap_err();
+        let err = Scanner::new(Mode::Reply, 100)
+            .scan(b"$200\r\n")
+            .unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
         let err = Scanner::new(Mode::Reply, 1024).scan(b"?x\r\n").unwrap_err();
         assert!(err.to_string().contains("unexpected type byte"));

@@ -201,7 +201,10 @@ impl RoutingTable {
                 return Err(format!("invalid rule command '{}'", r.command));
             }
             rules.insert(
-                r.command.to_ascii_lowercase().into_bytes().into_boxed_slice(),
+                r.command
+                    .to_ascii_lowercase()
+                    .into_bytes()
+                    .into_boxed_slice(),
                 target,
             );
         }
@@ -288,7 +291,11 @@ pub fn route(
 }
 
 /// Finds the rule for a request, if the table has rules at all (most have none: one branch).
-pub fn rule_for(table: &RoutingTable, lower_name: &[u8], arg1: Option<&[u8]>) -> Option<RuleTarget> {
+pub fn rule_for(
+    table: &RoutingTable,
+    lower_name: &[u8],
+    arg1: Option<&[u8]>,
+) -> Option<RuleTarget> {
     if table.rules.is_empty() {
         return None;
     }
@@ -328,7 +335,12 @@ mod tests {
         t
     }
 
-    fn routes(t: &RoutingTable, class: Class, rule: Option<RuleTarget>, written: bool) -> Vec<Route> {
+    fn routes(
+        t: &RoutingTable,
+        class: Class,
+        rule: Option<RuleTarget>,
+        written: bool,
+    ) -> Vec<Route> {
         let rr = AtomicUsize::new(0);
         let c = ClientState {
             has_written: written,
@@ -353,25 +365,151 @@ mod tests {
         eventual.consistency = Consistency::Eventual;
 
         let r = |i| Replica(i);
-        let cases: Vec<(&str, &RoutingTable, Class, Option<RuleTarget>, bool, Vec<Route>)> = vec![
-            ("write to master", &two, Class::Write, None, false, vec![Master; 6]),
-            ("unknown to master", &two, Class::Unknown, None, false, vec![Master; 6]),
-            ("admin to master", &two, Class::Admin, None, false, vec![Master; 6]),
-            ("reads round-robin", &two, Class::Read, None, false, vec![r(0), r(1), r(0), r(1), r(0), r(1)]),
-            ("neutral like reads", &two, Class::Neutral, None, false, vec![r(0), r(1), r(0), r(1), r(0), r(1)]),
-            ("only healthy replicas", &one_down, Class::Read, None, false, vec![r(0); 6]),
-            ("master fallback", &none_healthy, Class::Read, None, false, vec![Master; 6]),
-            ("policy all", &all, Class::Read, None, false, vec![r(0), r(1), Master, r(0), r(1), Master]),
-            ("master-only", &master_only, Class::Read, None, false, vec![Master; 6]),
+        let cases: Vec<(
+            &str,
+            &RoutingTable,
+            Class,
+            Option<RuleTarget>,
+            bool,
+            Vec<Route>,
+        )> = vec![
+            (
+                "write to master",
+                &two,
+                Class::Write,
+                None,
+                false,
+                vec![Master; 6],
+            ),
+            (
+                "unknown to master",
+                &two,
+                Class::Unknown,
+                None,
+                false,
+                vec![Master; 6],
+            ),
+            (
+                "admin to master",
+                &two,
+                Class::Admin,
+                None,
+                false,
+                vec![Master; 6],
+            ),
+            (
+                "reads round-robin",
+                &two,
+                Class::Read,
+                None,
+                false,
+                vec![r(0), r(1), r(0), r(1), r(0), r(1)],
+            ),
+            (
+                "neutral like reads",
+                &two,
+                Class::Neutral,
+                None,
+                false,
+                vec![r(0), r(1), r(0), r(1), r(0), r(1)],
+            ),
+            (
+                "only healthy replicas",
+                &one_down,
+                Class::Read,
+                None,
+                false,
+                vec![r(0); 6],
+            ),
+            (
+                "master fallback",
+                &none_healthy,
+                Class::Read,
+                None,
+                false,
+                vec![Master; 6],
+            ),
+            (
+                "policy all",
+                &all,
+                Class::Read,
+                None,
+                false,
+                vec![r(0), r(1), Master, r(0), r(1), Master],
+            ),
+            (
+                "master-only",
+                &master_only,
+                Class::Read,
+                None,
+                false,
+                vec![Master; 6],
+            ),
             ("strong", &strong, Class::Read, None, false, vec![Master; 6]),
-            ("ryw after write", &two, Class::Read, None, true, vec![Master; 6]),
-            ("eventual after write", &eventual, Class::Read, None, true, vec![r(0); 6]),
-            ("no master: writes", &no_master, Class::Write, None, false, vec![NoMaster; 6]),
-            ("no master: reads still served", &no_master, Class::Read, None, false, vec![r(0); 6]),
-            ("rule master", &two, Class::Read, Some(RuleTarget::Master), false, vec![Master; 6]),
-            ("rule replica on a write-class cmd", &two, Class::Write, Some(RuleTarget::Replica), false, vec![r(0), r(1), r(0), r(1), r(0), r(1)]),
-            ("rule any", &one_down, Class::Write, Some(RuleTarget::Any), false, vec![r(0), Master, r(0), Master, r(0), Master]),
-            ("rule replica with master-only policy", &master_only, Class::Read, Some(RuleTarget::Replica), false, vec![r(0), r(1), r(0), r(1), r(0), r(1)]),
+            (
+                "ryw after write",
+                &two,
+                Class::Read,
+                None,
+                true,
+                vec![Master; 6],
+            ),
+            (
+                "eventual after write",
+                &eventual,
+                Class::Read,
+                None,
+                true,
+                vec![r(0); 6],
+            ),
+            (
+                "no master: writes",
+                &no_master,
+                Class::Write,
+                None,
+                false,
+                vec![NoMaster; 6],
+            ),
+            (
+                "no master: reads still served",
+                &no_master,
+                Class::Read,
+                None,
+                false,
+                vec![r(0); 6],
+            ),
+            (
+                "rule master",
+                &two,
+                Class::Read,
+                Some(RuleTarget::Master),
+                false,
+                vec![Master; 6],
+            ),
+            (
+                "rule replica on a write-class cmd",
+                &two,
+                Class::Write,
+                Some(RuleTarget::Replica),
+                false,
+                vec![r(0), r(1), r(0), r(1), r(0), r(1)],
+            ),
+            (
+                "rule any",
+                &one_down,
+                Class::Write,
+                Some(RuleTarget::Any),
+                false,
+                vec![r(0), Master, r(0), Master, r(0), Master],
+            ),
+            (
+                "rule replica with master-only policy",
+                &master_only,
+                Class::Read,
+                Some(RuleTarget::Replica),
+                false,
+                vec![r(0), r(1), r(0), r(1), r(0), r(1)],
+            ),
         ];
         for (name, t, class, rule, written, want) in cases {
             assert_eq!(routes(t, class, rule, written), want, "{name}");
@@ -414,22 +552,34 @@ mod tests {
     fn from_proto_validates() {
         let ok = RoutingTable::from_proto(
             3,
-            &proto(Some(("127.0.0.1", 7000)), &[("127.0.0.1", 7001, true), ("127.0.0.1", 7002, false)]),
+            &proto(
+                Some(("127.0.0.1", 7000)),
+                &[("127.0.0.1", 7001, true), ("127.0.0.1", 7002, false)],
+            ),
         )
         .unwrap();
         assert_eq!(ok.version, 3);
         assert_eq!(ok.readable, vec![NodeAddr::new("127.0.0.1", 7001)]);
         assert_eq!(ok.read_policy, ReadPolicy::All);
         assert_eq!(ok.consistency, Consistency::Eventual);
-        assert_eq!(rule_for(&ok, b"evalsha", Some(b"abc")), Some(RuleTarget::Replica));
+        assert_eq!(
+            rule_for(&ok, b"evalsha", Some(b"abc")),
+            Some(RuleTarget::Replica)
+        );
         assert_eq!(rule_for(&ok, b"get", None), None);
 
         let errs = [
             (proto(Some(("", 7000)), &[]), "empty host"),
             (proto(Some(("h", 70000)), &[]), "invalid port"),
             (proto(Some(("h", 0)), &[]), "invalid port"),
-            (proto(Some(("h", 1)), &[("h", 1, true)]), "both master and replica"),
-            (proto(Some(("h", 1)), &[("h", 2, true), ("h", 2, true)]), "twice"),
+            (
+                proto(Some(("h", 1)), &[("h", 1, true)]),
+                "both master and replica",
+            ),
+            (
+                proto(Some(("h", 1)), &[("h", 2, true), ("h", 2, true)]),
+                "twice",
+            ),
         ];
         for (p, want) in errs {
             let e = RoutingTable::from_proto(1, &p).unwrap_err();

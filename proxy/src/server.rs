@@ -162,12 +162,15 @@ impl Proxy {
             )
             .instrument(info_span!("config_client")),
         );
-        tasks.spawn(refresh_commands(shared.clone(), shutdown.clone()).instrument(info_span!("commands")));
+        tasks.spawn(
+            refresh_commands(shared.clone(), shutdown.clone()).instrument(info_span!("commands")),
+        );
         tasks.spawn(admin::serve(admin, shared.clone(), shutdown.clone()));
 
         let backend_opts = BackendOptions {
             connect_timeout: config.backend_connect_timeout,
             drain_grace: config.backend_drain_grace,
+            stall: config.backend_stall,
             max_reply_bytes: config.max_reply_bytes,
             ..BackendOptions::default()
         };
@@ -211,7 +214,13 @@ fn default_proxy_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "proxy".into());
-    format!("{host}-{}", std::process::id())
+    // The random part tells apart proxies in one process (tests, the sandbox) and a
+    // restarted proxy that got the same PID.
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }
 
 fn worker_thread(
@@ -222,7 +231,10 @@ fn worker_thread(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start worker runtime");
@@ -257,7 +269,8 @@ fn worker_thread(
                         next_conn += 1;
                         let span = info_span!("client", %peer, conn = next_conn);
                         tasks.spawn(
-                            connection::serve(stream, worker.clone(), shutdown.clone()).instrument(span),
+                            connection::serve(stream, worker.clone(), shutdown.clone())
+                                .instrument(span),
                         );
                     }
                     Err(e) => {
@@ -338,7 +351,8 @@ async fn refresh_commands(shared: Arc<Shared>, shutdown: CancellationToken) {
 }
 
 async fn load_commands(host: &str, port: u16) -> Result<CommandTable, String> {
-    let client = redis::Client::open(format!("redis://{host}:{port}/")).map_err(|e| e.to_string())?;
+    let client =
+        redis::Client::open(format!("redis://{host}:{port}/")).map_err(|e| e.to_string())?;
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(2)));

@@ -5,8 +5,12 @@
 //! one master, its replicas and the Sentinels that watch them, ready (replicas synced,
 //! Sentinels agreed) when [`Topology::start`] returns. Nodes can be frozen (`SIGSTOP`),
 //! killed and restarted to provoke failovers.
+//!
+//! [`stack`] adds Pivot itself: the control plane and proxies, run in-process on top of a
+//! topology. The `pivot-sandbox` binary is that stack for a person to try.
 
 pub mod process;
-// pub mod stack;
+pub mod stack;
 
 pub use process::{RedisNode, SandboxError, SentinelNode, Topology, TopologyOptions};
+pub use stack::{ControlPlaneHandle, ProxyHandle, Stack, StackOptions};
