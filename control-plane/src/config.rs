@@ -209,6 +209,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn read_policy_flag() {
+        let c = Config::try_parse_from([
+            "pivot-control-plane",
+            "--service",
+            "m=127.0.0.1:26379",
+            "--read-policy",
+            "m=master-only",
+        ])
+        .unwrap();
+        assert_eq!(c.read_policies[0].policy, ReadPolicy::MasterOnly);
+        assert_eq!(c.read_policies[0].service, "m");
+        assert!("m=sometimes".parse::<ReadPolicySpec>().is_err());
+        assert!("master-only".parse::<ReadPolicySpec>().is_err());
+    }
+
+    #[test]
     fn defaults() {
         let c = Config::try_parse_from(["x"]).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("./pivot-data"));

@@ -258,6 +258,7 @@ mod tests {
         let services = vec![StoredService {
             name: "svc".into(),
             sentinels: vec![NodeAddr::new("127.0.0.1", 1)],
+            read_policy: None,
         }];
         let state = State::new(store.clone(), writer, metrics.clone(), &services)
             .await

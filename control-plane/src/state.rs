@@ -482,6 +482,7 @@ mod tests {
         let services = vec![StoredService {
             name: "svc".into(),
             sentinels: vec!["s:1".parse().unwrap()],
+            read_policy: None,
         }];
         let state = State::new(store.clone(), writer, Arc::new(Metrics::new()), &services)
             .await

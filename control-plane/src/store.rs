@@ -509,6 +509,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn read_policy_round_trips() {
+        let (_d, store) = fresh().await;
+        store.upsert_service(&spec("a", &["h:1"])).await.unwrap();
+        assert_eq!(store.services().await.unwrap()[0].read_policy, None);
+        assert!(
+            store
+                .set_read_policy("a", ReadPolicy::MasterOnly)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .set_read_policy("nope", ReadPolicy::All)
+                .await
+                .unwrap()
+        );
+        // A later upsert of the Sentinels keeps the policy.
+        store.upsert_service(&spec("a", &["h:2"])).await.unwrap();
+        assert_eq!(
+            store.services().await.unwrap()[0].read_policy,
+            Some(ReadPolicy::MasterOnly)
+        );
+    }
+
+    #[tokio::test]
     async fn versions_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();

@@ -362,7 +362,8 @@ mod tests {
     #[test]
     fn classes_from_flags() {
         let t = table();
-        let cases: &[(&[u8], Option<&[u8]>, Class, Option<Special>)] = &[
+        type Case<'a> = (&'a [u8], Option<&'a [u8]>, Class, Option<Special>);
+        let cases: &[Case] = &[
             (b"SET", None, Class::Write, None),
             (b"get", None, Class::Read, None),
             (b"GeT", Some(b"k"), Class::Read, None),

@@ -365,14 +365,15 @@ mod tests {
         eventual.consistency = Consistency::Eventual;
 
         let r = |i| Replica(i);
-        let cases: Vec<(
-            &str,
-            &RoutingTable,
+        type Case<'a> = (
+            &'a str,
+            &'a RoutingTable,
             Class,
             Option<RuleTarget>,
             bool,
             Vec<Route>,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (
                 "write to master",
                 &two,

@@ -301,10 +301,10 @@ async fn retire_on_change(worker: Arc<Worker>, shutdown: CancellationToken) {
             r = applied.changed() => if r.is_err() { return },
         }
         let next = worker.shared.table.load_full();
-        if let Some(old) = &prev.master {
-            if next.master.as_ref() != Some(old) {
-                worker.pool.retire(old);
-            }
+        if let Some(old) = &prev.master
+            && next.master.as_ref() != Some(old)
+        {
+            worker.pool.retire(old);
         }
         worker.pool.retain(|addr| {
             next.master.as_ref() == Some(addr) || next.replicas.iter().any(|r| &r.addr == addr)
@@ -321,25 +321,23 @@ async fn refresh_commands(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let master = shared.table.load().master.clone();
-        if master.is_some() && master != loaded_from {
-            if let Some(m) = &master {
-                match load_commands(&m.host, m.port).await {
-                    Ok(table) => {
-                        info!(master = %m, commands = table.len(), "command table loaded");
-                        shared.commands.store(Arc::new(table));
-                        loaded_from = master.clone();
-                        backoff = Duration::from_millis(100);
-                        continue;
+        if let Some(m) = master.as_ref().filter(|_| master != loaded_from) {
+            match load_commands(&m.host, m.port).await {
+                Ok(table) => {
+                    info!(master = %m, commands = table.len(), "command table loaded");
+                    shared.commands.store(Arc::new(table));
+                    loaded_from = master.clone();
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+                Err(e) => {
+                    warn!(master = %m, error = %e, "cannot load the command table; unknown commands go to the master meanwhile");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
                     }
-                    Err(e) => {
-                        warn!(master = %m, error = %e, "cannot load the command table; unknown commands go to the master meanwhile");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
                 }
             }
         }

@@ -202,9 +202,7 @@ impl Stack {
                 .topology
                 .sentinel_addrs()
                 .iter()
-                .map(|a| {
-                    pivot_control_plane::topology::NodeAddr::new(&a.ip().to_string(), a.port())
-                })
+                .map(|a| pivot_control_plane::topology::NodeAddr::new(a.ip().to_string(), a.port()))
                 .collect(),
         }];
         config.read_policies = self

@@ -275,7 +275,7 @@ async fn pipelines_answer_in_order_across_backends() -> Result<()> {
         let r = node.connection().await?;
         wait_until("keys replicated", T, || {
             let mut r = r.clone();
-            async move { (r.get::<_, Option<String>>("p:999").await.ok()??.len() > 0).then_some(()) }
+            async move { (!r.get::<_, Option<String>>("p:999").await.ok()??.is_empty()).then_some(()) }
         })
         .await?;
     }
