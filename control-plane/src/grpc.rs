@@ -237,7 +237,14 @@ impl Session {
         loop {
             let snapshot = state_rx.borrow_and_update().clone();
             let key = self.key(&snapshot);
-            if last_key.as_ref() != Some(&key) {
+            // A service the watcher has not decided on yet (right after a start) has no
+            // master: sending it would make proxies that run a good table drop their master.
+            let undecided = self
+                .hello
+                .services
+                .iter()
+                .any(|n| snapshot.services.get(n).is_some_and(|s| !s.decided));
+            if !undecided && last_key.as_ref() != Some(&key) {
                 let update = self.update(&snapshot);
                 debug!(version = update.version, nonce = %update.nonce, "sending update");
                 let sent = tokio::select! {

@@ -184,15 +184,23 @@ impl ControlPlane {
 
         let mut failure: Option<Error> = None;
         let (mut http_done, mut grpc_done) = (false, false);
+        // `biased` with `stop` first: at shutdown the servers finish on their own (graceful
+        // shutdown on the same token), and a server that ended because we asked it to is not
+        // a failure.
         tokio::select! {
+            biased;
             () = stop.cancelled() => {}
             r = &mut http_task => {
                 http_done = true;
-                failure = Some(Error::Serve { server: "http", message: outcome(r.map(|r| r.map_err(|e| e.to_string()))) });
+                if !stop.is_cancelled() {
+                    failure = Some(Error::Serve { server: "http", message: outcome(r.map(|r| r.map_err(|e| e.to_string()))) });
+                }
             }
             r = &mut grpc_task => {
                 grpc_done = true;
-                failure = Some(Error::Serve { server: "grpc", message: outcome(r.map(|r| r.map_err(|e| e.to_string()))) });
+                if !stop.is_cancelled() {
+                    failure = Some(Error::Serve { server: "grpc", message: outcome(r.map(|r| r.map_err(|e| e.to_string()))) });
+                }
             }
         }
         stop.cancel();

@@ -233,6 +233,19 @@ impl State {
         let mut versions = self.versions.lock().await;
         let current = self.current();
         let prev = current.services.get(service)?;
+        if !prev.decided && decided.master.is_none() {
+            // Not decided until the Sentinels name a master (right after a start, with the
+            // Sentinels unreachable or still disagreeing). Show why, publish nothing: proxies
+            // keep the last good table rather than get one without a master.
+            if decided != prev.topology {
+                let mut next = (*current).clone();
+                if let Some(s) = next.services.get_mut(service) {
+                    s.topology = decided;
+                }
+                self.tx.send_replace(Arc::new(next));
+            }
+            return None;
+        }
         if prev.decided && prev.topology.same_shape(&decided) {
             // Refresh lag / link-down numbers without a new version.
             let mut refreshed = decided;
@@ -488,6 +501,16 @@ mod tests {
             .await
             .unwrap();
         assert!(!state.current().all_decided());
+        // No master named yet: nothing is published, the reason is shown.
+        let mut none = topo("m:1", 0, &[("r:1", true)]);
+        none.master = None;
+        none.master_reason = "no master known: only 0 of 1 answer".into();
+        assert_eq!(state.apply("svc", none).await, None);
+        assert!(!state.current().all_decided());
+        assert_eq!(
+            state.current().services["svc"].topology.master_reason,
+            "no master known: only 0 of 1 answer"
+        );
         let v1 = state
             .apply("svc", topo("m:1", 0, &[("r:1", true)]))
             .await

@@ -1,5 +1,6 @@
 //! The proxy config stream against a control plane bound on port 0, with Sentinels that
-//! don't answer (no Redis needed).
+//! don't answer (no Redis needed). What needs real Sentinels (decisions, versions across
+//! restarts) is tested in `sandbox/tests/`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -52,21 +53,13 @@ async fn next(updates: &mut Streaming<ConfigUpdate>) -> ConfigUpdate {
 #[tokio::test]
 async fn stream_ack_nack_and_unknown_services() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = format!("mymaster={}", closed_port());
-    let cp = start(dir.path(), &[&spec]).await;
+    let cp = start(dir.path(), &[]).await;
 
-    let (tx, mut updates) = open(cp.grpc, hello("proxy-1", &["mymaster", "nosuch"]))
-        .await
-        .unwrap();
+    // Unknown services are answered at once, so that the proxy can NACK with a reason.
+    let (tx, mut updates) = open(cp.grpc, hello("proxy-1", &["nosuch"])).await.unwrap();
     let first = next(&mut updates).await;
     assert_eq!(first.unknown_services, vec!["nosuch".to_string()]);
-    assert_eq!(first.services.len(), 1);
-    let svc = &first.services[0];
-    assert_eq!(svc.name, "mymaster");
-    let topo = svc.topology.as_ref().unwrap();
-    assert!(topo.master.is_none(), "no Sentinel answers, so no master");
-    assert_eq!(topo.sentinels.len(), 1);
-    assert!(!topo.sentinels[0].reachable);
+    assert!(first.services.is_empty());
     assert!(!first.nonce.is_empty());
 
     tx.send(ProxyMessage {
@@ -86,39 +79,54 @@ async fn stream_ack_nack_and_unknown_services() {
     })
     .await;
 
-    // The first decision (no master, Sentinel unreachable) may come as a second update;
-    // either way the service becomes ready.
-    eventually(WAIT, "readiness", || async {
-        let (status, _) = common::http_get(cp.http, "/readyz").await;
-        (status == 200).then_some(())
-    })
-    .await;
-
     tx.send(ProxyMessage {
         msg: Some(Msg::Nack(Nack {
             version: first.version,
             nonce: first.nonce.clone(),
-            reason: "cannot reach 10.0.0.1:6379".into(),
+            reason: "service 'nosuch' is not known to the control plane".into(),
         })),
     })
     .await
     .unwrap();
     eventually(WAIT, "the NACK in /api/v1/proxies", || async {
         let v = http_json(cp.http, "/api/v1/proxies").await;
-        (v["proxies"][0]["last_nack"] == "cannot reach 10.0.0.1:6379").then_some(())
+        (v["proxies"][0]["last_nack"] == "service 'nosuch' is not known to the control plane")
+            .then_some(())
     })
     .await;
 
-    // Nonces are unique per update.
-    let topo = http_json(cp.http, "/api/v1/topology").await;
-    if topo["version"].as_u64().unwrap() > first.version {
-        let second = next(&mut updates).await;
-        assert_ne!(second.nonce, first.nonce);
-        assert!(second.version > first.version);
-    }
-
-    // Shutdown ends the stream.
+    // A second stream gets its own nonce.
+    let (_tx2, mut updates2) = open(cp.grpc, hello("proxy-3", &["nosuch"])).await.unwrap();
+    let other = next(&mut updates2).await;
+    assert_ne!(other.nonce, first.nonce);
     drop(tx);
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn an_undecided_service_is_not_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("mymaster={}", closed_port());
+    let cp = start(dir.path(), &[&spec]).await;
+    let (_tx, mut updates) = open(cp.grpc, hello("proxy-4", &["mymaster"]))
+        .await
+        .unwrap();
+    // The watcher has tried and could not decide (no Sentinel answers)...
+    let reason = eventually(WAIT, "a failed first decision", || async {
+        let v = http_json(cp.http, "/api/v1/topology").await;
+        let s = &v["services"][0];
+        let reason = s["master_reason"].as_str().unwrap_or_default().to_string();
+        (s["decided"] == false && reason.starts_with("no master known")).then_some(reason)
+    })
+    .await;
+    assert!(reason.contains("only 0 of 1"), "{reason}");
+    // ...so nothing was sent: a proxy keeps its last good table rather than get no master.
+    // (Publishing is immediate on a decision; the stream is checked after that point.)
+    let got = tokio::time::timeout(Duration::from_millis(300), updates.message()).await;
+    assert!(got.is_err(), "no update expected, got {got:?}");
+    // Not ready: it has no config to give.
+    let (status, _) = common::http_get(cp.http, "/readyz").await;
+    assert_eq!(status, 503);
     cp.stop().await;
 }
 
@@ -142,11 +150,8 @@ async fn first_message_must_be_hello() {
 #[tokio::test]
 async fn stream_ends_on_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = format!("mymaster={}", closed_port());
-    let cp = start(dir.path(), &[&spec]).await;
-    let (_tx, mut updates) = open(cp.grpc, hello("proxy-2", &["mymaster"]))
-        .await
-        .unwrap();
+    let cp = start(dir.path(), &[]).await;
+    let (_tx, mut updates) = open(cp.grpc, hello("proxy-2", &["nosuch"])).await.unwrap();
     next(&mut updates).await;
     cp.shutdown.cancel();
     let end = tokio::time::timeout(WAIT, async {
@@ -165,40 +170,6 @@ async fn stream_ends_on_shutdown() {
         .unwrap()
         .unwrap()
         .unwrap();
-}
-
-#[tokio::test]
-async fn version_increases_across_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = format!("mymaster={}", closed_port());
-
-    let cp = start(dir.path(), &[&spec]).await;
-    let before = eventually(WAIT, "a first decision", || async {
-        let v = http_json(cp.http, "/api/v1/topology").await;
-        (v["services"][0]["decided"] == true).then(|| v["version"].as_u64().unwrap())
-    })
-    .await;
-    assert!(before >= 1);
-    cp.stop().await;
-
-    // Same data dir, no --service: the stored service is still watched.
-    let cp = start(dir.path(), &[]).await;
-    let after = eventually(WAIT, "a decision after restart", || async {
-        let v = http_json(cp.http, "/api/v1/topology").await;
-        (v["services"][0]["decided"] == true).then(|| v["version"].as_u64().unwrap())
-    })
-    .await;
-    assert!(after > before, "{after} > {before}");
-    // The initial event of each run is in the store, newest first.
-    let events = http_json(cp.http, "/api/v1/events?service=mymaster").await;
-    let versions: Vec<u64> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["version"].as_u64().unwrap())
-        .collect();
-    assert!(versions.contains(&before), "{versions:?}");
-    cp.stop().await;
 }
 
 #[tokio::test]

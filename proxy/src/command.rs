@@ -27,7 +27,8 @@ pub enum Class {
     Admin,
     /// Blocks the connection (`blocking`): needs a dedicated connection.
     Blocking,
-    /// Pub/Sub (`pubsub`) subscription commands.
+    /// Pub/Sub (`pubsub`) without data access: `PUBSUB CHANNELS` and the like (master, where
+    /// messages are published); the subscription commands are [`Special::Subscribe`].
     PubSub,
     /// Not in the master's command table: master, as Redis would reject or run it there.
     Unknown,
@@ -113,6 +114,8 @@ pub enum Special {
     Takeover,
     /// `XREAD`/`XREADGROUP`: blocking only with a `BLOCK` argument.
     StreamRead,
+    /// `SUBSCRIBE` and friends: the connection enters Pub/Sub mode.
+    Subscribe,
 }
 
 fn special(lower: &[u8]) -> Option<Special> {
@@ -127,6 +130,8 @@ fn special(lower: &[u8]) -> Option<Special> {
         b"multi" | b"exec" | b"discard" | b"watch" | b"unwatch" => Special::Transaction,
         b"monitor" | b"reset" | b"sync" | b"psync" | b"replconf" => Special::Takeover,
         b"xread" | b"xreadgroup" => Special::StreamRead,
+        b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
+        | b"sunsubscribe" => Special::Subscribe,
         _ => return None,
     })
 }
@@ -370,7 +375,7 @@ mod tests {
             (b"INFO", Some(b"replication"), Class::Neutral, None),
             (b"BLMOVE", None, Class::Blocking, None),
             (b"PUBLISH", None, Class::Write, None),
-            (b"SUBSCRIBE", None, Class::PubSub, None),
+            (b"SUBSCRIBE", None, Class::PubSub, Some(Special::Subscribe)),
             (b"EVAL", None, Class::Write, None),
             (b"EVAL_RO", None, Class::Read, None),
             (b"CONFIG", Some(b"GET"), Class::Admin, None),

@@ -204,7 +204,7 @@ async fn read_requests(
                 }
             } else {
                 match lookup.class {
-                    Class::Blocking | Class::PubSub => {
+                    Class::Blocking => {
                         shared.metrics.rejected.inc();
                         Slot::Ready(unsupported(name, lookup.class))
                     }
@@ -442,6 +442,7 @@ fn answer_special(
             "ERR pivot: '{}' is not supported by this proxy",
             String::from_utf8_lossy(name).to_ascii_lowercase()
         ))),
+        Special::Subscribe => Answer::Reject(unsupported(name, Class::PubSub)),
         Special::StreamRead => {
             let blocks = args
                 .iter()

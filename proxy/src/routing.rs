@@ -399,6 +399,14 @@ mod tests {
                 vec![Master; 6],
             ),
             (
+                "pubsub introspection to master",
+                &two,
+                Class::PubSub,
+                None,
+                false,
+                vec![Master; 6],
+            ),
+            (
                 "reads round-robin",
                 &two,
                 Class::Read,

@@ -183,13 +183,62 @@ async fn proxy_keeps_serving_without_the_control_plane_and_resubscribes() -> Res
         200
     );
 
+    // The control plane comes back while no Sentinel answers (all frozen), so it cannot
+    // decide on a master. The proxy reconnects to it meanwhile and must keep its master:
+    // writes go on throughout, none fails.
+    for s in stack.topology.sentinels() {
+        s.pause()?;
+    }
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let mut c = c.clone();
+        let writing = writing.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            // Bounded: stops when told, or after 500k writes.
+            while writing.load(Ordering::Relaxed) && n < 500_000 {
+                let r: redis::RedisResult<()> = c.set("restart:last", n).await;
+                r.map_err(|e| anyhow::anyhow!("write {n} during the restart failed: {e}"))?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        })
+    };
     stack.start_control_plane().await?;
-    // The proxy reconnects (backoff is at most 5 s) and gets the current snapshot; the
-    // control plane's versions keep growing across its restart.
-    let after = stack.proxies[0]
-        .wait_for_version_above(before, Duration::from_secs(15))
-        .await?;
     let url = stack.http_url()?;
+    // Reconnected (the proxy's backoff is at most 5 s), and the control plane has tried
+    // and failed to decide (its first decision waits at most 2 s for the Sentinels).
+    wait_until(
+        "the proxy to reconnect to the undecided control plane",
+        Duration::from_secs(15),
+        || {
+            let url = url.clone();
+            async move {
+                let p = http_json(&format!("{url}/api/v1/proxies")).await.ok()?;
+                let t = http_json(&format!("{url}/api/v1/topology")).await.ok()?;
+                let connected = p["proxies"]
+                    .as_array()?
+                    .iter()
+                    .any(|p| p["connected"] == true);
+                let reason = t["services"][0]["master_reason"].as_str()?.to_string();
+                (connected
+                    && t["services"][0]["decided"] == false
+                    && reason.starts_with("no master known"))
+                .then_some(())
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        *stack.proxies[0].applied.borrow(),
+        before,
+        "nothing was published"
+    );
+    assert!(stack.proxies[0].shared.table.load().master.is_some());
+    for s in stack.topology.sentinels() {
+        s.resume()?;
+    }
+    // Now it decides, with versions above those before its restart, and the proxy applies it.
     let topo = wait_until("the control plane's first decision", T, || {
         let url = url.clone();
         async move {
@@ -199,13 +248,17 @@ async fn proxy_keeps_serving_without_the_control_plane_and_resubscribes() -> Res
     })
     .await?;
     let current = topo["version"].as_u64().context("version")?;
+    assert!(
+        current > before,
+        "cp version {current} after restart, {before} before"
+    );
     let applied = stack.proxies[0]
         .wait_for_version_above(current - 1, T)
         .await?;
-    assert!(
-        applied >= current && after > before,
-        "before {before}, after {after}, cp {current}"
-    );
+    assert!(applied >= current, "applied {applied}, cp {current}");
+    writing.store(false, Ordering::Relaxed);
+    let writes = writer.await??;
+    eprintln!("{writes} writes during the control plane restart, none failed");
     let proxies = http_json(&format!("{url}/api/v1/proxies")).await?;
     let acked = proxies["proxies"][0]["acked_version"]
         .as_u64()
