@@ -103,7 +103,10 @@ async fn writes_reach_the_master_and_every_command_works() -> Result<()> {
         .query_async(&mut c)
         .await?;
     // The Sentinels' own hello channel on the master.
-    assert!(channels.iter().any(|c| c == "__sentinel__:hello"), "{channels:?}");
+    assert!(
+        channels.iter().any(|c| c == "__sentinel__:hello"),
+        "{channels:?}"
+    );
     let out = raw_exchange(proxy.addr, b"*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n", 20).await?;
     assert!(String::from_utf8_lossy(&out).contains("Pub/Sub"), "{out:?}");
     // Unknown commands go to the master, which answers as Redis does.
