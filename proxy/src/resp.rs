@@ -516,6 +516,80 @@ mod tests {
         }
     }
 
+    /// A random RESP2 value, as redis-protocol would send it.
+    fn random_frame(
+        rng: &mut impl rand::Rng,
+        depth: u32,
+    ) -> redis_protocol::resp2::types::BytesFrame {
+        use redis_protocol::resp2::types::BytesFrame as F;
+        let bytes = |rng: &mut dyn rand::RngCore| {
+            let n = rng.next_u32() as usize % 40;
+            // Payloads contain CR, LF and '$' on purpose.
+            let alphabet = b"ab\r\n$*:+-0123456789";
+            (0..n)
+                .map(|_| alphabet[rng.next_u32() as usize % alphabet.len()])
+                .collect::<Vec<u8>>()
+        };
+        match rng.random_range(0..if depth < 3 { 6 } else { 5 }) {
+            0 => F::SimpleString(bytes::Bytes::from_static(b"OK")),
+            1 => F::Error("ERR something went wrong".into()),
+            2 => F::Integer(rng.random_range(-1_000_000..1_000_000)),
+            3 => F::BulkString(bytes::Bytes::from(bytes(rng))),
+            4 => F::Null,
+            _ => {
+                let n = rng.random_range(0..5);
+                F::Array((0..n).map(|_| random_frame(rng, depth + 1)).collect())
+            }
+        }
+    }
+
+    #[test]
+    fn random_frames_in_random_chunks_match_redis_protocol() {
+        use rand::{Rng, SeedableRng};
+        use redis_protocol::resp2::encode::extend_encode;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        for round in 0..200 {
+            let mut data = bytes::BytesMut::new();
+            let mut lens = Vec::new();
+            for _ in 0..rng.random_range(1..20) {
+                let before = data.len();
+                extend_encode(&mut data, &random_frame(&mut rng, 0), false).unwrap();
+                lens.push(data.len() - before);
+            }
+            let chunk = rng.random_range(1..64);
+            let got: Vec<usize> = scan_all(Mode::Reply, &data, chunk)
+                .unwrap()
+                .iter()
+                .map(|f| f.len)
+                .collect();
+            assert_eq!(got, lens, "round {round}, chunk {chunk}");
+        }
+        // Requests: arrays of bulk strings, name and first argument captured.
+        for _ in 0..200 {
+            use redis_protocol::resp2::types::BytesFrame as F;
+            let argc = rng.random_range(1..6);
+            let argv: Vec<Vec<u8>> = (0..argc)
+                .map(|i| format!("arg{i}-{}", rng.random_range(0..1000)).into_bytes())
+                .collect();
+            let frame = F::Array(
+                argv.iter()
+                    .map(|a| F::BulkString(a.clone().into()))
+                    .collect(),
+            );
+            let mut data = bytes::BytesMut::new();
+            extend_encode(&mut data, &frame, false).unwrap();
+            let f = scan_all(Mode::Request, &data, rng.random_range(1..16)).unwrap()[0];
+            assert_eq!(f.len, data.len());
+            assert_eq!(f.argc, argc);
+            assert_eq!(f.name(&data), Some(&argv[0][..]));
+            assert_eq!(f.arg1(&data), argv.get(1).map(|a| &a[..]));
+            assert_eq!(
+                args(&data).collect::<Vec<_>>(),
+                argv.iter().map(|a| &a[..]).collect::<Vec<_>>()
+            );
+        }
+    }
+
     #[test]
     fn incomplete_until_last_byte() {
         let data = b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n";
