@@ -1,7 +1,7 @@
-//! Multiplexed backend connections and the per-worker pool of them.
+//! Backend connections to Redis nodes and the per-worker pool of them.
 //!
-//! One [`Backend`] is one TCP connection to one Redis node, shared by every client of a
-//! worker. Its task runs two halves side by side:
+//! One [`Backend`] is one TCP connection to one Redis node. Its task runs two halves side
+//! by side:
 //!
 //! - the writer takes every request queued since its last write (from all clients), registers
 //!   each request's reply slot in the in-flight FIFO *before* the bytes reach the socket, and
@@ -9,15 +9,27 @@
 //! - the reader splits reply frames off its buffer (zero copy) and completes the oldest slot,
 //!   since Redis answers in order.
 //!
+//! A connection belongs to a [`PoolKey`]: node, database and protocol version. Right after
+//! connecting it sends what that key needs (`HELLO 3`, `SELECT n`) and checks the replies
+//! before it takes requests, so a request never runs in the wrong database or protocol.
+//!
+//! The [`Pool`] holds two kinds: *shared* connections (one per key, multiplexing every client
+//! of the worker) and *dedicated* ones, lent to one client for state a shared connection
+//! cannot carry (a transaction, a blocking command) and taken back for reuse when that state
+//! has ended cleanly.
+//!
 //! Bounds: the request queue (`queue_depth` requests; a full queue stops the client that
-//! sends, which stops reading its socket) and the in-flight FIFO (`max_inflight`).
+//! sends, which stops reading its socket), the in-flight FIFO (`max_inflight`), the reply
+//! frame size, and the number of dedicated connections.
 //!
 //! A connection is retired when its node leaves the topology or loses the master role: it
 //! takes no new requests, fails the queued ones as "not sent", waits for the replies of the
-//! requests already on the wire (at most `drain_grace`), then closes.
+//! requests already on the wire (at most `drain_grace`, and no longer than `stall` past the
+//! oldest unanswered one), then closes.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,10 +85,55 @@ pub struct Request {
     pub reply: oneshot::Sender<Reply>,
 }
 
+/// Which connections can serve a request: same node, same database, same protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The node.
+    pub addr: NodeAddr,
+    /// Database selected on the connection.
+    pub db: u32,
+    /// The connection speaks RESP3 (`HELLO 3`).
+    pub resp3: bool,
+}
+
+impl PoolKey {
+    /// Database 0, RESP2: what a fresh client connection uses.
+    pub fn plain(addr: NodeAddr) -> Self {
+        PoolKey {
+            addr,
+            db: 0,
+            resp3: false,
+        }
+    }
+
+    /// The commands that put a fresh connection in this key's state.
+    fn handshake(&self) -> Vec<Vec<u8>> {
+        let mut cmds = Vec::new();
+        if self.resp3 {
+            cmds.push(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n".to_vec());
+        }
+        if self.db != 0 {
+            let db = self.db.to_string();
+            cmds.push(format!("*2\r\n$6\r\nSELECT\r\n${}\r\n{db}\r\n", db.len()).into_bytes());
+        }
+        cmds
+    }
+}
+
+impl fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/db{}", self.addr, self.db)?;
+        if self.resp3 {
+            f.write_str("/resp3")?;
+        }
+        Ok(())
+    }
+}
+
 /// Tunables of backend connections.
 #[derive(Debug, Clone)]
 pub struct BackendOptions {
-    /// TCP connect timeout.
+    /// TCP connect (and handshake) timeout.
     pub connect_timeout: Duration,
     /// Requests queued per connection before senders wait.
     pub queue_depth: usize,
@@ -91,6 +148,10 @@ pub struct BackendOptions {
     pub stall: Duration,
     /// After a failed connect, how long the pool answers "unreachable" before trying again.
     pub reconnect_backoff: Duration,
+    /// Dedicated connections (transactions, blocking commands) a worker may have open.
+    pub max_dedicated: usize,
+    /// Idle dedicated connections kept per pool key for reuse.
+    pub max_idle_dedicated: usize,
 }
 
 impl Default for BackendOptions {
@@ -103,6 +164,8 @@ impl Default for BackendOptions {
             drain_grace: Duration::from_secs(1),
             stall: Duration::from_millis(250),
             reconnect_backoff: Duration::from_millis(100),
+            max_dedicated: 4096,
+            max_idle_dedicated: 64,
         }
     }
 }
@@ -114,11 +177,16 @@ struct Pending {
 }
 
 struct Shared {
-    addr: NodeAddr,
+    key: PoolKey,
     /// False once the connection failed or was retired: the pool replaces it.
     alive: AtomicBool,
-    /// Set by the pool; the connection's task closes it.
+    /// Set by the pool; the connection's task closes it (after draining).
     retire: CancellationToken,
+    /// Set to close at once, failing whatever is in flight (a client that went away while
+    /// blocked: closing is how Redis learns to unblock).
+    abort: CancellationToken,
+    /// Requests accepted and not yet completed (queued or on the wire).
+    outstanding: AtomicUsize,
     /// Reply slots of requests written to the socket, oldest first. Only the connection's
     /// own task touches it (writer pushes, reader pops); the lock is never contended.
     inflight: Mutex<VecDeque<Pending>>,
@@ -130,6 +198,15 @@ struct Shared {
     died_at: Mutex<Option<Instant>>,
 }
 
+impl Shared {
+    /// Completes one request: every accepted request goes through here exactly once.
+    fn complete(&self, reply: oneshot::Sender<Reply>, r: Reply) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        // The client may be gone: its reply is dropped here.
+        let _ = reply.send(r);
+    }
+}
+
 /// Handle to one backend connection; cheap to clone.
 #[derive(Clone)]
 pub struct Backend {
@@ -137,36 +214,43 @@ pub struct Backend {
     tx: mpsc::Sender<Request>,
 }
 
-impl std::fmt::Debug for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Backend")
-            .field("addr", &self.shared.addr)
+            .field("key", &self.shared.key.to_string())
             .field("alive", &self.is_alive())
             .finish()
     }
 }
 
 impl Backend {
-    /// Opens a connection to `addr` on the current runtime.
-    pub fn spawn(addr: NodeAddr, opts: BackendOptions, metrics: Arc<Metrics>) -> Backend {
+    /// Opens a connection for `key` on the current runtime.
+    pub fn spawn(key: PoolKey, opts: BackendOptions, metrics: Arc<Metrics>) -> Backend {
         let (tx, rx) = mpsc::channel(opts.queue_depth);
         let shared = Arc::new(Shared {
-            addr: addr.clone(),
+            key: key.clone(),
             alive: AtomicBool::new(true),
             retire: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            outstanding: AtomicUsize::new(0),
             inflight: Mutex::new(VecDeque::new()),
             window: Semaphore::new(opts.max_inflight),
             failure: Mutex::new(None),
             died_at: Mutex::new(None),
         });
-        let span = info_span!("backend", node = %addr);
+        let span = info_span!("backend", key = %key);
         tokio::spawn(connection(shared.clone(), rx, opts, metrics).instrument(span));
         Backend { shared, tx }
     }
 
     /// The node this connection goes to.
     pub fn addr(&self) -> &NodeAddr {
-        &self.shared.addr
+        &self.shared.key.addr
+    }
+
+    /// Node, database and protocol of this connection.
+    pub fn key(&self) -> &PoolKey {
+        &self.shared.key
     }
 
     /// False once the connection failed or was retired.
@@ -174,11 +258,18 @@ impl Backend {
         self.shared.alive.load(Ordering::Acquire)
     }
 
+    /// Requests accepted and not yet answered.
+    pub fn outstanding(&self) -> usize {
+        self.shared.outstanding.load(Ordering::Acquire)
+    }
+
     /// Queues a request; waits while the queue is full. A connection that is gone completes
     /// the request with [`BackendError::NotSent`].
     pub async fn send(&self, req: Request) {
+        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(req)) = self.tx.send(req).await {
-            let _ = req.reply.send(Err(self.not_sent()));
+            let err = self.not_sent();
+            self.shared.complete(req.reply, Err(err));
         }
     }
 
@@ -187,7 +278,7 @@ impl Backend {
             .clone()
             .unwrap_or_else(|| "connection closed".into());
         BackendError::NotSent {
-            addr: self.shared.addr.clone(),
+            addr: self.shared.key.addr.clone(),
             reason,
         }
     }
@@ -198,14 +289,24 @@ impl Backend {
         self.shared.retire.cancel();
     }
 
+    /// Closes now; whatever is in flight fails as possibly applied.
+    pub fn abort(&self) {
+        self.shared.alive.store(false, Ordering::Release);
+        self.shared.abort.cancel();
+    }
+
     fn died_at(&self) -> Option<Instant> {
         *lock(&self.shared.died_at)
+    }
+
+    fn same(&self, other: &Backend) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave their data inconsistent (a queue of
-    // reply slots, an optional string): keep going with it.
+    // reply slots, an optional string, a map of handles): keep going with it.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -223,19 +324,18 @@ async fn connection(
     opts: BackendOptions,
     metrics: Arc<Metrics>,
 ) {
-    let addr = shared.addr.clone();
-    let connect = TcpStream::connect((&*addr.host, addr.port));
-    let end = match tokio::time::timeout(opts.connect_timeout, connect).await {
+    let key = shared.key.clone();
+    let end = match tokio::time::timeout(opts.connect_timeout, open(&key)).await {
         Err(_) => End::Failed(BackendFailure::Connect, "connect timed out".into()),
-        Ok(Err(e)) => End::Failed(BackendFailure::Connect, e.to_string()),
-        Ok(Ok(stream)) => {
-            if let Err(e) = stream.set_nodelay(true) {
-                warn!(error = %e, "cannot set TCP_NODELAY");
-            }
+        Ok(Err(reason)) => End::Failed(BackendFailure::Connect, reason),
+        Ok(Ok((rd, wr))) => {
             debug!("connected");
             metrics.backend_connections.inc();
-            let (rd, wr) = stream.into_split();
-            let end = run(&shared, &mut rx, rd, wr, &opts).await;
+            let end = tokio::select! {
+                biased;
+                _ = shared.abort.cancelled() => End::Failed(BackendFailure::Lost, "closed by the proxy".into()),
+                end = run(&shared, &mut rx, rd, wr, &opts) => end,
+            };
             metrics.backend_connections.dec();
             end
         }
@@ -247,8 +347,10 @@ async fn connection(
     let reason = match &end {
         End::Closed => "connection retired".to_string(),
         End::Failed(kind, reason) => {
-            metrics.backend_failure(*kind);
-            warn!(%reason, "backend connection failed");
+            if !shared.abort.is_cancelled() {
+                metrics.backend_failure(*kind);
+                warn!(%reason, "backend connection failed");
+            }
             reason.clone()
         }
     };
@@ -256,17 +358,61 @@ async fn connection(
     rx.close();
     let lost: Vec<Pending> = lock(&shared.inflight).drain(..).collect();
     for p in lost {
-        let _ = p.reply.send(Err(BackendError::Lost {
-            addr: addr.clone(),
+        let err = BackendError::Lost {
+            addr: key.addr.clone(),
             reason: reason.clone(),
-        }));
+        };
+        shared.complete(p.reply, Err(err));
     }
     while let Ok(req) = rx.try_recv() {
-        let _ = req.reply.send(Err(BackendError::NotSent {
-            addr: addr.clone(),
+        let err = BackendError::NotSent {
+            addr: key.addr.clone(),
             reason: reason.clone(),
-        }));
+        };
+        shared.complete(req.reply, Err(err));
     }
+}
+
+/// Connects and puts the connection in the key's state (protocol, database).
+async fn open(key: &PoolKey) -> Result<(OwnedReadHalf, OwnedWriteHalf), String> {
+    let mut stream = TcpStream::connect((&*key.addr.host, key.addr.port))
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Err(e) = stream.set_nodelay(true) {
+        warn!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let handshake = key.handshake();
+    if !handshake.is_empty() {
+        stream
+            .write_all(&handshake.concat())
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut scanner = Scanner::new(Mode::Reply, 1 << 20);
+        let mut answered = 0;
+        while answered < handshake.len() {
+            if stream
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?
+                == 0
+            {
+                return Err("closed by the server during the handshake".into());
+            }
+            while let Some(frame) = scanner.scan(&buf).map_err(|e| format!("handshake: {e}"))? {
+                let reply = buf.split_to(frame.len);
+                if matches!(reply.first(), Some(b'-' | b'!')) {
+                    let text = String::from_utf8_lossy(&reply[1..]).trim().to_string();
+                    return Err(format!("handshake refused: {text}"));
+                }
+                answered += 1;
+            }
+        }
+        if !buf.is_empty() {
+            return Err("unexpected bytes after the handshake".into());
+        }
+    }
+    Ok(stream.into_split())
 }
 
 async fn run(
@@ -290,13 +436,11 @@ async fn run(
                 shared.alive.store(false, Ordering::Release);
                 rx.close();
                 while let Ok(req) = rx.try_recv() {
-                    let _ = req.reply.send(Err(BackendError::NotSent {
-                        addr: shared.addr.clone(),
+                    let err = BackendError::NotSent {
+                        addr: shared.key.addr.clone(),
                         reason: "the node's role changed before the request was sent".into(),
-                    }));
-                }
-                if lock(&shared.inflight).is_empty() {
-                    return End::Closed;
+                    };
+                    shared.complete(req.reply, Err(err));
                 }
                 drain(shared, &mut reader, opts).await
             }
@@ -417,8 +561,7 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
                         );
                     };
                     answered += 1;
-                    // The client may be gone: its reply is dropped here.
-                    let _ = p.reply.send(Ok(bytes));
+                    shared.complete(p.reply, Ok(bytes));
                 }
                 Ok(None) => break,
                 Err(e) => return End::Failed(BackendFailure::Protocol, e.to_string()),
@@ -441,10 +584,21 @@ pub(crate) fn reserve(buf: &mut BytesMut, need: usize) {
     }
 }
 
-/// The backend connections of one worker, one per node.
+#[derive(Debug, Default)]
+struct Conns {
+    /// One multiplexed connection per key.
+    shared: HashMap<PoolKey, Backend>,
+    /// Dedicated connections ready for reuse, per key.
+    idle: HashMap<PoolKey, Vec<Backend>>,
+    /// Every dedicated connection opened and not yet known dead (lent or idle), so that a
+    /// topology change retires them too.
+    dedicated: Vec<Backend>,
+}
+
+/// The backend connections of one worker.
 #[derive(Debug)]
 pub struct Pool {
-    conns: Mutex<HashMap<NodeAddr, Backend>>,
+    conns: Mutex<Conns>,
     opts: BackendOptions,
     metrics: Arc<Metrics>,
 }
@@ -453,17 +607,17 @@ impl Pool {
     /// An empty pool.
     pub fn new(opts: BackendOptions, metrics: Arc<Metrics>) -> Self {
         Pool {
-            conns: Mutex::new(HashMap::new()),
+            conns: Mutex::new(Conns::default()),
             opts,
             metrics,
         }
     }
 
-    /// The live connection to `addr`, opened if needed. Right after a failed connect the
+    /// The shared connection for `key`, opened if needed. Right after a failed connect the
     /// dead handle is returned (requests fail fast as not sent) until the backoff passes.
-    pub fn get(&self, addr: &NodeAddr) -> Backend {
+    pub fn get(&self, key: &PoolKey) -> Backend {
         let mut conns = lock(&self.conns);
-        if let Some(b) = conns.get(addr) {
+        if let Some(b) = conns.shared.get(key) {
             let backing_off = b
                 .died_at()
                 .is_some_and(|t| t.elapsed() < self.opts.reconnect_backoff);
@@ -471,27 +625,72 @@ impl Pool {
                 return b.clone();
             }
         }
-        let b = Backend::spawn(addr.clone(), self.opts.clone(), self.metrics.clone());
-        conns.insert(addr.clone(), b.clone());
+        let b = Backend::spawn(key.clone(), self.opts.clone(), self.metrics.clone());
+        conns.shared.insert(key.clone(), b.clone());
         b
+    }
+
+    /// A connection for one client's exclusive use: an idle one for `key` if there is one,
+    /// else a new one. Give it back with [`Pool::release`] when the state that needed it has
+    /// ended cleanly; otherwise retire or abort it.
+    pub fn dedicated(&self, key: &PoolKey) -> Result<Backend, String> {
+        let mut conns = lock(&self.conns);
+        if let Some(idle) = conns.idle.get_mut(key) {
+            while let Some(b) = idle.pop() {
+                if b.is_alive() {
+                    return Ok(b);
+                }
+            }
+        }
+        conns.dedicated.retain(Backend::is_alive);
+        if conns.dedicated.len() >= self.opts.max_dedicated {
+            return Err(format!(
+                "too many dedicated backend connections (limit {}) for transactions and blocking commands",
+                self.opts.max_dedicated
+            ));
+        }
+        let b = Backend::spawn(key.clone(), self.opts.clone(), self.metrics.clone());
+        conns.dedicated.push(b.clone());
+        Ok(b)
+    }
+
+    /// Takes back a dedicated connection whose state ended cleanly: no transaction, no
+    /// WATCH, no blocking command still waiting (the caller knows which). Replies still on
+    /// their way are fine: the next borrower's requests queue behind them, in order.
+    pub fn release(&self, b: Backend) {
+        let mut conns = lock(&self.conns);
+        let is_ours = conns.dedicated.iter().any(|d| d.same(&b));
+        let idle = conns.idle.entry(b.key().clone()).or_default();
+        if is_ours && b.is_alive() && idle.len() < self.opts.max_idle_dedicated {
+            idle.push(b);
+        } else {
+            b.retire();
+        }
     }
 
     /// Retires every connection whose node `keep` rejects.
     pub fn retain(&self, keep: impl Fn(&NodeAddr) -> bool) {
-        lock(&self.conns).retain(|addr, b| {
-            let k = keep(addr);
+        let mut conns = lock(&self.conns);
+        conns.shared.retain(|key, b| {
+            let k = keep(&key.addr);
             if !k {
                 b.retire();
             }
             k
         });
+        conns.idle.retain(|key, _| keep(&key.addr));
+        conns.dedicated.retain(|b| {
+            let k = keep(b.addr());
+            if !k {
+                b.retire();
+            }
+            k && b.is_alive()
+        });
     }
 
-    /// Retires the connection to `addr`, if any.
+    /// Retires every connection to `addr` (shared, idle and lent).
     pub fn retire(&self, addr: &NodeAddr) {
-        if let Some(b) = lock(&self.conns).remove(addr) {
-            b.retire();
-        }
+        self.retain(|a| a != addr);
     }
 }
 
@@ -500,26 +699,34 @@ impl Pool {
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+    use tokio::sync::watch;
 
-    /// A fake Redis that answers `+OK` to every request line after `delay`.
+    /// A fake server that answers `+OK` to each request line, after `delay`, for the first
+    /// `replies` lines; `seen` counts the lines it has read.
     async fn server(
         replies: usize,
         delay: Duration,
-    ) -> (NodeAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    ) -> (
+        NodeAddr,
+        watch::Receiver<usize>,
+        tokio::task::JoinHandle<Vec<u8>>,
+    ) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
+        let (seen_tx, seen) = watch::channel(0);
         let h = tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
             let mut got = Vec::new();
             let mut buf = [0u8; 4096];
             let mut sent = 0;
-            while sent < replies {
-                let n = s.read(&mut buf).await.unwrap();
+            loop {
+                let n = s.read(&mut buf).await.unwrap_or(0);
                 if n == 0 {
                     break;
                 }
                 got.extend_from_slice(&buf[..n]);
                 let lines = got.iter().filter(|b| **b == b'\n').count();
+                seen_tx.send_replace(lines);
                 tokio::time::sleep(delay).await;
                 while sent < lines.min(replies) {
                     s.write_all(b"+OK\r\n").await.unwrap();
@@ -528,7 +735,7 @@ mod tests {
             }
             got
         });
-        (NodeAddr::new("127.0.0.1", port), h)
+        (NodeAddr::new("127.0.0.1", port), seen, h)
     }
 
     async fn call(b: &Backend, frame: &'static [u8]) -> oneshot::Receiver<Reply> {
@@ -541,16 +748,22 @@ mod tests {
         rx
     }
 
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new())
+    }
+
     #[tokio::test]
-    async fn replies_in_order_and_batched() {
-        let (addr, srv) = server(3, Duration::ZERO).await;
-        let b = Backend::spawn(addr, BackendOptions::default(), Arc::new(Metrics::new()));
+    async fn replies_in_order_and_counted() {
+        let (addr, _, srv) = server(3, Duration::ZERO).await;
+        let b = Backend::spawn(PoolKey::plain(addr), BackendOptions::default(), metrics());
         let r1 = call(&b, b"a\n").await;
         let r2 = call(&b, b"b\n").await;
         let r3 = call(&b, b"c\n").await;
+        assert_eq!(b.outstanding(), 3);
         for r in [r1, r2, r3] {
             assert_eq!(&r.await.unwrap().unwrap()[..], b"+OK\r\n");
         }
+        assert_eq!(b.outstanding(), 0);
         b.retire();
         assert_eq!(srv.await.unwrap(), b"a\nb\nc\n");
     }
@@ -560,12 +773,13 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
-        let pool = Pool::new(BackendOptions::default(), Arc::new(Metrics::new()));
-        let b = pool.get(&NodeAddr::new("127.0.0.1", port));
+        let pool = Pool::new(BackendOptions::default(), metrics());
+        let key = PoolKey::plain(NodeAddr::new("127.0.0.1", port));
+        let b = pool.get(&key);
         let r = call(&b, b"x\n").await.await.unwrap();
         assert!(matches!(r, Err(BackendError::NotSent { .. })), "{r:?}");
         // Within the backoff the same dead handle answers at once.
-        let again = pool.get(&NodeAddr::new("127.0.0.1", port));
+        let again = pool.get(&key);
         assert!(!again.is_alive());
         let r = call(&again, b"x\n").await.await.unwrap();
         assert!(
@@ -573,22 +787,24 @@ mod tests {
                 .to_resp()
                 .starts_with(b"-ERR pivot: cannot reach")
         );
+        assert_eq!(again.outstanding(), 0);
     }
 
     #[tokio::test]
     async fn retired_connection_drains_then_fails_the_rest() {
         // The server answers one request, then goes silent.
-        let (addr, _srv) = server(1, Duration::from_millis(50)).await;
+        let (addr, mut seen, _srv) = server(1, Duration::from_millis(50)).await;
         let opts = BackendOptions {
             drain_grace: Duration::from_secs(5),
             stall: Duration::from_millis(200),
             ..Default::default()
         };
         let started = Instant::now();
-        let b = Backend::spawn(addr, opts, Arc::new(Metrics::new()));
+        let b = Backend::spawn(PoolKey::plain(addr), opts, metrics());
         let r1 = call(&b, b"a\n").await;
         let r2 = call(&b, b"b\n").await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Both are on the wire before the retirement.
+        seen.wait_for(|n| *n >= 2).await.unwrap();
         b.retire();
         let r3 = call(&b, b"c\n").await;
         assert_eq!(&r1.await.unwrap().unwrap()[..], b"+OK\r\n");
@@ -603,5 +819,103 @@ mod tests {
         );
         let e3 = r3.await.unwrap().unwrap_err();
         assert!(matches!(e3, BackendError::NotSent { .. }), "{e3}");
+        assert_eq!(b.outstanding(), 0);
+    }
+
+    #[tokio::test]
+    async fn abort_fails_in_flight_at_once() {
+        let (addr, mut seen, _srv) = server(0, Duration::ZERO).await;
+        let b = Backend::spawn(PoolKey::plain(addr), BackendOptions::default(), metrics());
+        let r = call(&b, b"blocked\n").await;
+        seen.wait_for(|n| *n >= 1).await.unwrap();
+        b.abort();
+        let e = r.await.unwrap().unwrap_err();
+        assert!(matches!(e, BackendError::Lost { .. }), "{e}");
+        assert!(!b.is_alive());
+    }
+
+    #[tokio::test]
+    async fn handshake_selects_and_refusals_fail_the_connection() {
+        // A server that checks the handshake: +OK to SELECT, an error to HELLO.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = NodeAddr::new("127.0.0.1", l.local_addr().unwrap().port());
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let mut got = Vec::new();
+                    loop {
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&got).to_string();
+                        if text.contains("HELLO") {
+                            let _ = s.write_all(b"-NOPROTO sorry\r\n").await;
+                            return;
+                        }
+                        if text.ends_with("SELECT\r\n$1\r\n7\r\n") {
+                            let _ = s.write_all(b"+OK\r\n").await;
+                            got.clear();
+                        } else if text.ends_with("PING\r\n") {
+                            let _ = s.write_all(b"+PONG\r\n").await;
+                            got.clear();
+                        }
+                    }
+                });
+            }
+        });
+        let db7 = PoolKey {
+            addr: addr.clone(),
+            db: 7,
+            resp3: false,
+        };
+        let b = Backend::spawn(db7, BackendOptions::default(), metrics());
+        let r = call(&b, b"*1\r\n$4\r\nPING\r\n").await.await.unwrap();
+        assert_eq!(&r.unwrap()[..], b"+PONG\r\n");
+        let resp3 = PoolKey {
+            addr,
+            db: 0,
+            resp3: true,
+        };
+        let b = Backend::spawn(resp3, BackendOptions::default(), metrics());
+        let e = call(&b, b"*1\r\n$4\r\nPING\r\n")
+            .await
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("handshake refused: NOPROTO sorry"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn dedicated_connections_are_reused_only_when_clean_and_bounded() {
+        let (addr, _, _srv) = server(100, Duration::ZERO).await;
+        let opts = BackendOptions {
+            max_dedicated: 2,
+            ..Default::default()
+        };
+        let pool = Pool::new(opts, metrics());
+        let key = PoolKey::plain(addr);
+        let a = pool.dedicated(&key).unwrap();
+        let b = pool.dedicated(&key).unwrap();
+        assert!(!a.same(&b));
+        let err = pool.dedicated(&key).unwrap_err();
+        assert!(err.contains("limit 2"), "{err}");
+        // A clean one comes back and is lent again.
+        pool.release(a.clone());
+        let again = pool.dedicated(&key).unwrap();
+        assert!(again.same(&a));
+        // A shared connection is never taken into the idle list.
+        let shared = pool.get(&key);
+        pool.release(shared.clone());
+        assert!(!shared.is_alive());
+        // Retiring the node retires the lent ones too.
+        pool.retire(&key.addr);
+        assert!(!again.is_alive() && !b.is_alive());
     }
 }

@@ -25,8 +25,6 @@ pub enum Class {
     /// Administrative or server-level (`admin`, or `noscript` without data access, such as
     /// `SCRIPT LOAD` or `ROLE`): master.
     Admin,
-    /// Blocks the connection (`blocking`): needs a dedicated connection.
-    Blocking,
     /// Pub/Sub (`pubsub`) without data access: `PUBSUB CHANNELS` and the like (master, where
     /// messages are published); the subscription commands are [`Special::Subscribe`].
     PubSub,
@@ -42,24 +40,23 @@ impl Class {
             Class::Read => "read",
             Class::Neutral => "neutral",
             Class::Admin => "admin",
-            Class::Blocking => "blocking",
             Class::PubSub => "pubsub",
             Class::Unknown => "unknown",
         }
     }
 
     /// Every class, for pre-registering metrics.
-    pub const ALL: [Class; 7] = [
+    pub const ALL: [Class; 6] = [
         Class::Write,
         Class::Read,
         Class::Neutral,
         Class::Admin,
-        Class::Blocking,
         Class::PubSub,
         Class::Unknown,
     ];
 
-    fn from_flags<'a>(flags: impl IntoIterator<Item = &'a str>) -> Class {
+    /// The class, and whether the command may block the connection (`blocking`).
+    fn from_flags<'a>(flags: impl IntoIterator<Item = &'a str>) -> (Class, bool) {
         let (mut write, mut read, mut admin, mut blocking, mut pubsub, mut noscript) =
             (false, false, false, false, false, false);
         for f in flags {
@@ -73,11 +70,8 @@ impl Class {
                 _ => {}
             }
         }
-        // Order matters: a blocking write (BLMOVE) is blocking first; PUBLISH is `pubsub` and
-        // `may_replicate`, a write to the master, not a subscription.
-        if blocking {
-            Class::Blocking
-        } else if write {
+        // Order matters: PUBLISH is `pubsub` and `may_replicate`, a write to the master.
+        let class = if write {
             Class::Write
         } else if pubsub {
             Class::PubSub
@@ -87,7 +81,8 @@ impl Class {
             Class::Admin
         } else {
             Class::Neutral
-        }
+        };
+        (class, blocking)
     }
 }
 
@@ -110,10 +105,14 @@ pub enum Special {
     Client,
     /// `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH`.
     Transaction,
-    /// `MONITOR`, `RESET`, `SYNC`, `PSYNC`: connection takeover.
+    /// `MONITOR`, `SYNC`, `PSYNC`, `REPLCONF`: connection takeover.
     Takeover,
+    /// `RESET`: back to a fresh connection's state, answered by the proxy.
+    Reset,
     /// `XREAD`/`XREADGROUP`: blocking only with a `BLOCK` argument.
     StreamRead,
+    /// `WAIT`/`WAITAOF`: block until replicas acknowledge (not flagged `blocking`).
+    Wait,
     /// `SUBSCRIBE` and friends: the connection enters Pub/Sub mode.
     Subscribe,
 }
@@ -128,7 +127,9 @@ fn special(lower: &[u8]) -> Option<Special> {
         b"select" => Special::Select,
         b"client" => Special::Client,
         b"multi" | b"exec" | b"discard" | b"watch" | b"unwatch" => Special::Transaction,
-        b"monitor" | b"reset" | b"sync" | b"psync" | b"replconf" => Special::Takeover,
+        b"monitor" | b"sync" | b"psync" | b"replconf" => Special::Takeover,
+        b"reset" => Special::Reset,
+        b"wait" | b"waitaof" => Special::Wait,
         b"xread" | b"xreadgroup" => Special::StreamRead,
         b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
         | b"sunsubscribe" => Special::Subscribe,
@@ -169,9 +170,9 @@ impl Lower {
 
 #[derive(Debug, Clone, Default)]
 struct Entry {
-    class: Option<Class>,
-    /// `subcommand -> class`, for container commands (`CONFIG GET`, `SCRIPT LOAD`).
-    subcommands: HashMap<Box<[u8]>, Class>,
+    class: Option<(Class, bool)>,
+    /// `subcommand -> (class, blocking)`, for container commands (`CONFIG GET`, `SCRIPT LOAD`).
+    subcommands: HashMap<Box<[u8]>, (Class, bool)>,
 }
 
 /// Result of looking a request up.
@@ -179,6 +180,8 @@ struct Entry {
 pub struct Lookup {
     /// Class from the flags.
     pub class: Class,
+    /// The command may block its connection (`blocking` flag): it needs a dedicated one.
+    pub blocking: bool,
     /// Set when the command needs the proxy's own handling.
     pub special: Option<Special>,
 }
@@ -239,13 +242,14 @@ impl CommandTable {
         let Some(lower) = Lower::new(name) else {
             return Lookup {
                 class: Class::Unknown,
+                blocking: false,
                 special: None,
             };
         };
         let lower = lower.as_bytes();
         let special = special(lower);
-        let class = match self.commands.get(lower) {
-            None => Class::Unknown,
+        let (class, blocking) = match self.commands.get(lower) {
+            None => (Class::Unknown, false),
             Some(entry) => {
                 let sub_class = if entry.subcommands.is_empty() {
                     None
@@ -253,14 +257,21 @@ impl CommandTable {
                     arg1.and_then(Lower::new)
                         .and_then(|sub| entry.subcommands.get(sub.as_bytes()).copied())
                 };
-                sub_class.or(entry.class).unwrap_or(Class::Unknown)
+                sub_class.or(entry.class).unwrap_or((Class::Unknown, false))
             }
         };
-        Lookup { class, special }
+        Lookup {
+            class,
+            blocking,
+            special,
+        }
     }
 }
 
-fn parse_entry(v: &Value) -> Result<(Vec<u8>, Class, &[Value]), String> {
+/// One `COMMAND` entry: lowercased name, (class, blocking), subcommand entries.
+type ParsedEntry<'a> = (Vec<u8>, (Class, bool), &'a [Value]);
+
+fn parse_entry(v: &Value) -> Result<ParsedEntry<'_>, String> {
     let Value::Array(fields) = v else {
         return Err("COMMAND entry is not an array".into());
     };
@@ -367,30 +378,43 @@ mod tests {
     #[test]
     fn classes_from_flags() {
         let t = table();
-        type Case<'a> = (&'a [u8], Option<&'a [u8]>, Class, Option<Special>);
+        type Case<'a> = (&'a [u8], Option<&'a [u8]>, Class, bool, Option<Special>);
         let cases: &[Case] = &[
-            (b"SET", None, Class::Write, None),
-            (b"get", None, Class::Read, None),
-            (b"GeT", Some(b"k"), Class::Read, None),
-            (b"INFO", Some(b"replication"), Class::Neutral, None),
-            (b"BLMOVE", None, Class::Blocking, None),
-            (b"PUBLISH", None, Class::Write, None),
-            (b"SUBSCRIBE", None, Class::PubSub, Some(Special::Subscribe)),
-            (b"EVAL", None, Class::Write, None),
-            (b"EVAL_RO", None, Class::Read, None),
-            (b"CONFIG", Some(b"GET"), Class::Admin, None),
-            (b"SCRIPT", Some(b"flush"), Class::Write, None),
-            (b"SCRIPT", Some(b"load"), Class::Admin, None),
-            (b"SCRIPT", Some(b"nosuch"), Class::Neutral, None),
-            (b"EVAL_RO", None, Class::Read, None),
-            (b"XREAD", None, Class::Blocking, Some(Special::StreamRead)),
-            (b"NOSUCHCMD", None, Class::Unknown, None),
-            (b"PING", None, Class::Unknown, Some(Special::Ping)),
-            (b"multi", None, Class::Unknown, Some(Special::Transaction)),
+            (b"SET", None, Class::Write, false, None),
+            (b"get", None, Class::Read, false, None),
+            (b"GeT", Some(b"k"), Class::Read, false, None),
+            (b"INFO", Some(b"replication"), Class::Neutral, false, None),
+            (b"BLMOVE", None, Class::Write, true, None),
+            (b"PUBLISH", None, Class::Write, false, None),
+            (
+                b"SUBSCRIBE",
+                None,
+                Class::PubSub,
+                false,
+                Some(Special::Subscribe),
+            ),
+            (b"EVAL", None, Class::Write, false, None),
+            (b"EVAL_RO", None, Class::Read, false, None),
+            (b"CONFIG", Some(b"GET"), Class::Admin, false, None),
+            (b"SCRIPT", Some(b"flush"), Class::Write, false, None),
+            (b"SCRIPT", Some(b"load"), Class::Admin, false, None),
+            (b"SCRIPT", Some(b"nosuch"), Class::Neutral, false, None),
+            (b"EVAL_RO", None, Class::Read, false, None),
+            (b"XREAD", None, Class::Read, true, Some(Special::StreamRead)),
+            (b"NOSUCHCMD", None, Class::Unknown, false, None),
+            (b"PING", None, Class::Unknown, false, Some(Special::Ping)),
+            (
+                b"multi",
+                None,
+                Class::Unknown,
+                false,
+                Some(Special::Transaction),
+            ),
         ];
-        for (name, arg1, class, special) in cases {
+        for (name, arg1, class, blocking, special) in cases {
             let got = t.lookup(name, *arg1);
             assert_eq!(got.class, *class, "{}", String::from_utf8_lossy(name));
+            assert_eq!(got.blocking, *blocking, "{}", String::from_utf8_lossy(name));
             assert_eq!(got.special, *special, "{}", String::from_utf8_lossy(name));
         }
         let long = vec![b'a'; 200];

@@ -74,6 +74,11 @@ pub struct Config {
     #[arg(long, env = "PIVOT_BACKEND_STALL", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub backend_stall: Duration,
 
+    /// Dedicated backend connections (transactions, blocking commands) one worker may have
+    /// open; past it such commands get an error.
+    #[arg(long, env = "PIVOT_MAX_DEDICATED_CONNECTIONS", default_value_t = 4096)]
+    pub max_dedicated_connections: usize,
+
     /// How long client connections may take to finish at shutdown.
     #[arg(long, env = "PIVOT_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -91,6 +96,9 @@ impl Config {
         }
         if !(1..=256).contains(&self.workers) {
             return Err("--workers must be between 1 and 256".into());
+        }
+        if self.max_dedicated_connections == 0 {
+            return Err("--max-dedicated-connections must be at least 1".into());
         }
         if self.max_pipeline == 0 {
             return Err("--max-pipeline must be at least 1".into());
@@ -127,6 +135,7 @@ impl Config {
             backend_connect_timeout: Duration::from_secs(1),
             backend_drain_grace: Duration::from_secs(1),
             backend_stall: Duration::from_millis(250),
+            max_dedicated_connections: 4096,
             shutdown_grace: Duration::from_secs(5),
             log_format: LogFormat::Text,
         }

@@ -7,6 +7,20 @@
 //! spread over the master and replicas still answers in order, and coalesces every reply
 //! that is ready into one write.
 //!
+//! Most commands go over the worker's shared, multiplexed connections, chosen by the
+//! session's database and protocol. State that a shared connection cannot carry pins the
+//! client to a *dedicated* connection for as long as it lasts:
+//!
+//! - a transaction, from `MULTI` or `WATCH` until `EXEC`, `DISCARD` or `UNWATCH` (on the
+//!   master); every command in between goes to that connection;
+//! - a blocking command (`BLPOP`, `XREAD ... BLOCK`, ...) until it has answered, on the node
+//!   routing picks (the master when it writes); commands pipelined behind it follow it there,
+//!   so they run after it as they would on Redis.
+//!
+//! Afterwards the connection goes back to the pool for the next client; a client that leaves
+//! in the middle gets its connection closed (which is how Redis learns to unblock it or to
+//! discard its transaction).
+//!
 //! Bounds: the FIFO holds at most `max_pipeline` slots (a client further ahead stops being
 //! read), and a request frame may not exceed `max_request_bytes`.
 
@@ -15,7 +29,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use redis_protocol::resp2::types::BytesFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -23,12 +36,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::backend::{Backend, BackendError, Reply, Request, reserve};
-use crate::command::{Class, Lower, Special};
+use crate::backend::{Backend, BackendError, PoolKey, Reply, Request, reserve};
+use crate::command::{Class, Lookup, Lower, Special};
 use crate::metrics::Target;
 use crate::reply;
 use crate::resp::{self, FrameError, Mode, Scanner};
-use crate::routing::{ClientState, Route, RoutingTable, route, rule_for};
+use crate::routing::{ClientState, NodeAddr, Route, RoutingTable, route, rule_for};
 use crate::server::Worker;
 
 /// One entry of a client's reply FIFO.
@@ -45,29 +58,78 @@ enum Slot {
     Close,
 }
 
-/// Per-connection state visible to commands the proxy answers itself.
+/// Why a client holds a dedicated connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PinKind {
+    /// `WATCH` and/or `MULTI` seen, no `EXEC`/`DISCARD`/`UNWATCH` yet.
+    Transaction {
+        /// Inside `MULTI`.
+        in_multi: bool,
+        /// A command was refused inside `MULTI`: `EXEC` must answer `EXECABORT`.
+        aborted: bool,
+    },
+    /// A blocking command may still be waiting.
+    Blocking,
+}
+
+struct Pinned {
+    backend: Backend,
+    kind: PinKind,
+}
+
+/// Per-connection state.
 struct Session {
     id: u64,
     name: Option<Bytes>,
     route: ClientState,
+    /// Selected database.
+    db: u32,
+    /// The client said `HELLO 3`.
+    resp3: bool,
+    pinned: Option<Pinned>,
 }
 
-/// Backend handles resolved for one routing table version, so that the pool's map is
-/// consulted once per topology change rather than once per request.
+impl Session {
+    fn key(&self, addr: &NodeAddr) -> PoolKey {
+        PoolKey {
+            addr: addr.clone(),
+            db: self.db,
+            resp3: self.resp3,
+        }
+    }
+}
+
+/// Shared backend handles resolved for one routing table version, database and protocol,
+/// so that the pool's map is consulted once per change rather than once per request.
 struct Resolved {
     version: u64,
+    db: u32,
+    resp3: bool,
     master: Option<Backend>,
     replicas: Vec<Backend>,
 }
 
 impl Resolved {
-    fn refresh(&mut self, table: &RoutingTable, worker: &Worker) {
-        if self.version == table.version && self.version != 0 {
+    fn refresh(&mut self, table: &RoutingTable, session: &Session, worker: &Worker) {
+        if self.version == table.version
+            && self.version != 0
+            && self.db == session.db
+            && self.resp3 == session.resp3
+        {
             return;
         }
         self.version = table.version;
-        self.master = table.master.as_ref().map(|m| worker.pool.get(m));
-        self.replicas = table.readable.iter().map(|r| worker.pool.get(r)).collect();
+        self.db = session.db;
+        self.resp3 = session.resp3;
+        self.master = table
+            .master
+            .as_ref()
+            .map(|m| worker.pool.get(&session.key(m)));
+        self.replicas = table
+            .readable
+            .iter()
+            .map(|r| worker.pool.get(&session.key(r)))
+            .collect();
     }
 
     fn backend(&mut self, route: Route, worker: &Worker) -> Option<&Backend> {
@@ -77,7 +139,7 @@ impl Resolved {
             Route::NoMaster => return None,
         };
         if !slot.is_alive() {
-            *slot = worker.pool.get(slot.addr());
+            *slot = worker.pool.get(slot.key());
         }
         Some(slot)
     }
@@ -97,6 +159,9 @@ pub(crate) async fn serve(stream: TcpStream, worker: Arc<Worker>, shutdown: Canc
         id,
         name: None,
         route: ClientState::default(),
+        db: 0,
+        resp3: false,
+        pinned: None,
     };
     // The reader owns `tx`: when it stops, the writer drains what is queued and exits.
     tokio::join!(
@@ -107,6 +172,14 @@ pub(crate) async fn serve(stream: TcpStream, worker: Arc<Worker>, shutdown: Canc
     debug!("client disconnected");
 }
 
+/// What one request led to.
+enum Step {
+    /// Queue this slot.
+    Slot(Slot),
+    /// Answer this, then close the connection.
+    Close(Bytes),
+}
+
 async fn read_requests(
     mut rd: OwnedReadHalf,
     tx: mpsc::Sender<Slot>,
@@ -114,11 +187,31 @@ async fn read_requests(
     mut session: Session,
     shutdown: CancellationToken,
 ) {
+    read_loop(&mut rd, &tx, worker, &mut session, shutdown).await;
+    // Whatever ends the connection ends its dedicated connection's state too.
+    if let Some(p) = session.pinned.take() {
+        match p.kind {
+            PinKind::Blocking if p.backend.outstanding() > 0 => p.backend.abort(),
+            PinKind::Blocking => worker.pool.release(p.backend),
+            PinKind::Transaction { .. } => p.backend.retire(),
+        }
+    }
+}
+
+async fn read_loop(
+    rd: &mut OwnedReadHalf,
+    tx: &mpsc::Sender<Slot>,
+    worker: &Worker,
+    session: &mut Session,
+    shutdown: CancellationToken,
+) {
     let shared = &worker.shared;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = Scanner::new(Mode::Request, shared.limits.max_request_bytes);
     let mut resolved = Resolved {
         version: u64::MAX,
+        db: 0,
+        resp3: false,
         master: None,
         replicas: Vec::new(),
     };
@@ -136,7 +229,6 @@ async fn read_requests(
         // One routing snapshot for the whole batch.
         let table = shared.table.load_full();
         let commands = shared.commands.load_full();
-        resolved.refresh(&table, worker);
         loop {
             let frame = if !scanner.in_frame() && buf.first().is_some_and(|b| *b != b'*') {
                 match resp::scan_inline(&buf) {
@@ -151,19 +243,19 @@ async fn read_requests(
                             // We built it: only a bug gets here, and it must not be silent.
                             Ok(None) => {
                                 let e = FrameError::Protocol("incomplete inline request".into());
-                                return protocol_error(&tx, worker, &e).await;
+                                return protocol_error(tx, worker, &e).await;
                             }
-                            Err(e) => return protocol_error(&tx, worker, &e).await,
+                            Err(e) => return protocol_error(tx, worker, &e).await,
                         }
                     }
                     Ok(None) => break,
-                    Err(e) => return protocol_error(&tx, worker, &e).await,
+                    Err(e) => return protocol_error(tx, worker, &e).await,
                 }
             } else {
                 match scanner.scan(&buf) {
                     Ok(Some(info)) => (info, buf.split_to(info.len).freeze()),
                     Ok(None) => break,
-                    Err(e) => return protocol_error(&tx, worker, &e).await,
+                    Err(e) => return protocol_error(tx, worker, &e).await,
                 }
             };
             let (info, bytes) = frame;
@@ -171,55 +263,20 @@ async fn read_requests(
                 // Redis ignores an empty multibulk.
                 continue;
             }
-            let name = info.name(&bytes).unwrap_or_default();
-            let arg1 = info.arg1(&bytes);
-            let lookup = commands.lookup(name, arg1);
-            let slot = if let Some(special) = lookup.special {
-                match answer_special(special, lookup.class, name, &bytes, info.argc, &mut session) {
-                    Answer::Reply(r) => {
-                        shared.metrics.command(lookup.class, Target::Local);
-                        Slot::Ready(r)
-                    }
-                    Answer::Close(r) => {
-                        let _ = tx.send(Slot::Ready(r)).await;
-                        let _ = tx.send(Slot::Close).await;
-                        return;
-                    }
-                    Answer::Reject(r) => {
-                        shared.metrics.rejected.inc();
-                        Slot::Ready(r)
-                    }
-                    Answer::Forward => {
-                        forward(
-                            bytes,
-                            info,
-                            lookup.class,
-                            &table,
-                            &mut resolved,
-                            &mut session,
-                            worker,
-                        )
-                        .await
-                    }
-                }
-            } else {
-                match lookup.class {
-                    Class::Blocking => {
-                        shared.metrics.rejected.inc();
-                        Slot::Ready(unsupported(name, lookup.class))
-                    }
-                    class => {
-                        forward(
-                            bytes,
-                            info,
-                            class,
-                            &table,
-                            &mut resolved,
-                            &mut session,
-                            worker,
-                        )
-                        .await
-                    }
+            let lookup = commands.lookup(info.name(&bytes).unwrap_or_default(), info.arg1(&bytes));
+            resolved.refresh(&table, session, worker);
+            let req = Req {
+                frame: bytes,
+                info,
+                lookup,
+            };
+            let step = dispatch(req, &table, &mut resolved, session, worker).await;
+            let slot = match step {
+                Step::Slot(slot) => slot,
+                Step::Close(r) => {
+                    let _ = tx.send(Slot::Ready(r)).await;
+                    let _ = tx.send(Slot::Close).await;
+                    return;
                 }
             };
             if tx.send(slot).await.is_err() {
@@ -227,6 +284,27 @@ async fn read_requests(
                 return;
             }
         }
+    }
+}
+
+/// One request, classified.
+struct Req {
+    frame: Bytes,
+    info: resp::Frame,
+    lookup: Lookup,
+}
+
+impl Req {
+    fn name(&self) -> &[u8] {
+        self.info.name(&self.frame).unwrap_or_default()
+    }
+
+    fn lower_name(&self) -> String {
+        String::from_utf8_lossy(self.name()).to_ascii_lowercase()
+    }
+
+    fn is(&self, cmd: &[u8]) -> bool {
+        self.name().eq_ignore_ascii_case(cmd)
     }
 }
 
@@ -241,38 +319,327 @@ async fn protocol_error(tx: &mpsc::Sender<Slot>, worker: &Worker, e: &FrameError
     let _ = tx.send(Slot::Close).await;
 }
 
+fn reject(worker: &Worker, msg: &str) -> Step {
+    worker.shared.metrics.rejected.inc();
+    Step::Slot(Slot::Ready(reply::error(msg)))
+}
+
+fn local(worker: &Worker, class: Class, r: Bytes) -> Step {
+    worker.shared.metrics.command(class, Target::Local);
+    Step::Slot(Slot::Ready(r))
+}
+
+/// Decides what one request does: answered here, sent over a shared connection, or sent
+/// over (and maybe starting or ending) a dedicated one.
+async fn dispatch(
+    req: Req,
+    table: &RoutingTable,
+    resolved: &mut Resolved,
+    session: &mut Session,
+    worker: &Worker,
+) -> Step {
+    // A blocking command's connection goes back to the pool once it has answered.
+    if let Some(p) = &session.pinned
+        && p.kind == PinKind::Blocking
+        && (p.backend.outstanding() == 0 || !p.backend.is_alive())
+        && let Some(p) = session.pinned.take()
+    {
+        worker.pool.release(p.backend);
+    }
+    match session.pinned.as_ref().map(|p| p.kind) {
+        Some(PinKind::Transaction { in_multi, aborted }) => {
+            in_transaction(req, in_multi, aborted, session, worker).await
+        }
+        Some(PinKind::Blocking) => behind_blocking(req, session, worker).await,
+        None => unpinned(req, table, resolved, session, worker).await,
+    }
+}
+
+/// Not pinned: the common case.
+async fn unpinned(
+    req: Req,
+    table: &RoutingTable,
+    resolved: &mut Resolved,
+    session: &mut Session,
+    worker: &Worker,
+) -> Step {
+    let class = req.lookup.class;
+    match req.lookup.special {
+        Some(Special::Transaction) if req.is(b"MULTI") || req.is(b"WATCH") => {
+            let in_multi = req.is(b"MULTI");
+            let Some(master) = &table.master else {
+                return no_master(worker, table);
+            };
+            let backend = match worker.pool.dedicated(&session.key(master)) {
+                Ok(b) => b,
+                Err(e) => return reject(worker, &format!("ERR pivot: {e}")),
+            };
+            // Whatever the transaction writes is on the master.
+            session.route.has_written = true;
+            session.pinned = Some(Pinned {
+                backend: backend.clone(),
+                kind: PinKind::Transaction {
+                    in_multi,
+                    aborted: false,
+                },
+            });
+            send(&backend, req.frame, class, Target::Master, worker).await
+        }
+        // EXEC, DISCARD, UNWATCH outside a transaction: Redis answers them as it does on any
+        // connection ("EXEC without MULTI", OK for UNWATCH).
+        Some(Special::Transaction) => {
+            forward(req, Class::Admin, table, resolved, session, worker).await
+        }
+        Some(Special::StreamRead) if has_block_arg(&req.frame) => {
+            blocking(req, table, session, worker).await
+        }
+        Some(Special::StreamRead) => forward(req, class, table, resolved, session, worker).await,
+        Some(special) => answer_local(special, &req, session, worker),
+        None if req.lookup.blocking => blocking(req, table, session, worker).await,
+        None => forward(req, class, table, resolved, session, worker).await,
+    }
+}
+
+/// A blocking command: on a dedicated connection to the node routing picks.
+async fn blocking(req: Req, table: &RoutingTable, session: &mut Session, worker: &Worker) -> Step {
+    let class = req.lookup.class;
+    let rule = rule(table, &req);
+    let decision = route(table, class, rule, &session.route, &worker.shared.rr);
+    let (addr, target) = match decision {
+        Route::Master => match &table.master {
+            Some(m) => (m, Target::Master),
+            None => return no_master(worker, table),
+        },
+        Route::Replica(i) => match table.readable.get(i) {
+            Some(r) => (r, Target::Replica),
+            None => return no_master(worker, table),
+        },
+        Route::NoMaster => return no_master(worker, table),
+    };
+    let backend = match worker.pool.dedicated(&session.key(addr)) {
+        Ok(b) => b,
+        Err(e) => return reject(worker, &format!("ERR pivot: {e}")),
+    };
+    if target == Target::Master && matches!(class, Class::Write | Class::Unknown) {
+        session.route.has_written = true;
+    }
+    session.pinned = Some(Pinned {
+        backend: backend.clone(),
+        kind: PinKind::Blocking,
+    });
+    send(&backend, req.frame, class, target, worker).await
+}
+
+/// A blocking command of this client has not answered yet: what follows it runs after it,
+/// on the same connection, as it would on Redis.
+async fn behind_blocking(req: Req, session: &mut Session, worker: &Worker) -> Step {
+    let Some(backend) = session.pinned.as_ref().map(|p| p.backend.clone()) else {
+        return reject(worker, "ERR pivot: internal error: no pinned connection");
+    };
+    match req.lookup.special {
+        Some(Special::Select | Special::Hello | Special::Reset | Special::Auth) => reject(
+            worker,
+            &format!(
+                "ERR pivot: '{}' cannot follow a blocking command that has not returned yet",
+                req.lower_name()
+            ),
+        ),
+        Some(Special::Transaction) => {
+            if req.is(b"MULTI") || req.is(b"WATCH") {
+                session.route.has_written = true;
+                if let Some(p) = session.pinned.as_mut() {
+                    p.kind = PinKind::Transaction {
+                        in_multi: req.is(b"MULTI"),
+                        aborted: false,
+                    };
+                }
+            }
+            send(&backend, req.frame, Class::Admin, Target::Master, worker).await
+        }
+        Some(Special::StreamRead) | Some(Special::Wait) | None => {
+            let target = if table_is_master(&backend, worker) {
+                Target::Master
+            } else {
+                Target::Replica
+            };
+            send(&backend, req.frame, req.lookup.class, target, worker).await
+        }
+        Some(special) => answer_local(special, &req, session, worker),
+    }
+}
+
+fn table_is_master(backend: &Backend, worker: &Worker) -> bool {
+    worker.shared.table.load().master.as_ref() == Some(backend.addr())
+}
+
+/// Inside `WATCH`/`MULTI`: everything goes to the transaction's connection, except what
+/// would change state that connection shares with the proxy's view of the client.
+async fn in_transaction(
+    req: Req,
+    in_multi: bool,
+    aborted: bool,
+    session: &mut Session,
+    worker: &Worker,
+) -> Step {
+    let Some(backend) = session.pinned.as_ref().map(|p| p.backend.clone()) else {
+        return reject(worker, "ERR pivot: internal error: no pinned connection");
+    };
+    let class = req.lookup.class;
+    if !backend.is_alive() {
+        // The connection is gone (the master failed, or was demoted): so is the
+        // transaction. Answer until the client ends it.
+        let ended = req.is(b"EXEC") || req.is(b"DISCARD") || (req.is(b"UNWATCH") && !in_multi);
+        if ended {
+            session.pinned = None;
+        }
+        return match req.lookup.special {
+            Some(Special::Quit) => Step::Close(reply::ok()),
+            _ if req.is(b"EXEC") => reject(
+                worker,
+                "EXECABORT Transaction discarded because the connection to the master was lost",
+            ),
+            _ if req.is(b"UNWATCH") && !in_multi => local(worker, class, reply::ok()),
+            _ => reject(
+                worker,
+                "ERR pivot: the transaction was aborted because the connection to the master was lost",
+            ),
+        };
+    }
+    match req.lookup.special {
+        Some(Special::Transaction) => {
+            let ends = req.is(b"EXEC")
+                || (req.is(b"DISCARD") && in_multi)
+                || (req.is(b"UNWATCH") && !in_multi);
+            if req.is(b"MULTI")
+                && let Some(p) = session.pinned.as_mut()
+            {
+                p.kind = PinKind::Transaction {
+                    in_multi: true,
+                    aborted,
+                };
+            }
+            let step = if req.is(b"EXEC") && aborted {
+                // Redis would answer EXECABORT for a command refused while queueing; the
+                // refusal was ours, so Redis doesn't know: discard there, answer here.
+                let (reply_tx, _ignored) = oneshot::channel();
+                backend
+                    .send(Request {
+                        frame: Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n"),
+                        reply: reply_tx,
+                    })
+                    .await;
+                reject(
+                    worker,
+                    "EXECABORT Transaction discarded because of previous errors.",
+                )
+            } else {
+                send(&backend, req.frame, Class::Admin, Target::Master, worker).await
+            };
+            if ends && let Some(p) = session.pinned.take() {
+                // Clean again: the next client may use it (behind this reply).
+                worker.pool.release(p.backend);
+            }
+            step
+        }
+        Some(Special::Quit) => Step::Close(reply::ok()),
+        Some(
+            special @ (Special::Select
+            | Special::Hello
+            | Special::Auth
+            | Special::Reset
+            | Special::Client
+            | Special::Subscribe
+            | Special::Takeover
+            | Special::Wait),
+        ) => {
+            let name = req.lower_name();
+            if in_multi {
+                if let Some(p) = session.pinned.as_mut() {
+                    p.kind = PinKind::Transaction {
+                        in_multi,
+                        aborted: true,
+                    };
+                }
+                reject(
+                    worker,
+                    &format!(
+                        "ERR pivot: '{name}' is not supported inside MULTI; the transaction will be discarded"
+                    ),
+                )
+            } else if matches!(special, Special::Client) {
+                answer_local(special, &req, session, worker)
+            } else {
+                reject(
+                    worker,
+                    &format!("ERR pivot: '{name}' between WATCH and EXEC is not supported"),
+                )
+            }
+        }
+        // PING and ECHO are queued inside MULTI, as Redis does; outside, answered here.
+        Some(special @ (Special::Ping | Special::Echo)) if !in_multi => {
+            answer_local(special, &req, session, worker)
+        }
+        _ => send(&backend, req.frame, class, Target::Master, worker).await,
+    }
+}
+
+fn rule(table: &RoutingTable, req: &Req) -> Option<crate::routing::RuleTarget> {
+    if table.rules.is_empty() {
+        None
+    } else {
+        Lower::new(req.name())
+            .and_then(|l| rule_for(table, l.as_bytes(), req.info.arg1(&req.frame)))
+    }
+}
+
+fn no_master(worker: &Worker, table: &RoutingTable) -> Step {
+    reject(
+        worker,
+        &format!(
+            "CLUSTERDOWN pivot: service '{}' has no master known to the proxy yet",
+            table.service
+        ),
+    )
+}
+
+/// Over a shared connection, to the node routing picks.
 async fn forward(
-    frame: Bytes,
-    info: resp::Frame,
+    req: Req,
     class: Class,
     table: &RoutingTable,
     resolved: &mut Resolved,
     session: &mut Session,
     worker: &Worker,
-) -> Slot {
-    let shared = &worker.shared;
-    let rule = if table.rules.is_empty() {
-        None
-    } else {
-        let name = info.name(&frame).unwrap_or_default();
-        Lower::new(name).and_then(|l| rule_for(table, l.as_bytes(), info.arg1(&frame)))
-    };
-    let decision = route(table, class, rule, &session.route, &shared.rr);
+) -> Step {
+    let decision = route(
+        table,
+        class,
+        rule(table, &req),
+        &session.route,
+        &worker.shared.rr,
+    );
     let target = match decision {
         Route::Master => Target::Master,
         _ => Target::Replica,
     };
     let Some(backend) = resolved.backend(decision, worker) else {
-        shared.metrics.rejected.inc();
-        return Slot::Ready(reply::error(&format!(
-            "CLUSTERDOWN pivot: service '{}' has no master known to the proxy yet",
-            table.service
-        )));
+        return no_master(worker, table);
     };
     if target == Target::Master && matches!(class, Class::Write | Class::Unknown) {
         session.route.has_written = true;
     }
-    shared.metrics.command(class, target);
+    let backend = backend.clone();
+    send(&backend, req.frame, class, target, worker).await
+}
+
+async fn send(
+    backend: &Backend,
+    frame: Bytes,
+    class: Class,
+    target: Target,
+    worker: &Worker,
+) -> Step {
+    worker.shared.metrics.command(class, target);
     let (reply_tx, rx) = oneshot::channel();
     backend
         .send(Request {
@@ -280,11 +647,11 @@ async fn forward(
             reply: reply_tx,
         })
         .await;
-    Slot::Pending {
+    Step::Slot(Slot::Pending {
         rx,
         started: Instant::now(),
         target,
-    }
+    })
 }
 
 async fn write_replies(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Slot>, worker: &Worker) {
@@ -370,112 +737,118 @@ fn append(out: &mut BytesMut, r: Option<Reply>) {
     }
 }
 
-enum Answer {
-    Reply(Bytes),
-    Close(Bytes),
-    Reject(Bytes),
-    Forward,
+fn has_block_arg(frame: &[u8]) -> bool {
+    resp::args(frame)
+        .skip(1)
+        .any(|a| a.eq_ignore_ascii_case(b"block"))
 }
 
-fn unsupported(name: &[u8], class: Class) -> Bytes {
-    let what = match class {
-        Class::Blocking => "blocking commands",
-        Class::PubSub => "Pub/Sub",
-        _ => "this command",
-    };
-    reply::error(&format!(
-        "ERR pivot: '{}' is not supported by this proxy yet ({what} need a dedicated connection)",
-        String::from_utf8_lossy(name).to_ascii_lowercase()
-    ))
-}
-
-/// Commands the proxy answers or refuses itself.
-fn answer_special(
-    special: Special,
-    class: Class,
-    name: &[u8],
-    frame: &[u8],
-    argc: usize,
-    session: &mut Session,
-) -> Answer {
-    let args: Vec<&[u8]> = resp::args(frame).collect();
+/// Commands the proxy answers or refuses itself (outside transactions).
+fn answer_local(special: Special, req: &Req, session: &mut Session, worker: &Worker) -> Step {
+    let args: Vec<&[u8]> = resp::args(&req.frame).collect();
     let arg = |i: usize| args.get(i).copied().unwrap_or_default();
+    let name = req.name();
+    let argc = req.info.argc;
+    let class = req.lookup.class;
     match special {
         Special::Ping => match argc {
-            1 => Answer::Reply(reply::simple("PONG")),
-            2 => Answer::Reply(reply::bulk(arg(1))),
-            _ => Answer::Reject(reply::wrong_args(name)),
+            1 => local(worker, class, reply::simple("PONG")),
+            2 => local(worker, class, reply::bulk(arg(1))),
+            _ => reject(worker, &wrong_args(name)),
         },
-        Special::Echo if argc == 2 => Answer::Reply(reply::bulk(arg(1))),
-        Special::Echo => Answer::Reject(reply::wrong_args(name)),
-        Special::Quit => Answer::Close(reply::ok()),
+        Special::Echo if argc == 2 => local(worker, class, reply::bulk(arg(1))),
+        Special::Echo => reject(worker, &wrong_args(name)),
+        Special::Quit => Step::Close(reply::ok()),
         Special::Select => {
             if argc != 2 {
-                return Answer::Reject(reply::wrong_args(name));
+                return reject(worker, &wrong_args(name));
             }
+            let databases = worker.shared.databases.load(Ordering::Relaxed);
             match std::str::from_utf8(arg(1))
                 .ok()
                 .and_then(|s| s.parse::<i64>().ok())
             {
-                None => Answer::Reject(reply::error("ERR value is not an integer or out of range")),
-                Some(0) => Answer::Reply(reply::ok()),
-                Some(_) => Answer::Reject(reply::error(
-                    "ERR pivot: only database 0 is supported by this proxy yet",
-                )),
+                None => reject(worker, "ERR value is not an integer or out of range"),
+                Some(db) if db < 0 || db >= i64::from(databases) => {
+                    reject(worker, "ERR DB index is out of range")
+                }
+                Some(db) => {
+                    session.db = u32::try_from(db).unwrap_or(0);
+                    local(worker, class, reply::ok())
+                }
             }
         }
         Special::Auth => {
             if !(2..=3).contains(&argc) {
-                return Answer::Reject(reply::wrong_args(name));
+                return reject(worker, &wrong_args(name));
             }
-            Answer::Reject(reply::error(
+            reject(
+                worker,
                 "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-            ))
+            )
         }
-        Special::Hello => hello(&args, session),
-        Special::Client => client(&args, name, session),
-        Special::Transaction => Answer::Reject(reply::error(&format!(
-            "ERR pivot: '{}' is not supported by this proxy yet (transactions need a dedicated connection)",
-            String::from_utf8_lossy(name).to_ascii_lowercase()
-        ))),
-        Special::Takeover => Answer::Reject(reply::error(&format!(
-            "ERR pivot: '{}' is not supported by this proxy",
-            String::from_utf8_lossy(name).to_ascii_lowercase()
-        ))),
-        Special::Subscribe => Answer::Reject(unsupported(name, Class::PubSub)),
-        Special::StreamRead => {
-            let blocks = args
-                .iter()
-                .skip(1)
-                .any(|a| a.eq_ignore_ascii_case(b"block"));
-            if blocks {
-                Answer::Reject(unsupported(name, Class::Blocking))
-            } else {
-                let _ = class;
-                Answer::Forward
+        Special::Hello => hello(&args, session, worker),
+        Special::Client => client(&args, name, session, worker),
+        Special::Reset => {
+            // Back to a fresh connection: RESP2, database 0, no name, no transaction.
+            if let Some(p) = session.pinned.take() {
+                p.backend.retire();
             }
+            session.db = 0;
+            session.resp3 = false;
+            session.name = None;
+            local(worker, class, reply::simple("RESET"))
         }
+        Special::Transaction => reject(worker, "ERR pivot: internal error: transaction command"),
+        Special::Subscribe => reject(
+            worker,
+            &format!(
+                "ERR pivot: '{}' is not supported by this proxy yet (Pub/Sub needs a dedicated connection in subscriber mode)",
+                req.lower_name()
+            ),
+        ),
+        Special::Wait => reject(
+            worker,
+            &format!(
+                "ERR pivot: '{}' is not supported by this proxy yet (it would wait for other clients' writes on a shared connection)",
+                req.lower_name()
+            ),
+        ),
+        Special::Takeover => reject(
+            worker,
+            &format!(
+                "ERR pivot: '{}' is not supported by this proxy",
+                req.lower_name()
+            ),
+        ),
+        // Routed by the caller, never answered here.
+        Special::StreamRead => reject(worker, "ERR pivot: internal error: stream read"),
     }
 }
 
-fn hello(args: &[&[u8]], session: &mut Session) -> Answer {
+fn wrong_args(name: &[u8]) -> String {
+    format!(
+        "ERR wrong number of arguments for '{}' command",
+        String::from_utf8_lossy(name).to_ascii_lowercase()
+    )
+}
+
+fn hello(args: &[&[u8]], session: &mut Session, worker: &Worker) -> Step {
     let mut i = 1;
+    let mut proto = if session.resp3 { 3 } else { 2 };
     if let Some(v) = args.get(1) {
         match std::str::from_utf8(v)
             .ok()
             .and_then(|s| s.parse::<i64>().ok())
         {
-            Some(2) => {}
-            Some(3) => {
-                return Answer::Reject(reply::error(
-                    "NOPROTO this proxy does not speak RESP3 yet, use RESP2",
-                ));
-            }
-            Some(_) => return Answer::Reject(reply::error("NOPROTO unsupported protocol version")),
+            Some(2) => proto = 2,
+            Some(3) => proto = 3,
+            Some(_) => return reject(worker, "NOPROTO unsupported protocol version"),
             None => {
-                return Answer::Reject(reply::error(
+                return reject(
+                    worker,
                     "ERR Protocol version is not an integer or out of range",
-                ));
+                );
             }
         }
         i = 2;
@@ -484,86 +857,100 @@ fn hello(args: &[&[u8]], session: &mut Session) -> Answer {
     while i < args.len() {
         let opt = args[i];
         if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
-            return Answer::Reject(reply::error(
+            return reject(
+                worker,
                 "WRONGPASS invalid username-password pair or user is disabled.",
-            ));
+            );
         } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
             setname = Some(args[i + 1]);
             i += 2;
         } else {
-            return Answer::Reject(reply::error(&format!(
-                "ERR Syntax error in HELLO option '{}'",
-                String::from_utf8_lossy(opt)
-            )));
+            return reject(
+                worker,
+                &format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(opt)
+                ),
+            );
         }
     }
     if let Some(n) = setname {
         if let Err(e) = valid_name(n) {
-            return Answer::Reject(e);
+            return reject(worker, &e);
         }
         session.name = Some(Bytes::copy_from_slice(n));
     }
-    let s = |v: &'static str| BytesFrame::BulkString(Bytes::from_static(v.as_bytes()));
-    Answer::Reply(reply::array(vec![
-        s("server"),
-        s("redis"),
-        s("version"),
-        s(env!("CARGO_PKG_VERSION")),
-        s("proto"),
-        BytesFrame::Integer(2),
-        s("id"),
-        BytesFrame::Integer(session.id as i64),
-        s("mode"),
-        s("standalone"),
-        s("role"),
-        s("master"),
-        s("modules"),
-        BytesFrame::Array(vec![]),
-    ]))
+    session.resp3 = proto == 3;
+    let version = worker.shared.redis_version.load();
+    let s = |v: &str| reply::bulk(v.as_bytes());
+    let r = reply::map(
+        &[
+            ("server", s("redis")),
+            ("version", s(&version)),
+            ("proto", reply::int(proto)),
+            ("id", reply::int(session.id as i64)),
+            ("mode", s("standalone")),
+            ("role", s("master")),
+            ("modules", reply::array(vec![])),
+        ],
+        session.resp3,
+    );
+    local(worker, Class::Unknown, r)
 }
 
-fn valid_name(n: &[u8]) -> Result<(), Bytes> {
+fn valid_name(n: &[u8]) -> Result<(), String> {
     if n.iter().any(|b| *b <= b' ' || *b > b'~') {
-        return Err(reply::error(
-            "ERR Client names cannot contain spaces, newlines or special characters.",
-        ));
+        return Err(
+            "ERR Client names cannot contain spaces, newlines or special characters.".into(),
+        );
     }
     Ok(())
 }
 
-fn client(args: &[&[u8]], name: &[u8], session: &mut Session) -> Answer {
+fn client(args: &[&[u8]], name: &[u8], session: &mut Session, worker: &Worker) -> Step {
     let Some(sub) = args.get(1) else {
-        return Answer::Reject(reply::wrong_args(name));
+        return reject(worker, &wrong_args(name));
     };
+    let class = Class::Unknown;
     let lower = sub.to_ascii_lowercase();
     match (lower.as_slice(), args.len()) {
         (b"setname", 3) => match valid_name(args[2]) {
             Ok(()) => {
                 session.name = (!args[2].is_empty()).then(|| Bytes::copy_from_slice(args[2]));
-                Answer::Reply(reply::ok())
+                local(worker, class, reply::ok())
             }
-            Err(e) => Answer::Reject(e),
+            Err(e) => reject(worker, &e),
         },
-        (b"getname", 2) => Answer::Reply(match &session.name {
-            Some(n) => reply::bulk(n),
-            None => reply::null(),
-        }),
-        (b"id", 2) => Answer::Reply(reply::int(session.id as i64)),
+        (b"getname", 2) => local(
+            worker,
+            class,
+            match &session.name {
+                Some(n) => reply::bulk(n),
+                None => reply::null(session.resp3),
+            },
+        ),
+        (b"id", 2) => local(worker, class, reply::int(session.id as i64)),
         // Client libraries announce themselves (redis-py, redis-rs, ...); the proxy's own
         // backend connections are shared, so the announcement stays with the proxy.
         (b"setinfo", 4)
             if args[2].eq_ignore_ascii_case(b"lib-name")
                 || args[2].eq_ignore_ascii_case(b"lib-ver") =>
         {
-            Answer::Reply(reply::ok())
+            local(worker, class, reply::ok())
         }
-        (b"setname" | b"getname" | b"id", _) => Answer::Reject(reply::error(&format!(
-            "ERR wrong number of arguments for 'client|{}' command",
-            String::from_utf8_lossy(&lower)
-        ))),
-        _ => Answer::Reject(reply::error(&format!(
-            "ERR pivot: 'client {}' is not supported by this proxy yet",
-            String::from_utf8_lossy(&lower)
-        ))),
+        (b"setname" | b"getname" | b"id", _) => reject(
+            worker,
+            &format!(
+                "ERR wrong number of arguments for 'client|{}' command",
+                String::from_utf8_lossy(&lower)
+            ),
+        ),
+        _ => reject(
+            worker,
+            &format!(
+                "ERR pivot: 'client {}' is not supported by this proxy yet",
+                String::from_utf8_lossy(&lower)
+            ),
+        ),
     }
 }

@@ -41,9 +41,30 @@ pub fn bulk(b: &[u8]) -> Bytes {
     encode(&BytesFrame::BulkString(Bytes::copy_from_slice(b)))
 }
 
-/// The null bulk string.
-pub fn null() -> Bytes {
-    Bytes::from_static(b"$-1\r\n")
+/// The null reply: RESP2's null bulk string, or RESP3's null.
+pub fn null(resp3: bool) -> Bytes {
+    if resp3 {
+        Bytes::from_static(b"_\r\n")
+    } else {
+        Bytes::from_static(b"$-1\r\n")
+    }
+}
+
+/// A map of bulk-string keys to pre-encoded values: a RESP3 map, or for RESP2 the flat
+/// array Redis sends instead.
+pub fn map(pairs: &[(&str, Bytes)], resp3: bool) -> Bytes {
+    let mut out = BytesMut::with_capacity(256);
+    let header = if resp3 {
+        format!("%{}\r\n", pairs.len())
+    } else {
+        format!("*{}\r\n", pairs.len() * 2)
+    };
+    out.extend_from_slice(header.as_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&bulk(k.as_bytes()));
+        out.extend_from_slice(v);
+    }
+    out.freeze()
 }
 
 /// An integer.
@@ -74,7 +95,14 @@ mod tests {
         assert_eq!(&simple("PONG")[..], b"+PONG\r\n");
         assert_eq!(&error("ERR bad\r\nthing")[..], b"-ERR bad  thing\r\n");
         assert_eq!(&bulk(b"hi")[..], b"$2\r\nhi\r\n");
-        assert_eq!(&null()[..], b"$-1\r\n");
+        assert_eq!(&null(false)[..], b"$-1\r\n");
+        assert_eq!(&null(true)[..], b"_\r\n");
+        let pairs = [("proto", int(3)), ("modules", array(vec![]))];
+        assert_eq!(
+            &map(&pairs, true)[..],
+            b"%2\r\n$5\r\nproto\r\n:3\r\n$7\r\nmodules\r\n*0\r\n"
+        );
+        assert_eq!(&map(&pairs, false)[..4], b"*4\r\n");
         assert_eq!(&int(-7)[..], b":-7\r\n");
         assert_eq!(
             &array(vec![BytesFrame::Integer(1), BytesFrame::Null])[..],

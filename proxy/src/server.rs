@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -53,6 +53,10 @@ pub struct Shared {
     pub next_client_id: AtomicU64,
     /// Round-robin cursor for reads.
     pub rr: AtomicUsize,
+    /// The master's `databases` setting (SELECT's bound), 16 until read.
+    pub databases: AtomicU32,
+    /// The master's `redis_version`, reported in `HELLO`.
+    pub redis_version: ArcSwap<String>,
 }
 
 /// One worker thread's state.
@@ -105,6 +109,8 @@ impl Proxy {
             },
             next_client_id: AtomicU64::new(1),
             rr: AtomicUsize::new(0),
+            databases: AtomicU32::new(16),
+            redis_version: ArcSwap::from_pointee("7.0.0".to_string()),
         });
         Ok(Proxy {
             config,
@@ -172,6 +178,7 @@ impl Proxy {
             drain_grace: config.backend_drain_grace,
             stall: config.backend_stall,
             max_reply_bytes: config.max_reply_bytes,
+            max_dedicated: config.max_dedicated_connections,
             ..BackendOptions::default()
         };
         let mut threads = Vec::new();
@@ -323,8 +330,10 @@ async fn refresh_commands(shared: Arc<Shared>, shutdown: CancellationToken) {
         let master = shared.table.load().master.clone();
         if let Some(m) = master.as_ref().filter(|_| master != loaded_from) {
             match load_commands(&m.host, m.port).await {
-                Ok(table) => {
-                    info!(master = %m, commands = table.len(), "command table loaded");
+                Ok((table, facts)) => {
+                    info!(master = %m, commands = table.len(), databases = facts.databases, version = %facts.version, "command table loaded");
+                    shared.databases.store(facts.databases, Ordering::Relaxed);
+                    shared.redis_version.store(Arc::new(facts.version));
                     shared.commands.store(Arc::new(table));
                     loaded_from = master.clone();
                     backoff = Duration::from_millis(100);
@@ -348,7 +357,13 @@ async fn refresh_commands(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
-async fn load_commands(host: &str, port: u16) -> Result<CommandTable, String> {
+/// What the proxy needs to know about the master besides its commands.
+struct MasterFacts {
+    databases: u32,
+    version: String,
+}
+
+async fn load_commands(host: &str, port: u16) -> Result<(CommandTable, MasterFacts), String> {
     let client =
         redis::Client::open(format!("redis://{host}:{port}/")).map_err(|e| e.to_string())?;
     let cfg = redis::AsyncConnectionConfig::new()
@@ -362,5 +377,25 @@ async fn load_commands(host: &str, port: u16) -> Result<CommandTable, String> {
         .query_async(&mut conn)
         .await
         .map_err(|e| e.to_string())?;
-    CommandTable::from_command_reply(&reply)
+    let table = CommandTable::from_command_reply(&reply)?;
+    // CONFIG may be renamed or denied by ACLs: keep Redis's default then.
+    let databases = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("databases")
+        .query_async::<Vec<String>>(&mut conn)
+        .await
+        .ok()
+        .and_then(|v| v.get(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(16);
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    Ok((table, MasterFacts { databases, version }))
 }

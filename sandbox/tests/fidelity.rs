@@ -1,0 +1,404 @@
+//! Client features that need connection state, through the proxy against real Redis:
+//! transactions, blocking commands, SELECT, RESP3. Where Redis's own answer is the
+//! reference, the same session runs against the master directly and through the proxy and
+//! the raw replies must be identical.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use common::{connect, raw_exchange, wait_until};
+use pivot_sandbox::{Stack, StackOptions};
+use redis::AsyncCommands;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Encodes a command as RESP.
+fn cmd(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+/// A raw RESP session: sends commands one at a time and returns each raw reply.
+struct Raw {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Result<Raw> {
+        Ok(Raw {
+            stream: TcpStream::connect(addr).await?,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends one command and reads its reply (one complete frame).
+    async fn call(&mut self, args: &[&str]) -> Result<String> {
+        self.stream.write_all(&cmd(args)).await?;
+        self.reply().await
+    }
+
+    async fn reply(&mut self) -> Result<String> {
+        let deadline = Instant::now() + T;
+        loop {
+            let mut scanner =
+                pivot_proxy::resp::Scanner::new(pivot_proxy::resp::Mode::Reply, 1 << 30);
+            if let Some(f) = scanner.scan(&self.buf)? {
+                let out: Vec<u8> = self.buf.drain(..f.len).collect();
+                return Ok(String::from_utf8_lossy(&out).into_owned());
+            }
+            let mut chunk = [0u8; 4096];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, self.stream.read(&mut chunk))
+                .await
+                .context("no reply in time")??;
+            anyhow::ensure!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Runs `session` (commands with `{p}` standing for a key prefix) against `addr`.
+async fn run_session(addr: SocketAddr, prefix: &str, session: &[&[&str]]) -> Result<Vec<String>> {
+    let mut raw = Raw::connect(addr).await?;
+    let mut out = Vec::new();
+    for c in session {
+        let args: Vec<String> = c.iter().map(|a| a.replace("{p}", prefix)).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        out.push(raw.call(&args).await?);
+    }
+    Ok(out)
+}
+
+/// Sessions whose replies must be byte-identical directly and through the proxy.
+const SESSIONS: &[&[&[&str]]] = &[
+    // A transaction.
+    &[
+        &["MULTI"],
+        &["SET", "{p}a", "1"],
+        &["INCR", "{p}a"],
+        &["GET", "{p}a"],
+        &["LPUSH", "{p}l", "x", "y"],
+        &["PING"],
+        &["ECHO", "hi"],
+        &["EXEC"],
+        &["GET", "{p}a"],
+    ],
+    // Errors: at queueing time (EXECABORT) and at run time (inside EXEC's reply).
+    &[
+        &["MULTI"],
+        &["SET", "{p}b"],
+        &["SET", "{p}b", "1"],
+        &["EXEC"],
+        &["EXISTS", "{p}b"],
+        &["MULTI"],
+        &["SET", "{p}s", "str"],
+        &["LPUSH", "{p}s", "x"],
+        &["GET", "{p}s"],
+        &["EXEC"],
+    ],
+    // DISCARD, nesting, EXEC/DISCARD without MULTI, WATCH inside MULTI.
+    &[
+        &["EXEC"],
+        &["DISCARD"],
+        &["UNWATCH"],
+        &["MULTI"],
+        &["MULTI"],
+        &["WATCH", "{p}c"],
+        &["SET", "{p}c", "1"],
+        &["DISCARD"],
+        &["EXISTS", "{p}c"],
+        &["WATCH", "{p}c"],
+        &["UNWATCH"],
+        &["MULTI"],
+        &["SET", "{p}c", "2"],
+        &["EXEC"],
+        &["GET", "{p}c"],
+    ],
+    // Blocking pops that time out, and one that finds data at once.
+    &[
+        &["BLPOP", "{p}q", "0.2"],
+        &["RPUSH", "{p}q", "one", "two"],
+        &["BLPOP", "{p}q", "0.2"],
+        &["BRPOP", "{p}q", "0.2"],
+        &["BLMOVE", "{p}q", "{p}r", "LEFT", "RIGHT", "0.2"],
+        &["BZPOPMIN", "{p}z", "0.2"],
+        &["ZADD", "{p}z", "1", "m"],
+        &["BZPOPMAX", "{p}z", "0.2"],
+    ],
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_match_redis_byte_for_byte() -> Result<()> {
+    common::init_tracing();
+    let stack = Stack::start(StackOptions {
+        read_policy: Some(pivot_control_plane::ReadPolicy::MasterOnly),
+        ..StackOptions::default()
+    })
+    .await?;
+    let master = stack.topology.node(0).addr();
+    let mut m = stack.topology.node(0).connection().await?;
+    for (i, session) in SESSIONS.iter().enumerate() {
+        // The same keys from an empty keyspace each time, so that the replies compare.
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut m).await?;
+        let direct = run_session(master, "t:", session).await?;
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut m).await?;
+        let proxied = run_session(stack.proxies[0].addr, "t:", session).await?;
+        for (j, (d, p)) in direct.iter().zip(&proxied).enumerate() {
+            assert_eq!(d, p, "session {i}, command {j} ({:?})", session[j]);
+        }
+    }
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_detects_a_conflicting_write_and_connections_are_reused() -> Result<()> {
+    common::init_tracing();
+    let stack = Stack::start(StackOptions::default()).await?;
+    let proxy = &stack.proxies[0];
+    let mut a = Raw::connect(proxy.addr).await?;
+    let mut b = connect(&proxy.client(), T).await?;
+    let _: () = b.set("w", "0").await?;
+
+    assert_eq!(a.call(&["WATCH", "w"]).await?, "+OK\r\n");
+    assert_eq!(a.call(&["GET", "w"]).await?, "$1\r\n0\r\n");
+    let _: () = b.set("w", "other").await?;
+    assert_eq!(a.call(&["MULTI"]).await?, "+OK\r\n");
+    assert_eq!(a.call(&["SET", "w", "mine"]).await?, "+QUEUED\r\n");
+    assert_eq!(
+        a.call(&["EXEC"]).await?,
+        "*-1\r\n",
+        "the watched key changed"
+    );
+    assert_eq!(b.get::<_, String>("w").await?, "other");
+    // Without a conflict it commits.
+    assert_eq!(a.call(&["WATCH", "w"]).await?, "+OK\r\n");
+    assert_eq!(a.call(&["MULTI"]).await?, "+OK\r\n");
+    assert_eq!(a.call(&["SET", "w", "mine"]).await?, "+QUEUED\r\n");
+    assert_eq!(a.call(&["EXEC"]).await?, "*1\r\n+OK\r\n");
+    assert_eq!(b.get::<_, String>("w").await?, "mine");
+
+    // A command the proxy cannot queue aborts the transaction as Redis would.
+    assert_eq!(a.call(&["MULTI"]).await?, "+OK\r\n");
+    assert!(
+        a.call(&["SELECT", "1"])
+            .await?
+            .starts_with("-ERR pivot: 'select' is not supported inside MULTI")
+    );
+    assert_eq!(a.call(&["SET", "w", "lost"]).await?, "+QUEUED\r\n");
+    assert!(a.call(&["EXEC"]).await?.starts_with("-EXECABORT"));
+    assert_eq!(b.get::<_, String>("w").await?, "mine");
+
+    // Transactions on fresh client connections reuse dedicated connections: the master
+    // sees a handful of connections, not one per transaction.
+    let master = stack.topology.node(0);
+    let before = connected_clients(master).await?;
+    for i in 0..40 {
+        let mut c = Raw::connect(proxy.addr).await?;
+        c.call(&["MULTI"]).await?;
+        c.call(&["INCR", "tx:count"]).await?;
+        assert!(
+            c.call(&["EXEC"]).await?.starts_with("*1\r\n:"),
+            "transaction {i}"
+        );
+    }
+    let after = connected_clients(master).await?;
+    assert!(
+        after <= before + 2,
+        "master connections {before} -> {after}"
+    );
+    assert_eq!(b.get::<_, i64>("tx:count").await?, 40);
+    stack.shutdown().await
+}
+
+async fn connected_clients(node: &pivot_sandbox::RedisNode) -> Result<u64> {
+    node.info("clients")
+        .await?
+        .get("connected_clients")
+        .and_then(|v| v.parse().ok())
+        .context("connected_clients")
+}
+
+async fn blocked_clients(node: &pivot_sandbox::RedisNode) -> Result<u64> {
+    node.info("clients")
+        .await?
+        .get("blocked_clients")
+        .and_then(|v| v.parse().ok())
+        .context("blocked_clients")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_commands_wake_dont_block_others_and_cancel_on_disconnect() -> Result<()> {
+    common::init_tracing();
+    let stack = Stack::start(StackOptions::default()).await?;
+    let proxy = &stack.proxies[0];
+    let master = stack.topology.node(0);
+
+    // A blocked pop is woken by another client's push through the same proxy.
+    let waiter = {
+        let client = proxy.client();
+        tokio::spawn(async move {
+            let mut c = connect(&client, Duration::from_secs(30)).await?;
+            let r: Option<(String, String)> = c.blpop("jobs", 0.0).await?;
+            anyhow::Ok(r)
+        })
+    };
+    wait_until("the pop to block on the master", T, || async {
+        (blocked_clients(master).await.ok()? == 1).then_some(())
+    })
+    .await?;
+    // Meanwhile every other client is served at once (no head-of-line blocking).
+    let mut other = connect(&proxy.client(), T).await?;
+    let started = Instant::now();
+    for i in 0..200 {
+        let _: () = other.set(format!("hol:{i}"), i).await?;
+        let _: i64 = other.get(format!("hol:{i}")).await?;
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "400 commands took {took:?} beside a blocked pop"
+    );
+    let _: () = other.rpush("jobs", "job-1").await?;
+    let got = tokio::time::timeout(T, waiter).await???;
+    assert_eq!(got, Some(("jobs".to_string(), "job-1".to_string())));
+
+    // A timeout is honoured.
+    let started = Instant::now();
+    let r: Option<(String, String)> = other.blpop("empty", 0.3).await?;
+    assert_eq!(r, None);
+    assert!(started.elapsed() >= Duration::from_millis(290));
+
+    // A client that disconnects while blocked is no longer blocked on Redis, so it takes
+    // nothing from the queue.
+    {
+        let mut s = TcpStream::connect(proxy.addr).await?;
+        s.write_all(&cmd(&["BLPOP", "gone", "0"])).await?;
+        wait_until("the pop to block", T, || async {
+            (blocked_clients(master).await.ok()? == 1).then_some(())
+        })
+        .await?;
+    }
+    wait_until("the abandoned pop to be cancelled", T, || async {
+        (blocked_clients(master).await.ok()? == 0).then_some(())
+    })
+    .await?;
+    let _: () = other.rpush("gone", "kept").await?;
+    assert_eq!(other.llen::<_, i64>("gone").await?, 1);
+
+    // XREAD BLOCK (a read: served by a replica) wakes on an XADD through the proxy.
+    let reader = {
+        let client = proxy.client();
+        tokio::spawn(async move {
+            let mut c = connect(&client, Duration::from_secs(30)).await?;
+            let v: redis::Value = redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(10_000)
+                .arg("STREAMS")
+                .arg("events")
+                .arg("$")
+                .query_async(&mut c)
+                .await?;
+            anyhow::Ok(v)
+        })
+    };
+    wait_until("the XREAD to block on a replica", T, || async {
+        for n in &stack.topology.nodes()[1..] {
+            if blocked_clients(n).await.ok()? == 1 {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await?;
+    let _: String = redis::cmd("XADD")
+        .arg("events")
+        .arg("*")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut other)
+        .await?;
+    let v = tokio::time::timeout(T, reader).await???;
+    assert!(format!("{v:?}").contains("events"), "{v:?}");
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_databases_and_resp3() -> Result<()> {
+    common::init_tracing();
+    let stack = Stack::start(StackOptions::default()).await?;
+    let proxy = &stack.proxies[0];
+    let master = stack.topology.node(0);
+    let mut c = Raw::connect(proxy.addr).await?;
+
+    assert_eq!(c.call(&["SELECT", "2"]).await?, "+OK\r\n");
+    assert_eq!(c.call(&["SET", "k", "in-two"]).await?, "+OK\r\n");
+    assert_eq!(c.call(&["GET", "k"]).await?, "$6\r\nin-two\r\n");
+    let mut m = master.connection().await?;
+    let _: () = redis::cmd("SELECT").arg(2).query_async(&mut m).await?;
+    assert_eq!(m.get::<_, String>("k").await?, "in-two");
+    let _: () = redis::cmd("SELECT").arg(0).query_async(&mut m).await?;
+    assert_eq!(m.get::<_, Option<String>>("k").await?, None);
+    // Database commands work as on Redis.
+    assert_eq!(c.call(&["COPY", "k", "k2", "DB", "5"]).await?, ":1\r\n");
+    assert_eq!(c.call(&["MOVE", "k", "3"]).await?, ":1\r\n");
+    assert_eq!(c.call(&["SWAPDB", "3", "4"]).await?, "+OK\r\n");
+    assert_eq!(c.call(&["SELECT", "4"]).await?, "+OK\r\n");
+    assert_eq!(c.call(&["GET", "k"]).await?, "$6\r\nin-two\r\n");
+    assert_eq!(
+        c.call(&["SELECT", "16"]).await?,
+        "-ERR DB index is out of range\r\n"
+    );
+    assert_eq!(
+        c.call(&["SELECT", "x"]).await?,
+        "-ERR value is not an integer or out of range\r\n"
+    );
+    // A transaction in a selected database runs there.
+    assert_eq!(c.call(&["MULTI"]).await?, "+OK\r\n");
+    c.call(&["SET", "tx", "db4"]).await?;
+    assert_eq!(c.call(&["EXEC"]).await?, "*1\r\n+OK\r\n");
+    let _: () = redis::cmd("SELECT").arg(4).query_async(&mut m).await?;
+    assert_eq!(m.get::<_, String>("tx").await?, "db4");
+
+    // RESP3: HELLO 3 answers a map, and replies come in RESP3 from then on.
+    let mut r = Raw::connect(proxy.addr).await?;
+    let hello = r.call(&["HELLO", "3"]).await?;
+    assert!(hello.starts_with("%7\r\n"), "{hello}");
+    assert!(hello.contains("proto\r\n:3\r\n"), "{hello}");
+    assert!(hello.contains("7.0"), "the master's version: {hello}");
+    assert_eq!(r.call(&["HSET", "h", "f", "v"]).await?, ":1\r\n");
+    assert_eq!(
+        r.call(&["HGETALL", "h"]).await?,
+        "%1\r\n$1\r\nf\r\n$1\r\nv\r\n"
+    );
+    assert_eq!(r.call(&["GET", "missing"]).await?, "_\r\n");
+    assert_eq!(r.call(&["CLIENT", "GETNAME"]).await?, "_\r\n");
+    // Back to RESP2.
+    assert!(r.call(&["HELLO", "2"]).await?.starts_with("*14\r\n"));
+    assert_eq!(r.call(&["GET", "missing"]).await?, "$-1\r\n");
+    assert_eq!(
+        r.call(&["HGETALL", "h"]).await?,
+        "*2\r\n$1\r\nf\r\n$1\r\nv\r\n"
+    );
+    // RESET returns to a fresh connection's state.
+    r.call(&["HELLO", "3"]).await?;
+    r.call(&["SELECT", "4"]).await?;
+    assert_eq!(r.call(&["RESET"]).await?, "+RESET\r\n");
+    assert_eq!(r.call(&["GET", "tx"]).await?, "$-1\r\n");
+
+    // A bad protocol version is refused as Redis refuses it.
+    let out = raw_exchange(proxy.addr, &cmd(&["HELLO", "4"]), 10).await?;
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("-NOPROTO"),
+        "{out:?}"
+    );
+    stack.shutdown().await
+}
