@@ -83,6 +83,20 @@ pub struct Request {
     pub frame: Bytes,
     /// Completed with the reply (or the failure).
     pub reply: oneshot::Sender<Reply>,
+    /// Reply frames the request produces: 1, except for `SUBSCRIBE a b c` and friends,
+    /// which Redis answers with one confirmation per channel. They come back as one reply.
+    pub frames: usize,
+}
+
+impl Request {
+    /// A request answered by one frame.
+    pub fn new(frame: Bytes, reply: oneshot::Sender<Reply>) -> Self {
+        Request {
+            frame,
+            reply,
+            frames: 1,
+        }
+    }
 }
 
 /// Which connections can serve a request: same node, same database, same protocol.
@@ -174,6 +188,10 @@ struct Pending {
     reply: oneshot::Sender<Reply>,
     /// When the batch holding this request was written (one clock read per batch).
     sent_at: Instant,
+    /// Reply frames still expected.
+    frames_left: usize,
+    /// Frames received so far of a multi-frame reply.
+    acc: Option<BytesMut>,
 }
 
 struct Shared {
@@ -182,6 +200,9 @@ struct Shared {
     alive: AtomicBool,
     /// Set by the pool; the connection's task closes it (after draining).
     retire: CancellationToken,
+    /// Set when the connection's user is done with it: what is queued is still sent, and
+    /// the connection closes once everything is answered.
+    finish: CancellationToken,
     /// Set to close at once, failing whatever is in flight (a client that went away while
     /// blocked: closing is how Redis learns to unblock).
     abort: CancellationToken,
@@ -196,6 +217,9 @@ struct Shared {
     failure: Mutex<Option<String>>,
     /// When the connection died.
     died_at: Mutex<Option<Instant>>,
+    /// Where out-of-band frames go (Pub/Sub messages, RESP3 pushes): set on a subscriber
+    /// connection, whose client takes them; elsewhere such a frame is a protocol error.
+    sink: Option<mpsc::Sender<Bytes>>,
 }
 
 impl Shared {
@@ -226,17 +250,29 @@ impl fmt::Debug for Backend {
 impl Backend {
     /// Opens a connection for `key` on the current runtime.
     pub fn spawn(key: PoolKey, opts: BackendOptions, metrics: Arc<Metrics>) -> Backend {
+        Self::spawn_with_sink(key, opts, metrics, None)
+    }
+
+    /// Opens a connection whose out-of-band frames (Pub/Sub messages) go to `sink`.
+    pub fn spawn_with_sink(
+        key: PoolKey,
+        opts: BackendOptions,
+        metrics: Arc<Metrics>,
+        sink: Option<mpsc::Sender<Bytes>>,
+    ) -> Backend {
         let (tx, rx) = mpsc::channel(opts.queue_depth);
         let shared = Arc::new(Shared {
             key: key.clone(),
             alive: AtomicBool::new(true),
             retire: CancellationToken::new(),
+            finish: CancellationToken::new(),
             abort: CancellationToken::new(),
             outstanding: AtomicUsize::new(0),
             inflight: Mutex::new(VecDeque::new()),
             window: Semaphore::new(opts.max_inflight),
             failure: Mutex::new(None),
             died_at: Mutex::new(None),
+            sink,
         });
         let span = info_span!("backend", key = %key);
         tokio::spawn(connection(shared.clone(), rx, opts, metrics).instrument(span));
@@ -287,6 +323,13 @@ impl Backend {
     pub fn retire(&self) {
         self.shared.alive.store(false, Ordering::Release);
         self.shared.retire.cancel();
+    }
+
+    /// Closes once what was already queued has been sent and answered (for a connection its
+    /// user is done with; [`Backend::retire`] is for one whose node changed role).
+    pub fn finish(&self) {
+        self.shared.alive.store(false, Ordering::Release);
+        self.shared.finish.cancel();
     }
 
     /// Closes now; whatever is in flight fails as possibly applied.
@@ -502,6 +545,8 @@ async fn write_requests(
             biased;
             _ = shared.retire.cancelled() => None,
             req = rx.recv() => req,
+            // Only once nothing is queued (`recv` above is polled first).
+            _ = shared.finish.cancelled() => rx.try_recv().ok(),
         };
         let Some(first) = first else {
             // Requests still queued were routed while this node had its old role: they must
@@ -520,6 +565,8 @@ async fn write_requests(
             lock(&shared.inflight).push_back(Pending {
                 reply: req.reply,
                 sent_at,
+                frames_left: req.frames.max(1),
+                acc: None,
             });
             if buf.len() < MAX_BATCH_BYTES {
                 next = rx.try_recv().ok();
@@ -554,14 +601,50 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
             match scanner.scan(&buf) {
                 Ok(Some(frame)) => {
                     let bytes = buf.split_to(frame.len).freeze();
-                    let Some(p) = lock(&shared.inflight).pop_front() else {
-                        return End::Failed(
-                            BackendFailure::Protocol,
-                            "reply received with no request in flight".into(),
-                        );
+                    if let Some(sink) = &shared.sink
+                        && crate::resp::is_out_of_band(&bytes)
+                    {
+                        if sink.send(bytes).await.is_err() {
+                            // The client that took the messages is gone.
+                            return End::Closed;
+                        }
+                        continue;
+                    }
+                    let done = {
+                        let mut inflight = lock(&shared.inflight);
+                        match inflight.front_mut() {
+                            None => None,
+                            Some(p) if p.frames_left > 1 => {
+                                p.frames_left -= 1;
+                                p.acc
+                                    .get_or_insert_with(BytesMut::new)
+                                    .extend_from_slice(&bytes);
+                                Some(None)
+                            }
+                            Some(_) => Some(inflight.pop_front()),
+                        }
                     };
-                    answered += 1;
-                    shared.complete(p.reply, Ok(bytes));
+                    match done {
+                        None => {
+                            return End::Failed(
+                                BackendFailure::Protocol,
+                                "reply received with no request in flight".into(),
+                            );
+                        }
+                        // More frames of a multi-frame reply to come.
+                        Some(None) => {}
+                        Some(Some(p)) => {
+                            answered += 1;
+                            let reply = match p.acc {
+                                Some(mut acc) => {
+                                    acc.extend_from_slice(&bytes);
+                                    acc.freeze()
+                                }
+                                None => bytes,
+                            };
+                            shared.complete(p.reply, Ok(reply));
+                        }
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => return End::Failed(BackendFailure::Protocol, e.to_string()),
@@ -654,6 +737,27 @@ impl Pool {
         Ok(b)
     }
 
+    /// A connection for one subscriber, never reused (its subscriptions are its state):
+    /// counted and retired like the other dedicated connections, closed when done.
+    pub fn subscriber(&self, key: &PoolKey, sink: mpsc::Sender<Bytes>) -> Result<Backend, String> {
+        let mut conns = lock(&self.conns);
+        conns.dedicated.retain(Backend::is_alive);
+        if conns.dedicated.len() >= self.opts.max_dedicated {
+            return Err(format!(
+                "too many dedicated backend connections (limit {}) for subscribers, transactions and blocking commands",
+                self.opts.max_dedicated
+            ));
+        }
+        let b = Backend::spawn_with_sink(
+            key.clone(),
+            self.opts.clone(),
+            self.metrics.clone(),
+            Some(sink),
+        );
+        conns.dedicated.push(b.clone());
+        Ok(b)
+    }
+
     /// Takes back a dedicated connection whose state ended cleanly: no transaction, no
     /// WATCH, no blocking command still waiting (the caller knows which). Replies still on
     /// their way are fine: the next borrower's requests queue behind them, in order.
@@ -664,7 +768,7 @@ impl Pool {
         if is_ours && b.is_alive() && idle.len() < self.opts.max_idle_dedicated {
             idle.push(b);
         } else {
-            b.retire();
+            b.finish();
         }
     }
 
@@ -740,11 +844,7 @@ mod tests {
 
     async fn call(b: &Backend, frame: &'static [u8]) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
-        b.send(Request {
-            frame: Bytes::from_static(frame),
-            reply: tx,
-        })
-        .await;
+        b.send(Request::new(Bytes::from_static(frame), tx)).await;
         rx
     }
 
@@ -820,6 +920,20 @@ mod tests {
         let e3 = r3.await.unwrap().unwrap_err();
         assert!(matches!(e3, BackendError::NotSent { .. }), "{e3}");
         assert_eq!(b.outstanding(), 0);
+    }
+
+    #[tokio::test]
+    async fn finish_sends_what_is_queued_then_closes() {
+        let (addr, _, srv) = server(3, Duration::ZERO).await;
+        let b = Backend::spawn(PoolKey::plain(addr), BackendOptions::default(), metrics());
+        let r1 = call(&b, b"a\n").await;
+        let r2 = call(&b, b"b\n").await;
+        b.finish();
+        for r in [r1, r2] {
+            assert_eq!(&r.await.unwrap().unwrap()[..], b"+OK\r\n");
+        }
+        // The connection closed: the server saw everything, then EOF.
+        assert_eq!(srv.await.unwrap(), b"a\nb\n");
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@
 //! Bounds: the FIFO holds at most `max_pipeline` slots (a client further ahead stops being
 //! read), and a request frame may not exceed `max_request_bytes`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -53,6 +54,9 @@ enum Slot {
         rx: oneshot::Receiver<Reply>,
         started: Instant,
         target: Target,
+        /// The reply comes from this client's subscriber connection, whose messages the
+        /// writer must keep taking while it waits (they are ahead of the reply there).
+        pubsub: bool,
     },
     /// Write everything before this, then close the connection (QUIT, protocol error).
     Close,
@@ -70,6 +74,58 @@ enum PinKind {
     },
     /// A blocking command may still be waiting.
     Blocking,
+    /// Subscribed (channels, patterns or shard channels): a subscriber connection whose
+    /// messages go straight to the client's writer.
+    PubSub,
+}
+
+/// The client's subscriptions, as it asked for them: how many confirmations an
+/// (un)subscribe brings, and when subscriber mode ends, follow from it.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    channels: HashSet<Bytes>,
+    patterns: HashSet<Bytes>,
+    shard: HashSet<Bytes>,
+}
+
+impl Subscriptions {
+    fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.patterns.is_empty() && self.shard.is_empty()
+    }
+
+    fn family(&mut self, lower: &[u8]) -> Option<(&mut HashSet<Bytes>, bool)> {
+        Some(match lower {
+            b"subscribe" => (&mut self.channels, true),
+            b"unsubscribe" => (&mut self.channels, false),
+            b"psubscribe" => (&mut self.patterns, true),
+            b"punsubscribe" => (&mut self.patterns, false),
+            b"ssubscribe" => (&mut self.shard, true),
+            b"sunsubscribe" => (&mut self.shard, false),
+            _ => return None,
+        })
+    }
+
+    /// Applies a (un)subscribe command; returns the number of confirmations Redis sends:
+    /// one per argument, or for an unsubscribe-all one per subscription it drops (one if
+    /// there is none).
+    fn apply(&mut self, lower: &[u8], args: &[&[u8]]) -> usize {
+        let Some((set, subscribe)) = self.family(lower) else {
+            return 1;
+        };
+        if subscribe {
+            set.extend(args.iter().map(|a| Bytes::copy_from_slice(a)));
+            args.len().max(1)
+        } else if args.is_empty() {
+            let n = set.len().max(1);
+            set.clear();
+            n
+        } else {
+            for a in args {
+                set.remove(*a);
+            }
+            args.len()
+        }
+    }
 }
 
 struct Pinned {
@@ -87,6 +143,10 @@ struct Session {
     /// The client said `HELLO 3`.
     resp3: bool,
     pinned: Option<Pinned>,
+    /// Subscriptions while in subscriber mode.
+    subs: Subscriptions,
+    /// Pub/Sub messages for this client's writer (given to its subscriber connection).
+    messages: mpsc::Sender<Bytes>,
 }
 
 impl Session {
@@ -155,6 +215,9 @@ pub(crate) async fn serve(stream: TcpStream, worker: Arc<Worker>, shutdown: Canc
     metrics.client_connections_total.inc();
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(worker.shared.limits.max_pipeline);
+    // Bounded: a subscriber that doesn't read stops its subscriber connection's reader,
+    // and Redis's own output buffer limit for Pub/Sub clients cuts it off.
+    let (messages, messages_rx) = mpsc::channel(256);
     let session = Session {
         id,
         name: None,
@@ -162,11 +225,14 @@ pub(crate) async fn serve(stream: TcpStream, worker: Arc<Worker>, shutdown: Canc
         db: 0,
         resp3: false,
         pinned: None,
+        subs: Subscriptions::default(),
+        messages,
     };
-    // The reader owns `tx`: when it stops, the writer drains what is queued and exits.
+    // The reader owns `tx` (and the session's `messages`): when it stops, the writer drains
+    // what is queued and exits.
     tokio::join!(
         read_requests(rd, tx, &worker, session, shutdown),
-        write_replies(wr, rx, &worker)
+        write_replies(wr, rx, messages_rx, &worker)
     );
     metrics.client_connections.dec();
     debug!("client disconnected");
@@ -194,6 +260,7 @@ async fn read_requests(
             PinKind::Blocking if p.backend.outstanding() > 0 => p.backend.abort(),
             PinKind::Blocking => worker.pool.release(p.backend),
             PinKind::Transaction { .. } => p.backend.retire(),
+            PinKind::PubSub => p.backend.abort(),
         }
     }
 }
@@ -351,6 +418,7 @@ async fn dispatch(
             in_transaction(req, in_multi, aborted, session, worker).await
         }
         Some(PinKind::Blocking) => behind_blocking(req, session, worker).await,
+        Some(PinKind::PubSub) => subscribed(req, table, resolved, session, worker).await,
         None => unpinned(req, table, resolved, session, worker).await,
     }
 }
@@ -394,10 +462,142 @@ async fn unpinned(
             blocking(req, table, session, worker).await
         }
         Some(Special::StreamRead) => forward(req, class, table, resolved, session, worker).await,
+        Some(Special::Subscribe) if is_subscribe(&req) => {
+            subscribe(req, table, session, worker).await
+        }
+        // An unsubscribe outside subscriber mode: Redis answers one confirmation per
+        // argument (count 0), on any connection.
+        Some(Special::Subscribe) => {
+            let frames = req.info.argc.saturating_sub(1).max(1);
+            let Some(backend) = resolved.backend(Route::Master, worker).cloned() else {
+                return no_master(worker, table);
+            };
+            send_n(
+                &backend,
+                req.frame,
+                class,
+                Target::Master,
+                worker,
+                frames,
+                false,
+            )
+            .await
+        }
         Some(special) => answer_local(special, &req, session, worker),
         None if req.lookup.blocking => blocking(req, table, session, worker).await,
         None => forward(req, class, table, resolved, session, worker).await,
     }
+}
+
+fn is_subscribe(req: &Req) -> bool {
+    req.is(b"SUBSCRIBE") || req.is(b"PSUBSCRIBE") || req.is(b"SSUBSCRIBE")
+}
+
+/// Enters subscriber mode: a subscriber connection on a node of the read pool (messages
+/// published on the master reach the replicas too), whose messages go to this client's
+/// writer.
+async fn subscribe(req: Req, table: &RoutingTable, session: &mut Session, worker: &Worker) -> Step {
+    // Subscriptions read no data: the read policy decides, not read-your-writes.
+    let decision = route(
+        table,
+        Class::Neutral,
+        None,
+        &ClientState::default(),
+        &worker.shared.rr,
+    );
+    let (addr, target) = match decision {
+        Route::Replica(i) => match table.readable.get(i) {
+            Some(r) => (r, Target::Replica),
+            None => return no_master(worker, table),
+        },
+        _ => match &table.master {
+            Some(m) => (m, Target::Master),
+            None => return no_master(worker, table),
+        },
+    };
+    let backend = match worker
+        .pool
+        .subscriber(&session.key(addr), session.messages.clone())
+    {
+        Ok(b) => b,
+        Err(e) => return reject(worker, &format!("ERR pivot: {e}")),
+    };
+    session.subs = Subscriptions::default();
+    session.pinned = Some(Pinned {
+        backend,
+        kind: PinKind::PubSub,
+    });
+    subscribed_send(req, target, session, worker).await
+}
+
+/// In subscriber mode.
+async fn subscribed(
+    req: Req,
+    table: &RoutingTable,
+    resolved: &mut Resolved,
+    session: &mut Session,
+    worker: &Worker,
+) -> Step {
+    let Some(backend) = session.pinned.as_ref().map(|p| p.backend.clone()) else {
+        return reject(worker, "ERR pivot: internal error: no pinned connection");
+    };
+    if !backend.is_alive() {
+        // The subscriber connection is gone (its node failed or left the topology): the
+        // client must subscribe again, as after losing a connection to Redis.
+        session.pinned = None;
+        session.subs = Subscriptions::default();
+        return Step::Close(reply::error(
+            "ERR pivot: the subscriber connection was lost; reconnect and subscribe again",
+        ));
+    }
+    let target = if table.master.as_ref() == Some(backend.addr()) {
+        Target::Master
+    } else {
+        Target::Replica
+    };
+    match req.lookup.special {
+        Some(Special::Subscribe) | Some(Special::Ping) => {
+            subscribed_send(req, target, session, worker).await
+        }
+        Some(Special::Quit) => Step::Close(reply::ok()),
+        Some(Special::Reset) => {
+            session.subs = Subscriptions::default();
+            answer_local(Special::Reset, &req, session, worker)
+        }
+        // RESP3 clients may run any command while subscribed; it goes where it would
+        // otherwise go. RESP2 subscribers get Redis's own refusal from their connection.
+        _ if session.resp3 => unpinned(req, table, resolved, session, worker).await,
+        _ => subscribed_send(req, target, session, worker).await,
+    }
+}
+
+/// Sends a command over the subscriber connection, expecting as many reply frames as it
+/// brings confirmations; leaves subscriber mode when no subscription is left.
+async fn subscribed_send(req: Req, target: Target, session: &mut Session, worker: &Worker) -> Step {
+    let Some(backend) = session.pinned.as_ref().map(|p| p.backend.clone()) else {
+        return reject(worker, "ERR pivot: internal error: no pinned connection");
+    };
+    let lower = req.lower_name();
+    let args: Vec<&[u8]> = resp::args(&req.frame).skip(1).collect();
+    let frames = session.subs.apply(lower.as_bytes(), &args);
+    let step = send_n(
+        &backend,
+        req.frame,
+        Class::PubSub,
+        target,
+        worker,
+        frames,
+        true,
+    )
+    .await;
+    if session.subs.is_empty()
+        && let Some(p) = session.pinned.take()
+    {
+        // No subscription left: Redis has left subscriber mode on that connection. Its last
+        // confirmations still arrive (the connection closes once they have).
+        p.backend.finish();
+    }
+    step
 }
 
 /// A blocking command: on a dedicated connection to the node routing picks.
@@ -523,10 +723,10 @@ async fn in_transaction(
                 // refusal was ours, so Redis doesn't know: discard there, answer here.
                 let (reply_tx, _ignored) = oneshot::channel();
                 backend
-                    .send(Request {
-                        frame: Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n"),
-                        reply: reply_tx,
-                    })
+                    .send(Request::new(
+                        Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n"),
+                        reply_tx,
+                    ))
                     .await;
                 reject(
                     worker,
@@ -639,31 +839,63 @@ async fn send(
     target: Target,
     worker: &Worker,
 ) -> Step {
+    send_n(backend, frame, class, target, worker, 1, false).await
+}
+
+/// Sends a request answered by `frames` reply frames; `pubsub` when the connection is this
+/// client's subscriber connection.
+async fn send_n(
+    backend: &Backend,
+    frame: Bytes,
+    class: Class,
+    target: Target,
+    worker: &Worker,
+    frames: usize,
+    pubsub: bool,
+) -> Step {
     worker.shared.metrics.command(class, target);
     let (reply_tx, rx) = oneshot::channel();
     backend
         .send(Request {
             frame,
             reply: reply_tx,
+            frames,
         })
         .await;
     Step::Slot(Slot::Pending {
         rx,
         started: Instant::now(),
         target,
+        pubsub,
     })
 }
 
-async fn write_replies(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Slot>, worker: &Worker) {
+async fn write_replies(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Slot>,
+    mut messages: mpsc::Receiver<Bytes>,
+    worker: &Worker,
+) {
     let metrics = &worker.shared.metrics;
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut head: Option<Slot> = None;
     loop {
+        // Pub/Sub messages are written whenever nothing else is due: while idle, and while
+        // waiting for a reply from the subscriber connection (they are ahead of it there).
         let slot = match head.take() {
             Some(s) => s,
-            None => match rx.recv().await {
-                Some(s) => s,
-                None => break,
+            None => tokio::select! {
+                biased;
+                s = rx.recv() => match s {
+                    Some(s) => s,
+                    None => break,
+                },
+                Some(m) = messages.recv() => {
+                    if !write_messages(&mut wr, &mut out, m, &mut messages).await {
+                        break;
+                    }
+                    continue;
+                }
             },
         };
         // Wait for the oldest reply, then take every later one that is already there.
@@ -671,11 +903,26 @@ async fn write_replies(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Slot>, wor
         match slot {
             Slot::Ready(b) => out.extend_from_slice(&b),
             Slot::Pending {
-                rx: reply_rx,
+                rx: mut reply_rx,
                 started,
                 target,
+                pubsub,
             } => {
-                let r = reply_rx.await;
+                let r = loop {
+                    if !pubsub {
+                        break (&mut reply_rx).await;
+                    }
+                    tokio::select! {
+                        biased;
+                        r = &mut reply_rx => break r,
+                        Some(m) = messages.recv() => {
+                            if !write_messages(&mut wr, &mut out, m, &mut messages).await {
+                                rx.close();
+                                return;
+                            }
+                        }
+                    }
+                };
                 metrics.latency(target, started.elapsed().as_secs_f64());
                 append(&mut out, r.ok());
             }
@@ -689,6 +936,7 @@ async fn write_replies(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Slot>, wor
                     rx: mut reply_rx,
                     started,
                     target,
+                    pubsub,
                 } => match reply_rx.try_recv() {
                     Ok(r) => {
                         metrics.latency(target, started.elapsed().as_secs_f64());
@@ -699,6 +947,7 @@ async fn write_replies(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Slot>, wor
                             rx: reply_rx,
                             started,
                             target,
+                            pubsub,
                         });
                         break;
                     }
@@ -726,6 +975,26 @@ async fn write_replies(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Slot>, wor
     }
     // Stop the reader too: its next send fails.
     rx.close();
+}
+
+/// Writes `first` and every message already waiting, in one write. `out` is empty on entry
+/// and on return. False when the client is gone.
+async fn write_messages(
+    wr: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    first: Bytes,
+    messages: &mut mpsc::Receiver<Bytes>,
+) -> bool {
+    out.extend_from_slice(&first);
+    while out.len() < 256 * 1024 {
+        match messages.try_recv() {
+            Ok(m) => out.extend_from_slice(&m),
+            Err(_) => break,
+        }
+    }
+    let ok = wr.write_all(out).await.is_ok();
+    out.clear();
+    ok
 }
 
 fn append(out: &mut BytesMut, r: Option<Reply>) {

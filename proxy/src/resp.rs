@@ -327,6 +327,40 @@ pub fn args(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// True for a frame that answers no request: a Pub/Sub message (`message`, `pmessage`,
+/// `smessage`, as a RESP2 array or a RESP3 push) or any other RESP3 push that is not a
+/// subscription confirmation (client-side caching invalidations, for example).
+pub fn is_out_of_band(frame: &[u8]) -> bool {
+    let first = first_bulk(frame);
+    match frame.first() {
+        Some(b'>') => !matches!(
+            first,
+            Some(
+                b"subscribe"
+                    | b"psubscribe"
+                    | b"ssubscribe"
+                    | b"unsubscribe"
+                    | b"punsubscribe"
+                    | b"sunsubscribe"
+            )
+        ),
+        Some(b'*') => matches!(first, Some(b"message" | b"pmessage" | b"smessage")),
+        _ => false,
+    }
+}
+
+/// The first element of an aggregate frame, if it is a bulk string.
+fn first_bulk(frame: &[u8]) -> Option<&[u8]> {
+    let header_end = memchr::memchr(b'\n', frame)?;
+    let rest = frame.get(header_end + 1..)?;
+    if rest.first() != Some(&b'$') {
+        return None;
+    }
+    let line_end = memchr::memchr(b'\r', rest)?;
+    let len = usize::try_from(parse_int(rest.get(1..line_end)?).ok()?).ok()?;
+    rest.get(line_end + 2..line_end + 2 + len)
+}
+
 /// An inline command (`PING\r\n`, as typed into telnet or nc) at the start of `buf`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Inline {
@@ -665,6 +699,26 @@ mod tests {
         assert_eq!(args(b"*2\r\n$3\r\nfoo").count(), 1);
         assert_eq!(args(b"*2\r\n$5\r\nfoo").count(), 0);
         assert_eq!(args(b"junk").count(), 0);
+    }
+
+    #[test]
+    fn out_of_band_frames() {
+        assert!(is_out_of_band(
+            b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n"
+        ));
+        assert!(is_out_of_band(
+            b">4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$2\r\nch\r\n$1\r\nx\r\n"
+        ));
+        assert!(is_out_of_band(b">2\r\n$10\r\ninvalidate\r\n*0\r\n"));
+        assert!(!is_out_of_band(
+            b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+        ));
+        assert!(!is_out_of_band(
+            b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+        ));
+        assert!(!is_out_of_band(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"));
+        assert!(!is_out_of_band(b"+OK\r\n"));
+        assert!(!is_out_of_band(b"*1\r\n:1\r\n"));
     }
 
     #[test]

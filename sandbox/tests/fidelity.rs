@@ -402,3 +402,150 @@ async fn select_databases_and_resp3() -> Result<()> {
     );
     stack.shutdown().await
 }
+
+impl Raw {
+    /// Sends one command and reads `n` reply frames, concatenated.
+    async fn call_n(&mut self, args: &[&str], n: usize) -> Result<String> {
+        self.stream.write_all(&cmd(args)).await?;
+        let mut out = String::new();
+        for _ in 0..n {
+            out.push_str(&self.reply().await?);
+        }
+        Ok(out)
+    }
+}
+
+/// Subscriber-mode replies, directly and through the proxy: (command, frames it brings).
+const PUBSUB_SESSION: &[(&[&str], usize)] = &[
+    (&["SUBSCRIBE", "a", "b"], 2),
+    (&["PSUBSCRIBE", "n.*"], 1),
+    (&["PING"], 1),
+    (&["PING", "hello"], 1),
+    (&["GET", "k"], 1),
+    (&["SUBSCRIBE", "a"], 1),
+    (&["UNSUBSCRIBE", "b", "zzz"], 2),
+    (&["UNSUBSCRIBE"], 1),
+    (&["PUNSUBSCRIBE"], 1),
+    // Out of subscriber mode: ordinary commands again.
+    (&["PING"], 1),
+    (&["SET", "k", "v"], 1),
+    (&["GET", "k"], 1),
+    (&["UNSUBSCRIBE", "x", "y"], 2),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_matches_redis_and_delivers_messages_from_a_replica() -> Result<()> {
+    common::init_tracing();
+    let stack = Stack::start(StackOptions::default()).await?;
+    let proxy = &stack.proxies[0];
+    let master = stack.topology.node(0);
+
+    // The replies of a subscriber session, byte for byte as Redis sends them.
+    let mut m = master.connection().await?;
+    let mut direct = Raw::connect(master.addr()).await?;
+    let mut proxied = Raw::connect(proxy.addr).await?;
+    for (args, frames) in PUBSUB_SESSION {
+        let _: () = redis::cmd("DEL").arg("k").query_async(&mut m).await?;
+        let d = direct.call_n(args, *frames).await?;
+        let _: () = redis::cmd("DEL").arg("k").query_async(&mut m).await?;
+        let p = proxied.call_n(args, *frames).await?;
+        assert_eq!(d, p, "{args:?}");
+    }
+    drop(direct);
+
+    // A subscriber is served by a replica; messages published through the proxy (on the
+    // master) reach it, for channels and patterns alike.
+    let mut sub = Raw::connect(proxy.addr).await?;
+    sub.call_n(&["SUBSCRIBE", "news"], 1).await?;
+    sub.call_n(&["PSUBSCRIBE", "alerts.*"], 1).await?;
+    let served_by_replica = wait_until("the subscription on a replica", T, || async {
+        for n in &stack.topology.nodes()[1..] {
+            let mut c = n.connection().await.ok()?;
+            let v: Vec<redis::Value> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("news")
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            if redis::from_redis_value_ref::<i64>(v.get(1)?).ok()? == 1 {
+                return Some(n.addr());
+            }
+        }
+        None
+    })
+    .await?;
+    let mut publisher = connect(&proxy.client(), T).await?;
+    // Replication carries the publish to the replica: wait until it counts a receiver.
+    wait_until("a receiver for the publish", T, || {
+        let mut p = publisher.clone();
+        async move { (p.publish::<_, _, i64>("news", "warm-up").await.ok()? >= 0).then_some(()) }
+    })
+    .await?;
+    assert_eq!(
+        sub.reply().await?,
+        "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$7\r\nwarm-up\r\n"
+    );
+    let _: i64 = publisher.publish("alerts.disk", "full").await?;
+    assert_eq!(
+        sub.reply().await?,
+        "*4\r\n$8\r\npmessage\r\n$8\r\nalerts.*\r\n$11\r\nalerts.disk\r\n$4\r\nfull\r\n"
+    );
+    // Many messages, and a PING in between, all arrive, in order.
+    for i in 0..200 {
+        let _: i64 = publisher.publish("news", format!("n{i}")).await?;
+    }
+    for i in 0..200 {
+        let m = sub.reply().await?;
+        assert!(
+            m.ends_with(&format!(
+                "$4\r\nnews\r\n${}\r\nn{i}\r\n",
+                format!("n{i}").len()
+            )),
+            "{m}"
+        );
+    }
+    assert_eq!(
+        sub.call_n(&["PING"], 1).await?,
+        "*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+    );
+    eprintln!("subscriber served by replica {served_by_replica}");
+
+    // RESP3: subscriptions are pushes, and other commands work while subscribed.
+    let mut r3 = Raw::connect(proxy.addr).await?;
+    r3.call(&["HELLO", "3"]).await?;
+    assert_eq!(
+        r3.call_n(&["SUBSCRIBE", "r3"], 1).await?,
+        ">3\r\n$9\r\nsubscribe\r\n$2\r\nr3\r\n:1\r\n"
+    );
+    assert_eq!(r3.call(&["SET", "r3k", "v"]).await?, "+OK\r\n");
+    assert_eq!(r3.call(&["GET", "r3k"]).await?, "$1\r\nv\r\n");
+    wait_until("a receiver for r3", T, || {
+        let mut p = publisher.clone();
+        async move { (p.publish::<_, _, i64>("r3", "first").await.ok()? >= 0).then_some(()) }
+    })
+    .await?;
+    assert_eq!(
+        r3.reply().await?,
+        ">3\r\n$7\r\nmessage\r\n$2\r\nr3\r\n$5\r\nfirst\r\n"
+    );
+
+    // A subscriber that disconnects is gone from Redis too.
+    drop(sub);
+    wait_until("the subscription to end", T, || async {
+        let mut c = stack
+            .topology
+            .node_by_addr(served_by_replica)?
+            .connection()
+            .await
+            .ok()?;
+        let v: Vec<redis::Value> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("news")
+            .query_async(&mut c)
+            .await
+            .ok()?;
+        (redis::from_redis_value_ref::<i64>(v.get(1)?).ok()? == 0).then_some(())
+    })
+    .await?;
+    stack.shutdown().await
+}
