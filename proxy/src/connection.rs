@@ -57,9 +57,34 @@ enum Slot {
         /// The reply comes from this client's subscriber connection, whose messages the
         /// writer must keep taking while it waits (they are ahead of the reply there).
         pubsub: bool,
+        /// Where to send the request again if the reply says it did not run there.
+        fallback: Option<Box<Fallback>>,
     },
     /// Write everything before this, then close the connection (QUIT, protocol error).
     Close,
+}
+
+/// A second chance for a request whose first node could not run it: `EVALSHA` on a
+/// replica that doesn't have the script answers `NOSCRIPT` (nothing ran), and the master,
+/// where scripts are loaded, runs it.
+struct Fallback {
+    backend: Backend,
+    frame: Bytes,
+}
+
+impl Fallback {
+    /// The reply to give the client: the first one, or the fallback's when the first says
+    /// the script is missing.
+    async fn resolve(this: Option<Box<Fallback>>, first: Option<Reply>) -> Option<Reply> {
+        match (this, &first) {
+            (Some(f), Some(Ok(bytes))) if bytes.starts_with(b"-NOSCRIPT") => {
+                let (tx, rx) = oneshot::channel();
+                f.backend.send(Request::new(f.frame, tx)).await;
+                rx.await.ok()
+            }
+            _ => first,
+        }
+    }
 }
 
 /// Why a client holds a dedicated connection.
@@ -485,6 +510,13 @@ async fn unpinned(
         }
         Some(special) => answer_local(special, &req, session, worker),
         None if req.lookup.blocking => blocking(req, table, session, worker).await,
+        None if req.is(b"SCRIPT")
+            && req.info.arg1(&req.frame).is_some_and(|a| {
+                a.eq_ignore_ascii_case(b"LOAD") || a.eq_ignore_ascii_case(b"FLUSH")
+            }) =>
+        {
+            fan_out(req, class, table, resolved, session, worker).await
+        }
         None => forward(req, class, table, resolved, session, worker).await,
     }
 }
@@ -829,7 +861,40 @@ async fn forward(
         session.route.has_written = true;
     }
     let backend = backend.clone();
-    send(&backend, req.frame, class, target, worker).await
+    let fallback = if target == Target::Replica && (req.is(b"EVALSHA") || req.is(b"EVALSHA_RO")) {
+        resolved.backend(Route::Master, worker).map(|m| {
+            Box::new(Fallback {
+                backend: m.clone(),
+                frame: req.frame.clone(),
+            })
+        })
+    } else {
+        None
+    };
+    let mut step = send(&backend, req.frame, class, target, worker).await;
+    if let Step::Slot(Slot::Pending { fallback: f, .. }) = &mut step {
+        *f = fallback;
+    }
+    step
+}
+
+/// `SCRIPT LOAD` and `SCRIPT FLUSH` on every node (Redis does not replicate them), so that
+/// `EVALSHA_RO` finds its script on the replicas. The client gets the master's reply; each
+/// replica's connection runs it before anything this client sends there later.
+async fn fan_out(
+    req: Req,
+    class: Class,
+    table: &RoutingTable,
+    resolved: &mut Resolved,
+    session: &mut Session,
+    worker: &Worker,
+) -> Step {
+    for r in &table.replicas {
+        let backend = worker.pool.get(&session.key(&r.addr));
+        let (tx, _ignored) = oneshot::channel();
+        backend.send(Request::new(req.frame.clone(), tx)).await;
+    }
+    forward(req, class, table, resolved, session, worker).await
 }
 
 async fn send(
@@ -867,6 +932,7 @@ async fn send_n(
         started: Instant::now(),
         target,
         pubsub,
+        fallback: None,
     })
 }
 
@@ -907,6 +973,7 @@ async fn write_replies(
                 started,
                 target,
                 pubsub,
+                fallback,
             } => {
                 let r = loop {
                     if !pubsub {
@@ -923,8 +990,9 @@ async fn write_replies(
                         }
                     }
                 };
+                let r = Fallback::resolve(fallback, r.ok()).await;
                 metrics.latency(target, started.elapsed().as_secs_f64());
-                append(&mut out, r.ok());
+                append(&mut out, r);
             }
             Slot::Close => closing = true,
         }
@@ -937,10 +1005,12 @@ async fn write_replies(
                     started,
                     target,
                     pubsub,
+                    fallback,
                 } => match reply_rx.try_recv() {
                     Ok(r) => {
+                        let r = Fallback::resolve(fallback, Some(r)).await;
                         metrics.latency(target, started.elapsed().as_secs_f64());
-                        append(&mut out, Some(r));
+                        append(&mut out, r);
                     }
                     Err(oneshot::error::TryRecvError::Empty) => {
                         head = Some(Slot::Pending {
@@ -948,6 +1018,7 @@ async fn write_replies(
                             started,
                             target,
                             pubsub,
+                            fallback,
                         });
                         break;
                     }

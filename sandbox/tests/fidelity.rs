@@ -549,3 +549,108 @@ async fn pubsub_matches_redis_and_delivers_messages_from_a_replica() -> Result<(
     .await?;
     stack.shutdown().await
 }
+
+async fn script_exists(node: &pivot_sandbox::RedisNode, sha: &str) -> Result<bool> {
+    let mut c = node.connection().await?;
+    let v: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(sha)
+        .query_async(&mut c)
+        .await?;
+    Ok(v.first() == Some(&1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_reach_every_node_and_noscript_falls_back_to_the_master() -> Result<()> {
+    common::init_tracing();
+    let stack = Stack::start(StackOptions::default()).await?;
+    let proxy = &stack.proxies[0];
+    let master = stack.topology.node(0);
+    let mut m = master.connection().await?;
+    let _: () = m.set("sk", "value").await?;
+
+    // SCRIPT LOAD through the proxy loads it on every node.
+    let mut c = connect(&proxy.client(), T).await?;
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return redis.call('GET', KEYS[1])")
+        .query_async(&mut c)
+        .await?;
+    for n in stack.topology.nodes() {
+        wait_until("the script on every node", T, || async {
+            script_exists(n, &sha).await.ok()?.then_some(())
+        })
+        .await?;
+    }
+    // EVALSHA_RO on fresh connections runs on the replicas (the key has replicated).
+    for n in &stack.topology.nodes()[1..] {
+        let mut r = n.connection().await?;
+        wait_until("the key on the replica", T, || {
+            let mut r = r.clone();
+            async move { (r.get::<_, Option<String>>("sk").await.ok()?.is_some()).then_some(()) }
+        })
+        .await?;
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut r)
+            .await?;
+    }
+    let evalsha_ro = |sha: String| {
+        let client = proxy.client();
+        async move {
+            let mut fresh = connect(&client, T).await?;
+            let v: String = redis::cmd("EVALSHA_RO")
+                .arg(&sha)
+                .arg(1)
+                .arg("sk")
+                .query_async(&mut fresh)
+                .await?;
+            anyhow::Ok(v)
+        }
+    };
+    for _ in 0..4 {
+        assert_eq!(evalsha_ro(sha.clone()).await?, "value");
+    }
+    let mut on_replicas = 0;
+    for n in &stack.topology.nodes()[1..] {
+        on_replicas += common::calls(n, "evalsha_ro").await?;
+    }
+    assert_eq!(on_replicas, 4, "EVALSHA_RO served by the replicas");
+
+    // A script loaded on the master alone: the replica answers NOSCRIPT (nothing ran), and
+    // the proxy runs it on the master instead.
+    let only_master: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("if string.find(redis.call('INFO', 'replication'), 'role:master') then return 'from master' else return 'from replica' end")
+        .query_async(&mut m)
+        .await?;
+    for _ in 0..4 {
+        let mut fresh = connect(&proxy.client(), T).await?;
+        let v: String = redis::cmd("EVALSHA_RO")
+            .arg(&only_master)
+            .arg(0)
+            .query_async(&mut fresh)
+            .await?;
+        assert_eq!(v, "from master");
+    }
+
+    // SCRIPT FLUSH through the proxy flushes every node.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await?;
+    for n in stack.topology.nodes() {
+        wait_until("the script gone from every node", T, || async {
+            (!script_exists(n, &sha).await.ok()?).then_some(())
+        })
+        .await?;
+    }
+    let err = redis::cmd("EVALSHA")
+        .arg(&sha)
+        .arg(0)
+        .query_async::<String>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("noscript"), "{err}");
+    stack.shutdown().await
+}
