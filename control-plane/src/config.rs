@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::error::Error;
-use crate::state::ReadPolicy;
+use crate::state::{BackendAuth, ReadPolicy};
 use crate::topology::NodeAddr;
 
 /// Configuration of the control plane (flags, or `PIVOT_*` environment variables).
@@ -68,6 +68,19 @@ pub struct Config {
     )]
     pub read_policies: Vec<ReadPolicySpec>,
 
+    /// Credentials proxies use for a service's Redis nodes: `NAME=PASSWORD` or
+    /// `NAME=USER:PASSWORD` (an ACL user). Stored, never shown by an API or logged.
+    /// Repeatable; in PIVOT_BACKEND_AUTH separate entries with `;` (prefer the environment
+    /// to keep secrets out of the process list).
+    #[arg(
+        long = "backend-auth",
+        env = "PIVOT_BACKEND_AUTH",
+        value_name = "NAME=[USER:]PASSWORD",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub backend_auth: Vec<BackendAuthSpec>,
+
     /// How often every Sentinel is polled (events trigger an immediate poll as well).
     #[arg(long, env = "PIVOT_SENTINEL_POLL_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sentinel_poll_interval: Duration,
@@ -93,6 +106,29 @@ pub struct ServiceSpec {
     pub name: String,
     /// Configured Sentinels.
     pub sentinels: Vec<NodeAddr>,
+}
+
+/// A `--backend-auth NAME=[USER:]PASSWORD` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendAuthSpec {
+    /// Service name.
+    pub service: String,
+    /// Its credentials (`Debug` hides the password).
+    pub auth: BackendAuth,
+}
+
+impl FromStr for BackendAuthSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, creds) = s
+            .split_once('=')
+            .ok_or_else(|| "expected NAME=[USER:]PASSWORD".to_string())?;
+        Ok(Self {
+            service: name.trim().to_string(),
+            auth: creds.parse()?,
+        })
+    }
 }
 
 /// A `--read-policy NAME=POLICY` setting.
@@ -207,6 +243,25 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn backend_auth_flag_hides_the_password() {
+        let c = Config::try_parse_from([
+            "pivot-control-plane",
+            "--backend-auth",
+            "m=pivot:s3cr:et",
+            "--backend-auth",
+            "n=justpass",
+        ])
+        .unwrap();
+        assert_eq!(c.backend_auth[0].auth.username.as_deref(), Some("pivot"));
+        assert_eq!(c.backend_auth[0].auth.password, "s3cr:et");
+        assert_eq!(c.backend_auth[1].auth.username, None);
+        assert!(!format!("{c:?}").contains("s3cr"), "{c:?}");
+        assert!("m=".parse::<BackendAuthSpec>().is_err());
+        assert!("m=:pw".parse::<BackendAuthSpec>().is_err());
+        assert!("nopass".parse::<BackendAuthSpec>().is_err());
+    }
 
     #[test]
     fn read_policy_flag() {

@@ -259,6 +259,7 @@ mod tests {
             name: "svc".into(),
             sentinels: vec![NodeAddr::new("127.0.0.1", 1)],
             read_policy: None,
+            backend_auth: None,
         }];
         let state = State::new(store.clone(), writer, metrics.clone(), &services)
             .await

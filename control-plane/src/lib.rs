@@ -39,9 +39,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::{Config, ReadPolicySpec, ServiceSpec};
+pub use config::{BackendAuthSpec, Config, ReadPolicySpec, ServiceSpec};
 pub use error::Error;
-pub use state::ReadPolicy;
+pub use state::{BackendAuth, ReadPolicy};
 
 use crate::grpc::{Discovery, ProxyRegistry};
 use crate::metrics::Metrics;
@@ -94,6 +94,14 @@ impl ControlPlane {
         let store = Store::open(&config.data_dir).await?;
         for s in &config.services {
             store.upsert_service(s).await?;
+        }
+        for a in &config.backend_auth {
+            if !store.set_backend_auth(&a.service, &a.auth).await? {
+                return Err(Error::Config(format!(
+                    "--backend-auth names service `{}`, which is not registered",
+                    a.service
+                )));
+            }
         }
         for p in &config.read_policies {
             if !store.set_read_policy(&p.service, p.policy).await? {

@@ -68,6 +68,42 @@ pub enum Target {
     Any,
 }
 
+/// Credentials proxies use to authenticate to a service's Redis nodes. A secret: its
+/// `Debug` hides the password, and no API returns it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendAuth {
+    /// ACL user; `None` for the default user.
+    pub username: Option<String>,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BackendAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl std::str::FromStr for BackendAuth {
+    type Err = String;
+
+    /// `PASSWORD` or `USER:PASSWORD` (the first `:` separates them; a password with a `:`
+    /// for the default user is written `default:pass:word`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (username, password) = match s.split_once(':') {
+            Some((u, p)) => (Some(u.to_string()), p.to_string()),
+            None => (None, s.to_string()),
+        };
+        if password.is_empty() || username.as_deref() == Some("") {
+            return Err("credentials must be PASSWORD or USER:PASSWORD, both non-empty".into());
+        }
+        Ok(BackendAuth { username, password })
+    }
+}
+
 /// A per-service command override.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CommandRule {
@@ -108,6 +144,8 @@ pub struct ServiceState {
     pub topology: Topology,
     /// Routing policy.
     pub policy: Policy,
+    /// Credentials for the service's Redis nodes.
+    pub backend_auth: Option<BackendAuth>,
     /// The watcher has made its first decision.
     pub decided: bool,
 }
@@ -200,6 +238,7 @@ impl State {
                         read_policy: s.read_policy.unwrap_or(ReadPolicy::Replicas),
                         ..Policy::default()
                     },
+                    backend_auth: s.backend_auth.clone(),
                     decided: false,
                 },
             );
@@ -496,6 +535,7 @@ mod tests {
             name: "svc".into(),
             sentinels: vec!["s:1".parse().unwrap()],
             read_policy: None,
+            backend_auth: None,
         }];
         let state = State::new(store.clone(), writer, Arc::new(Metrics::new()), &services)
             .await

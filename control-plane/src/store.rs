@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServiceSpec;
 use crate::error::Error;
-use crate::state::ReadPolicy;
+use crate::state::{BackendAuth, ReadPolicy};
 use crate::topology::NodeAddr;
 
 /// Versions are reserved in blocks of this size.
@@ -55,6 +55,8 @@ pub struct StoredService {
     pub sentinels: Vec<NodeAddr>,
     /// Read policy set with `--read-policy`; `None` means the default.
     pub read_policy: Option<ReadPolicy>,
+    /// Credentials for its Redis nodes, set with `--backend-auth`.
+    pub backend_auth: Option<BackendAuth>,
 }
 
 #[derive(FromRow)]
@@ -62,6 +64,8 @@ struct ServiceRow {
     name: String,
     sentinels: String,
     policy: Option<String>,
+    backend_username: Option<String>,
+    backend_password: Option<String>,
 }
 
 /// What the `services.policy` column holds (JSON); fields absent mean the default.
@@ -238,12 +242,30 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Sets the credentials proxies use for a service's Redis nodes. Returns false when
+    /// the service does not exist.
+    pub async fn set_backend_auth(&self, service: &str, auth: &BackendAuth) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE services SET backend_username = ?1, backend_password = ?2, updated_at = ?3
+             WHERE name = ?4",
+        )
+        .bind(&auth.username)
+        .bind(&auth.password)
+        .bind(unix_ms(SystemTime::now()))
+        .bind(service)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Every registered service, by name.
     pub async fn services(&self) -> Result<Vec<StoredService>, Error> {
-        let rows: Vec<ServiceRow> =
-            sqlx::query_as("SELECT name, sentinels, policy FROM services ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<ServiceRow> = sqlx::query_as(
+            "SELECT name, sentinels, policy, backend_username, backend_password
+                 FROM services ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let strings: Vec<String> = serde_json::from_str(&r.sentinels).map_err(|e| {
@@ -264,6 +286,10 @@ impl Store {
                 name: r.name,
                 sentinels,
                 read_policy: policy.read_policy,
+                backend_auth: r.backend_password.map(|password| BackendAuth {
+                    username: r.backend_username,
+                    password,
+                }),
             });
         }
         Ok(out)

@@ -43,7 +43,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::metrics::{BackendFailure, Metrics};
 use crate::resp::{Mode, Scanner};
-use crate::routing::NodeAddr;
+use crate::routing::{Credentials, NodeAddr};
 
 /// Why a request got no reply from Redis.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -166,6 +166,8 @@ pub struct BackendOptions {
     pub max_dedicated: usize,
     /// Idle dedicated connections kept per pool key for reuse.
     pub max_idle_dedicated: usize,
+    /// Sent first on every new connection (`AUTH`), when set.
+    pub credentials: Option<Arc<Credentials>>,
 }
 
 impl Default for BackendOptions {
@@ -180,6 +182,7 @@ impl Default for BackendOptions {
             reconnect_backoff: Duration::from_millis(100),
             max_dedicated: 4096,
             max_idle_dedicated: 64,
+            credentials: None,
         }
     }
 }
@@ -368,7 +371,12 @@ async fn connection(
     metrics: Arc<Metrics>,
 ) {
     let key = shared.key.clone();
-    let end = match tokio::time::timeout(opts.connect_timeout, open(&key)).await {
+    let end = match tokio::time::timeout(
+        opts.connect_timeout,
+        open(&key, opts.credentials.as_deref()),
+    )
+    .await
+    {
         Err(_) => End::Failed(BackendFailure::Connect, "connect timed out".into()),
         Ok(Err(reason)) => End::Failed(BackendFailure::Connect, reason),
         Ok(Ok((rd, wr))) => {
@@ -416,15 +424,22 @@ async fn connection(
     }
 }
 
-/// Connects and puts the connection in the key's state (protocol, database).
-async fn open(key: &PoolKey) -> Result<(OwnedReadHalf, OwnedWriteHalf), String> {
+/// Connects, authenticates, and puts the connection in the key's state (protocol,
+/// database).
+async fn open(
+    key: &PoolKey,
+    credentials: Option<&Credentials>,
+) -> Result<(OwnedReadHalf, OwnedWriteHalf), String> {
     let mut stream = TcpStream::connect((&*key.addr.host, key.addr.port))
         .await
         .map_err(|e| e.to_string())?;
     if let Err(e) = stream.set_nodelay(true) {
         warn!(error = %e, "cannot set TCP_NODELAY");
     }
-    let handshake = key.handshake();
+    let mut handshake = key.handshake();
+    if let Some(c) = credentials {
+        handshake.insert(0, c.auth_command());
+    }
     if !handshake.is_empty() {
         stream
             .write_all(&handshake.concat())
@@ -669,6 +684,8 @@ pub(crate) fn reserve(buf: &mut BytesMut, need: usize) {
 
 #[derive(Debug, Default)]
 struct Conns {
+    /// Credentials for new connections (the service's, from the routing table).
+    credentials: Option<Arc<Credentials>>,
     /// One multiplexed connection per key.
     shared: HashMap<PoolKey, Backend>,
     /// Dedicated connections ready for reuse, per key.
@@ -696,6 +713,18 @@ impl Pool {
         }
     }
 
+    /// Sets the credentials new connections authenticate with; open ones keep theirs.
+    pub fn set_credentials(&self, credentials: Option<Arc<Credentials>>) {
+        lock(&self.conns).credentials = credentials;
+    }
+
+    fn opts(&self, conns: &Conns) -> BackendOptions {
+        BackendOptions {
+            credentials: conns.credentials.clone(),
+            ..self.opts.clone()
+        }
+    }
+
     /// The shared connection for `key`, opened if needed. Right after a failed connect the
     /// dead handle is returned (requests fail fast as not sent) until the backoff passes.
     pub fn get(&self, key: &PoolKey) -> Backend {
@@ -708,7 +737,7 @@ impl Pool {
                 return b.clone();
             }
         }
-        let b = Backend::spawn(key.clone(), self.opts.clone(), self.metrics.clone());
+        let b = Backend::spawn(key.clone(), self.opts(&conns), self.metrics.clone());
         conns.shared.insert(key.clone(), b.clone());
         b
     }
@@ -732,7 +761,7 @@ impl Pool {
                 self.opts.max_dedicated
             ));
         }
-        let b = Backend::spawn(key.clone(), self.opts.clone(), self.metrics.clone());
+        let b = Backend::spawn(key.clone(), self.opts(&conns), self.metrics.clone());
         conns.dedicated.push(b.clone());
         Ok(b)
     }
@@ -750,7 +779,7 @@ impl Pool {
         }
         let b = Backend::spawn_with_sink(
             key.clone(),
-            self.opts.clone(),
+            self.opts(&conns),
             self.metrics.clone(),
             Some(sink),
         );

@@ -76,6 +76,42 @@ pub enum RuleTarget {
     Any,
 }
 
+/// Credentials for Redis (`AUTH [username] password`). A secret: `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// ACL user; `None` for the default user.
+    pub username: Option<String>,
+    /// The password.
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// The `AUTH` command for these credentials, as RESP.
+    pub fn auth_command(&self) -> Vec<u8> {
+        let mut args: Vec<&str> = vec!["AUTH"];
+        if let Some(u) = &self.username {
+            args.push(u);
+        }
+        args.push(&self.password);
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+}
+
 /// A replica as routing sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaRoute {
@@ -106,6 +142,8 @@ pub struct RoutingTable {
     pub rules: HashMap<Box<[u8]>, RuleTarget>,
     /// Sentinels known for the service.
     pub sentinels: Vec<NodeAddr>,
+    /// Credentials for the service's Redis nodes.
+    pub backend_auth: Option<Arc<Credentials>>,
 }
 
 impl RoutingTable {
@@ -121,6 +159,7 @@ impl RoutingTable {
             consistency: Consistency::ReadYourWrites,
             rules: HashMap::new(),
             sentinels: Vec::new(),
+            backend_auth: None,
         }
     }
 
@@ -208,6 +247,16 @@ impl RoutingTable {
                 target,
             );
         }
+        let backend_auth = match &svc.backend_auth {
+            None => None,
+            Some(a) if a.password.is_empty() => {
+                return Err("backend credentials without a password".into());
+            }
+            Some(a) => Some(Arc::new(Credentials {
+                username: (!a.username.is_empty()).then(|| a.username.clone()),
+                password: a.password.clone(),
+            })),
+        };
         Ok(RoutingTable {
             version,
             service: svc.name.clone(),
@@ -218,6 +267,7 @@ impl RoutingTable {
             consistency,
             rules,
             sentinels,
+            backend_auth,
         })
     }
 }
@@ -554,6 +604,10 @@ mod tests {
                     target: v1::Target::Replica as i32,
                 }],
             }),
+            backend_auth: Some(v1::BackendAuth {
+                username: "pivot".into(),
+                password: "s3cret".into(),
+            }),
         }
     }
 
@@ -576,6 +630,15 @@ mod tests {
             Some(RuleTarget::Replica)
         );
         assert_eq!(rule_for(&ok, b"get", None), None);
+        let auth = ok.backend_auth.as_deref().unwrap();
+        assert_eq!(
+            auth.auth_command(),
+            b"*3\r\n$4\r\nAUTH\r\n$5\r\npivot\r\n$6\r\ns3cret\r\n"
+        );
+        assert!(
+            !format!("{ok:?}").contains("s3cret"),
+            "the password never shows in Debug"
+        );
 
         let errs = [
             (proto(Some(("", 7000)), &[]), "empty host"),

@@ -22,7 +22,7 @@ use crate::backend::{BackendOptions, Pool};
 use crate::command::CommandTable;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::routing::RoutingTable;
+use crate::routing::{Credentials, RoutingTable};
 use crate::{Error, admin, config_client, connection};
 
 /// Limits applied to every client connection.
@@ -302,12 +302,14 @@ fn worker_thread(
 async fn retire_on_change(worker: Arc<Worker>, shutdown: CancellationToken) {
     let mut applied = worker.shared.applied.subscribe();
     let mut prev = worker.shared.table.load_full();
+    worker.pool.set_credentials(prev.backend_auth.clone());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = applied.changed() => if r.is_err() { return },
         }
         let next = worker.shared.table.load_full();
+        worker.pool.set_credentials(next.backend_auth.clone());
         if let Some(old) = &prev.master
             && next.master.as_ref() != Some(old)
         {
@@ -327,9 +329,10 @@ async fn refresh_commands(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut loaded_from = None;
     let mut backoff = Duration::from_millis(100);
     loop {
-        let master = shared.table.load().master.clone();
+        let table = shared.table.load_full();
+        let master = table.master.clone();
         if let Some(m) = master.as_ref().filter(|_| master != loaded_from) {
-            match load_commands(&m.host, m.port).await {
+            match load_commands(&m.host, m.port, table.backend_auth.as_deref()).await {
                 Ok((table, facts)) => {
                     info!(master = %m, commands = table.len(), databases = facts.databases, version = %facts.version, "command table loaded");
                     shared.databases.store(facts.databases, Ordering::Relaxed);
@@ -363,9 +366,23 @@ struct MasterFacts {
     version: String,
 }
 
-async fn load_commands(host: &str, port: u16) -> Result<(CommandTable, MasterFacts), String> {
-    let client =
-        redis::Client::open(format!("redis://{host}:{port}/")).map_err(|e| e.to_string())?;
+async fn load_commands(
+    host: &str,
+    port: u16,
+    credentials: Option<&Credentials>,
+) -> Result<(CommandTable, MasterFacts), String> {
+    use redis::IntoConnectionInfo;
+    let mut info = format!("redis://{host}:{port}/")
+        .into_connection_info()
+        .map_err(|e| e.to_string())?;
+    if let Some(c) = credentials {
+        let mut settings = info.redis_settings().clone().set_password(&c.password);
+        if let Some(u) = &c.username {
+            settings = settings.set_username(u);
+        }
+        info = info.set_redis_settings(settings);
+    }
+    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(2)));

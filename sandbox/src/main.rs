@@ -115,6 +115,7 @@ async fn run(args: Args) -> Result<()> {
             .zip(args.proxy_admin_listen.iter().copied())
             .collect(),
         read_policy: None,
+        backend_auth: None,
     };
     println!(
         "starting Redis, Sentinels, the control plane and {} proxies...",

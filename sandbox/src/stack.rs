@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use pivot_control_plane::{ControlPlane, ReadPolicy, ReadPolicySpec, ServiceSpec};
+use pivot_control_plane::{
+    BackendAuth, BackendAuthSpec, ControlPlane, ReadPolicy, ReadPolicySpec, ServiceSpec,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +32,9 @@ pub struct StackOptions {
     pub proxies: Vec<(SocketAddr, SocketAddr)>,
     /// Read policy of the service (`None`: the control plane's default).
     pub read_policy: Option<ReadPolicy>,
+    /// Credentials the proxies use for the Redis nodes (configure the matching ACL user
+    /// with `topology.extra_redis_config`).
+    pub backend_auth: Option<BackendAuth>,
 }
 
 impl Default for StackOptions {
@@ -43,6 +48,7 @@ impl Default for StackOptions {
             grpc_listen: any,
             proxies: vec![(any, any)],
             read_policy: None,
+            backend_auth: None,
         }
     }
 }
@@ -211,6 +217,16 @@ impl Stack {
             .map(|policy| ReadPolicySpec {
                 service: self.topology.master_name().to_string(),
                 policy,
+            })
+            .into_iter()
+            .collect();
+        config.backend_auth = self
+            .options
+            .backend_auth
+            .clone()
+            .map(|auth| BackendAuthSpec {
+                service: self.topology.master_name().to_string(),
+                auth,
             })
             .into_iter()
             .collect();

@@ -654,3 +654,96 @@ async fn scripts_reach_every_node_and_noscript_falls_back_to_the_master() -> Res
     assert!(err.to_string().to_lowercase().contains("noscript"), "{err}");
     stack.shutdown().await
 }
+
+/// Nodes where only the `pivot` ACL user may use strings and lists: a proxy path that
+/// forgot to authenticate fails with NOPERM.
+fn acl_topology() -> pivot_sandbox::TopologyOptions {
+    pivot_sandbox::TopologyOptions {
+        extra_redis_config: vec![
+            "user default on nopass ~* &* +@all -@string -@list".into(),
+            "user pivot on >s3cret ~* &* +@all".into(),
+        ],
+        ..pivot_sandbox::TopologyOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_backend_connection_authenticates_with_the_service_credentials() -> Result<()> {
+    common::init_tracing();
+    let stack = Stack::start(StackOptions {
+        topology: acl_topology(),
+        backend_auth: Some("pivot:s3cret".parse().map_err(anyhow::Error::msg)?),
+        ..StackOptions::default()
+    })
+    .await?;
+    let proxy = &stack.proxies[0];
+    // Shared connections, master and replica.
+    let mut c = Raw::connect(proxy.addr).await?;
+    assert_eq!(c.call(&["SET", "k", "v"]).await?, "+OK\r\n");
+    let mut fresh = Raw::connect(proxy.addr).await?;
+    wait_until("the replica read", T, || async {
+        let mut f = Raw::connect(proxy.addr).await.ok()?;
+        (f.call(&["GET", "k"]).await.ok()? == "$1\r\nv\r\n").then_some(())
+    })
+    .await?;
+    // Another database and RESP3: other pools, same credentials.
+    assert_eq!(fresh.call(&["SELECT", "3"]).await?, "+OK\r\n");
+    assert_eq!(fresh.call(&["SET", "k3", "v"]).await?, "+OK\r\n");
+    fresh.call(&["HELLO", "3"]).await?;
+    assert_eq!(fresh.call(&["GET", "k3"]).await?, "$1\r\nv\r\n");
+    // Dedicated connections: a transaction and a blocking pop.
+    assert_eq!(c.call(&["MULTI"]).await?, "+OK\r\n");
+    c.call(&["LPUSH", "q", "x"]).await?;
+    assert_eq!(c.call(&["EXEC"]).await?, "*1\r\n:1\r\n");
+    assert_eq!(
+        c.call(&["BLPOP", "q", "1"]).await?,
+        "*2\r\n$1\r\nq\r\n$1\r\nx\r\n"
+    );
+    // A subscriber connection.
+    let mut sub = Raw::connect(proxy.addr).await?;
+    assert_eq!(
+        sub.call_n(&["SUBSCRIBE", "ch"], 1).await?,
+        "*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    );
+    // Redis sees the proxy's connections as the `pivot` user.
+    let mut pivot_conns = 0;
+    for n in stack.topology.nodes() {
+        let mut conn = n.connection().await?;
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await?;
+        pivot_conns += list.lines().filter(|l| l.contains(" user=pivot ")).count();
+    }
+    assert!(pivot_conns >= 4, "{pivot_conns} connections as user pivot");
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_backend_credentials_fail_with_a_clear_error() -> Result<()> {
+    common::init_tracing();
+    let stack = Stack::start(StackOptions {
+        topology: acl_topology(),
+        backend_auth: Some("pivot:wrong".parse().map_err(anyhow::Error::msg)?),
+        proxies: vec![],
+        ..StackOptions::default()
+    })
+    .await?;
+    let cp = stack.control_plane.as_ref().context("running")?;
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let proxy = pivot_sandbox::stack::start_proxy("mymaster", cp.grpc_addr, any, any).await?;
+    // It gets its config, but cannot load the command table: not ready.
+    wait_until("a config with a master", T, || async {
+        proxy.shared.table.load().master.is_some().then_some(())
+    })
+    .await?;
+    assert_eq!(
+        common::http_status(&format!("http://{}/readyz", proxy.admin_addr)).await?,
+        503
+    );
+    let mut c = Raw::connect(proxy.addr).await?;
+    let r = c.call(&["SET", "k", "v"]).await?;
+    assert!(r.contains("handshake refused: WRONGPASS"), "{r}");
+    proxy.stop().await?;
+    stack.shutdown().await
+}

@@ -81,6 +81,10 @@ pub fn service(s: &ServiceState) -> pb::ServiceConfig {
         name: s.name.clone(),
         topology: Some(topology(&s.topology)),
         policy: Some(policy(&s.policy)),
+        backend_auth: s.backend_auth.as_ref().map(|a| pb::BackendAuth {
+            username: a.username.clone().unwrap_or_default(),
+            password: a.password.clone(),
+        }),
     }
 }
 
