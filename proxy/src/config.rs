@@ -57,6 +57,16 @@ pub struct Config {
     #[arg(long, env = "PIVOT_MAX_REPLY_BYTES", default_value = "1g", value_parser = parse_bytes)]
     pub max_reply_bytes: usize,
 
+    /// Client connections the proxy accepts; one more is answered
+    /// `-ERR max number of clients reached` and closed, as Redis does.
+    #[arg(long, env = "PIVOT_MAX_CLIENTS", default_value_t = 10_000)]
+    pub max_clients: usize,
+
+    /// Close a client connection idle this long (0: never), like Redis's `timeout`.
+    /// Clients in a transaction, blocked, or subscribed are not closed.
+    #[arg(long, env = "PIVOT_CLIENT_IDLE_TIMEOUT", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub client_idle_timeout: Duration,
+
     /// Requests one client may have in flight before the proxy stops reading from it.
     #[arg(long, env = "PIVOT_MAX_PIPELINE", default_value_t = 1024)]
     pub max_pipeline: usize,
@@ -100,6 +110,9 @@ impl Config {
         if self.max_dedicated_connections == 0 {
             return Err("--max-dedicated-connections must be at least 1".into());
         }
+        if self.max_clients == 0 {
+            return Err("--max-clients must be at least 1".into());
+        }
         if self.max_pipeline == 0 {
             return Err("--max-pipeline must be at least 1".into());
         }
@@ -132,6 +145,8 @@ impl Config {
             max_request_bytes: 512 << 20,
             max_reply_bytes: 1 << 30,
             max_pipeline: 1024,
+            max_clients: 10_000,
+            client_idle_timeout: Duration::ZERO,
             backend_connect_timeout: Duration::from_secs(1),
             backend_drain_grace: Duration::from_secs(1),
             backend_stall: Duration::from_millis(250),

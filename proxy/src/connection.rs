@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::backend::{Backend, BackendError, PoolKey, Reply, Request, reserve};
+use crate::clients::{Client, Visible};
 use crate::command::{Class, Lookup, Lower, Special};
 use crate::metrics::Target;
 use crate::reply;
@@ -172,9 +173,45 @@ struct Session {
     subs: Subscriptions,
     /// Pub/Sub messages for this client's writer (given to its subscriber connection).
     messages: mpsc::Sender<Bytes>,
+    /// This connection in the proxy's client registry.
+    client: Arc<Client>,
 }
 
 impl Session {
+    /// Cheap to compare: changes whenever what `CLIENT LIST` shows may have changed.
+    fn signature(&self) -> (u32, bool, u8, usize, usize, usize, usize) {
+        let kind = match self.pinned.as_ref().map(|p| p.kind) {
+            None => 0,
+            Some(PinKind::Transaction { .. }) => 1,
+            Some(PinKind::Blocking) => 2,
+            Some(PinKind::PubSub) => 3,
+        };
+        (
+            self.db,
+            self.resp3,
+            kind,
+            self.subs.channels.len(),
+            self.subs.patterns.len(),
+            self.subs.shard.len(),
+            self.name.as_ref().map_or(0, |n| n.as_ptr() as usize),
+        )
+    }
+
+    /// What `CLIENT LIST` shows of this session.
+    fn visible(&self) -> Visible {
+        let kind = self.pinned.as_ref().map(|p| p.kind);
+        Visible {
+            name: self.name.clone(),
+            db: self.db,
+            resp3: self.resp3,
+            sub: self.subs.channels.len(),
+            psub: self.subs.patterns.len(),
+            ssub: self.subs.shard.len(),
+            multi: matches!(kind, Some(PinKind::Transaction { .. })),
+            blocked: kind == Some(PinKind::Blocking),
+        }
+    }
+
     fn key(&self, addr: &NodeAddr) -> PoolKey {
         PoolKey {
             addr: addr.clone(),
@@ -232,9 +269,21 @@ impl Resolved {
 
 /// Serves one client until it disconnects, sends `QUIT`, breaks the protocol, or the proxy
 /// shuts down (then requests already read are answered before the connection closes).
-pub(crate) async fn serve(stream: TcpStream, worker: Arc<Worker>, shutdown: CancellationToken) {
+pub(crate) async fn serve(mut stream: TcpStream, worker: Arc<Worker>, shutdown: CancellationToken) {
     let _ = stream.set_nodelay(true);
     let id = worker.shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+    let (Ok(addr), Ok(laddr)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
+    let Some(client) = worker.shared.clients.register(id, addr, laddr) else {
+        // As Redis answers past `maxclients`.
+        worker.shared.metrics.rejected.inc();
+        let _ = stream
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await;
+        lingering_close(stream).await;
+        return;
+    };
     let metrics = worker.shared.metrics.clone();
     metrics.client_connections.inc();
     metrics.client_connections_total.inc();
@@ -252,6 +301,7 @@ pub(crate) async fn serve(stream: TcpStream, worker: Arc<Worker>, shutdown: Canc
         pinned: None,
         subs: Subscriptions::default(),
         messages,
+        client: client.clone(),
     };
     // The reader owns `tx` (and the session's `messages`): when it stops, the writer drains
     // what is queued and exits.
@@ -259,8 +309,27 @@ pub(crate) async fn serve(stream: TcpStream, worker: Arc<Worker>, shutdown: Canc
         read_requests(rd, tx, &worker, session, shutdown),
         write_replies(wr, rx, messages_rx, &worker)
     );
+    worker.shared.clients.remove(id);
     metrics.client_connections.dec();
     debug!("client disconnected");
+}
+
+/// Half-closes, then reads and drops what the client still sends (at most 64 KiB, for at
+/// most 1 s) before closing: closing a socket with unread input makes the kernel send a
+/// reset, which can destroy the reply the client has not read yet.
+async fn lingering_close(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
 }
 
 /// What one request led to.
@@ -307,17 +376,27 @@ async fn read_loop(
         master: None,
         replicas: Vec::new(),
     };
+    let kill = session.client.kill.clone();
+    let idle_timeout = shared.limits.idle_timeout;
     loop {
         reserve(&mut buf, scanner.need());
+        // Redis never times out a client in a transaction, blocked, or subscribed.
+        let idle_limit = idle_timeout.filter(|_| session.pinned.is_none());
         let n = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
+            _ = kill.cancelled() => return,
             n = rd.read_buf(&mut buf) => n,
+            _ = sleep_or_never(idle_limit) => {
+                debug!("closing an idle client");
+                return;
+            }
         };
         match n {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+        session.client.touch();
         // One routing snapshot for the whole batch.
         let table = shared.table.load_full();
         let commands = shared.commands.load_full();
@@ -362,7 +441,11 @@ async fn read_loop(
                 info,
                 lookup,
             };
+            let before = session.signature();
             let step = dispatch(req, &table, &mut resolved, session, worker).await;
+            if session.signature() != before {
+                session.client.set_visible(session.visible());
+            }
             let slot = match step {
                 Step::Slot(slot) => slot,
                 Step::Close(r) => {
@@ -377,6 +460,21 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// Completes after `d`, or never.
+async fn sleep_or_never(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a command sent to the master may have written: anything but a read. Flags are
+/// not enough: on Redis 7.0 `EVAL`, `EVALSHA` and `FCALL` carry no `write` or
+/// `may_replicate` flag (they are `noscript`, class Admin), yet scripts write.
+fn writes(class: Class) -> bool {
+    !matches!(class, Class::Read | Class::Neutral)
 }
 
 /// One request, classified.
@@ -596,8 +694,33 @@ async fn subscribed(
             session.subs = Subscriptions::default();
             answer_local(Special::Reset, &req, session, worker)
         }
-        // RESP3 clients may run any command while subscribed; it goes where it would
-        // otherwise go. RESP2 subscribers get Redis's own refusal from their connection.
+        // RESP3 clients may run other commands while subscribed; they go where they would
+        // otherwise go, except what needs a connection of its own (this client has one
+        // already). RESP2 subscribers get Redis's own refusal from their connection.
+        Some(Special::Transaction | Special::Wait)
+            if session.resp3 && !(req.is(b"EXEC") || req.is(b"DISCARD") || req.is(b"UNWATCH")) =>
+        {
+            reject(
+                worker,
+                &format!(
+                    "ERR pivot: '{}' while subscribed is not supported; unsubscribe first",
+                    req.lower_name()
+                ),
+            )
+        }
+        _ if session.resp3
+            && (req.lookup.blocking
+                || (req.lookup.special == Some(Special::StreamRead)
+                    && has_block_arg(&req.frame))) =>
+        {
+            reject(
+                worker,
+                &format!(
+                    "ERR pivot: blocking '{}' while subscribed is not supported; unsubscribe first",
+                    req.lower_name()
+                ),
+            )
+        }
         _ if session.resp3 => unpinned(req, table, resolved, session, worker).await,
         _ => subscribed_send(req, target, session, worker).await,
     }
@@ -652,7 +775,7 @@ async fn blocking(req: Req, table: &RoutingTable, session: &mut Session, worker:
         Ok(b) => b,
         Err(e) => return reject(worker, &format!("ERR pivot: {e}")),
     };
-    if target == Target::Master && matches!(class, Class::Write | Class::Unknown) {
+    if target == Target::Master && writes(class) {
         session.route.has_written = true;
     }
     session.pinned = Some(Pinned {
@@ -668,14 +791,27 @@ async fn behind_blocking(req: Req, session: &mut Session, worker: &Worker) -> St
     let Some(backend) = session.pinned.as_ref().map(|p| p.backend.clone()) else {
         return reject(worker, "ERR pivot: internal error: no pinned connection");
     };
-    match req.lookup.special {
-        Some(Special::Select | Special::Hello | Special::Reset | Special::Auth) => reject(
+    let on_master = table_is_master(&backend, worker);
+    let refuse = |req: &Req| {
+        reject(
             worker,
             &format!(
                 "ERR pivot: '{}' cannot follow a blocking command that has not returned yet",
                 req.lower_name()
             ),
-        ),
+        )
+    };
+    match req.lookup.special {
+        Some(
+            Special::Select
+            | Special::Hello
+            | Special::Reset
+            | Special::Auth
+            | Special::Subscribe
+            | Special::Wait,
+        ) => refuse(&req),
+        // A transaction needs the master: only behind a blocking command on the master.
+        Some(Special::Transaction) if !on_master => refuse(&req),
         Some(Special::Transaction) => {
             if req.is(b"MULTI") || req.is(b"WATCH") {
                 session.route.has_written = true;
@@ -688,8 +824,12 @@ async fn behind_blocking(req: Req, session: &mut Session, worker: &Worker) -> St
             }
             send(&backend, req.frame, Class::Admin, Target::Master, worker).await
         }
-        Some(Special::StreamRead) | Some(Special::Wait) | None => {
-            let target = if table_is_master(&backend, worker) {
+        Some(Special::StreamRead) | None => {
+            // Behind a read on a replica, a write would fail there (READONLY).
+            if !on_master && !matches!(req.lookup.class, Class::Read | Class::Neutral) {
+                return refuse(&req);
+            }
+            let target = if on_master {
                 Target::Master
             } else {
                 Target::Replica
@@ -774,11 +914,12 @@ async fn in_transaction(
             step
         }
         Some(Special::Quit) => Step::Close(reply::ok()),
+        // As on Redis, RESET ends the transaction at once (and everything else).
+        Some(Special::Reset) => answer_local(Special::Reset, &req, session, worker),
         Some(
             special @ (Special::Select
             | Special::Hello
             | Special::Auth
-            | Special::Reset
             | Special::Client
             | Special::Subscribe
             | Special::Takeover
@@ -857,7 +998,7 @@ async fn forward(
     let Some(backend) = resolved.backend(decision, worker) else {
         return no_master(worker, table);
     };
-    if target == Target::Master && matches!(class, Class::Write | Class::Unknown) {
+    if target == Target::Master && writes(class) {
         session.route.has_written = true;
     }
     let backend = backend.clone();
@@ -1077,9 +1218,12 @@ fn append(out: &mut BytesMut, r: Option<Reply>) {
     }
 }
 
+/// `XREAD`/`XREADGROUP` options come before `STREAMS`; after it are keys and IDs, which may
+/// be called anything, "block" included.
 fn has_block_arg(frame: &[u8]) -> bool {
     resp::args(frame)
         .skip(1)
+        .take_while(|a| !a.eq_ignore_ascii_case(b"streams"))
         .any(|a| a.eq_ignore_ascii_case(b"block"))
 }
 
@@ -1247,6 +1391,127 @@ fn valid_name(n: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// `CLIENT LIST [TYPE normal|pubsub] [ID id ...]`: the proxy's own clients.
+fn client_list(filters: &[&[u8]], worker: &Worker) -> Step {
+    let mut ty: Option<bool> = None;
+    let mut ids: Option<Vec<u64>> = None;
+    let mut i = 0;
+    while i < filters.len() {
+        let key = filters[i].to_ascii_lowercase();
+        match key.as_slice() {
+            b"type" if i + 1 < filters.len() => {
+                ty = match filters[i + 1].to_ascii_lowercase().as_slice() {
+                    b"normal" => Some(false),
+                    b"pubsub" => Some(true),
+                    _ => return reject(worker, "ERR Unknown client type"),
+                };
+                i += 2;
+            }
+            b"id" if i + 1 < filters.len() => {
+                let mut v = Vec::new();
+                for a in &filters[i + 1..] {
+                    match std::str::from_utf8(a).ok().and_then(|s| s.parse().ok()) {
+                        Some(id) => v.push(id),
+                        None => return reject(worker, "ERR Invalid client ID"),
+                    }
+                }
+                ids = Some(v);
+                i = filters.len();
+            }
+            _ => return reject(worker, "ERR syntax error"),
+        }
+    }
+    let mut out = String::new();
+    for c in worker.shared.clients.list() {
+        if ty.is_some_and(|p| p != c.is_pubsub())
+            || ids.as_ref().is_some_and(|v| !v.contains(&c.id))
+        {
+            continue;
+        }
+        out.push_str(&c.line());
+        out.push('\n');
+    }
+    local(worker, Class::Admin, reply::bulk(out.as_bytes()))
+}
+
+/// `CLIENT KILL addr:port`, or `CLIENT KILL [ID id] [ADDR a] [LADDR a] [TYPE t] [USER u]
+/// [SKIPME yes|no]`: closes proxy clients.
+fn client_kill(filters: &[&[u8]], session: &Session, worker: &Worker) -> Step {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if let [addr] = filters {
+        // The old form: one address, an error when nobody matches, no SKIPME.
+        let addr = text(addr);
+        return match worker
+            .shared
+            .clients
+            .list()
+            .into_iter()
+            .find(|c| c.addr.to_string() == addr)
+        {
+            Some(c) => {
+                c.kill.cancel();
+                local(worker, Class::Admin, reply::ok())
+            }
+            None => reject(worker, "ERR No such client"),
+        };
+    }
+    if filters.is_empty() || !filters.len().is_multiple_of(2) {
+        return reject(worker, "ERR syntax error");
+    }
+    let (mut id, mut addr, mut laddr, mut ty, mut skipme) = (None, None, None, None, true);
+    for pair in filters.chunks(2) {
+        let value = pair[1];
+        match pair[0].to_ascii_lowercase().as_slice() {
+            b"id" => match std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                Some(v) => id = Some(v),
+                None => return reject(worker, "ERR client-id should be greater than 0"),
+            },
+            b"addr" => addr = Some(text(value)),
+            b"laddr" => laddr = Some(text(value)),
+            b"type" => {
+                ty = match value.to_ascii_lowercase().as_slice() {
+                    b"normal" => Some(false),
+                    b"pubsub" => Some(true),
+                    b"master" | b"replica" | b"slave" => {
+                        return local(worker, Class::Admin, reply::int(0));
+                    }
+                    _ => {
+                        return reject(
+                            worker,
+                            &format!("ERR Unknown client type '{}'", text(value)),
+                        );
+                    }
+                }
+            }
+            // Every proxy client is the default user until proxy users exist.
+            b"user" if value != b"default" => return local(worker, Class::Admin, reply::int(0)),
+            b"user" => {}
+            b"skipme" => match value.to_ascii_lowercase().as_slice() {
+                b"yes" => skipme = true,
+                b"no" => skipme = false,
+                _ => return reject(worker, "ERR syntax error"),
+            },
+            _ => return reject(worker, "ERR syntax error"),
+        }
+    }
+    let mut killed = 0;
+    for c in worker.shared.clients.list() {
+        let matches = id.is_none_or(|v| v == c.id)
+            && addr.as_ref().is_none_or(|a| *a == c.addr.to_string())
+            && laddr.as_ref().is_none_or(|a| *a == c.laddr.to_string())
+            && ty.is_none_or(|p| p == c.is_pubsub())
+            && !(skipme && c.id == session.id);
+        if matches {
+            c.kill.cancel();
+            killed += 1;
+        }
+    }
+    local(worker, Class::Admin, reply::int(killed))
+}
+
 fn client(args: &[&[u8]], name: &[u8], session: &mut Session, worker: &Worker) -> Step {
     let Some(sub) = args.get(1) else {
         return reject(worker, &wrong_args(name));
@@ -1270,6 +1535,12 @@ fn client(args: &[&[u8]], name: &[u8], session: &mut Session, worker: &Worker) -
             },
         ),
         (b"id", 2) => local(worker, class, reply::int(session.id as i64)),
+        (b"info", 2) => {
+            let line = format!("{}\n", session.client.line());
+            local(worker, class, reply::bulk(line.as_bytes()))
+        }
+        (b"list", _) => client_list(&args[2..], worker),
+        (b"kill", _) => client_kill(&args[2..], session, worker),
         // Client libraries announce themselves (redis-py, redis-rs, ...); the proxy's own
         // backend connections are shared, so the announcement stays with the proxy.
         (b"setinfo", 4)

@@ -8,12 +8,14 @@
 //! - [`connection`]: one client: read, frame ([`resp`]), classify ([`command`]), route
 //!   ([`routing`]), hand to a backend with a reply slot, answer in order.
 //! - [`backend`]: multiplexed, pipelined connections to Redis nodes and their pool.
+//! - [`clients`]: the proxy's own clients (`CLIENT LIST`/`KILL`, `--max-clients`).
 //! - [`config_client`]: the gRPC config stream; swaps the routing table atomically.
 //! - [`admin`], [`metrics`]: health, readiness, Prometheus.
 //! - [`reply`]: replies the proxy writes itself.
 
 pub mod admin;
 pub mod backend;
+pub mod clients;
 pub mod command;
 pub mod config;
 pub mod config_client;

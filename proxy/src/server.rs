@@ -32,6 +32,8 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Requests in flight per client.
     pub max_pipeline: usize,
+    /// Close idle clients after this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// State shared by every worker and the control path.
@@ -57,6 +59,8 @@ pub struct Shared {
     pub databases: AtomicU32,
     /// The master's `redis_version`, reported in `HELLO`.
     pub redis_version: ArcSwap<String>,
+    /// Every client connection (`CLIENT LIST`/`KILL`, `--max-clients`).
+    pub clients: crate::clients::Registry,
 }
 
 /// One worker thread's state.
@@ -106,11 +110,14 @@ impl Proxy {
             limits: Limits {
                 max_request_bytes: config.max_request_bytes,
                 max_pipeline: config.max_pipeline,
+                idle_timeout: (!config.client_idle_timeout.is_zero())
+                    .then_some(config.client_idle_timeout),
             },
             next_client_id: AtomicU64::new(1),
             rr: AtomicUsize::new(0),
             databases: AtomicU32::new(16),
             redis_version: ArcSwap::from_pointee("7.0.0".to_string()),
+            clients: crate::clients::Registry::new(config.max_clients),
         });
         Ok(Proxy {
             config,
@@ -343,7 +350,7 @@ async fn refresh_commands(shared: Arc<Shared>, shutdown: CancellationToken) {
                     continue;
                 }
                 Err(e) => {
-                    warn!(master = %m, error = %e, "cannot load the command table; unknown commands go to the master meanwhile");
+                    warn!(master = %m, error = %e, "cannot load the command table from the new master; retrying (the previous table, or none, stays in use)");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}

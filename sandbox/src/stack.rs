@@ -284,6 +284,11 @@ pub async fn start_proxy(
     let mut config = pivot_proxy::Config::for_service(service, &format!("http://{grpc}"));
     config.listen = listen;
     config.admin_listen = admin;
+    start_proxy_with(config).await
+}
+
+/// Starts one proxy with a full configuration (limits, timeouts, ...).
+pub async fn start_proxy_with(config: pivot_proxy::Config) -> Result<ProxyHandle> {
     let proxy = pivot_proxy::Proxy::bind(config).await?;
     let shutdown = CancellationToken::new();
     Ok(ProxyHandle {

@@ -123,6 +123,15 @@ const SESSIONS: &[&[&[&str]]] = &[
         &["EXEC"],
         &["GET", "{p}c"],
     ],
+    // RESET inside MULTI discards the transaction at once, as on Redis.
+    &[
+        &["MULTI"],
+        &["SET", "{p}r", "x"],
+        &["RESET"],
+        &["EXISTS", "{p}r"],
+        &["EXEC"],
+        &["XREAD", "COUNT", "1", "STREAMS", "block", "0"],
+    ],
     // Blocking pops that time out, and one that finds data at once.
     &[
         &["BLPOP", "{p}q", "0.2"],
@@ -745,5 +754,117 @@ async fn wrong_backend_credentials_fail_with_a_clear_error() -> Result<()> {
     let r = c.call(&["SET", "k", "v"]).await?;
     assert!(r.contains("handshake refused: WRONGPASS"), "{r}");
     proxy.stop().await?;
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_list_kill_and_connection_limits() -> Result<()> {
+    common::init_tracing();
+    let stack = Stack::start(StackOptions::default()).await?;
+    let proxy = &stack.proxies[0];
+    let mut me = Raw::connect(proxy.addr).await?;
+    me.call(&["CLIENT", "SETNAME", "admin"]).await?;
+    me.call(&["SELECT", "2"]).await?;
+    let mut victim = Raw::connect(proxy.addr).await?;
+    let victim_id = victim.call(&["CLIENT", "ID"]).await?;
+    let victim_id = victim_id.trim_start_matches(':').trim().to_string();
+    let mut subscriber = Raw::connect(proxy.addr).await?;
+    subscriber.call_n(&["SUBSCRIBE", "x"], 1).await?;
+
+    // CLIENT LIST shows the proxy's clients with their state.
+    let list = me.call(&["CLIENT", "LIST"]).await?;
+    assert!(
+        list.contains(" name=admin ") && list.contains(" db=2 "),
+        "{list}"
+    );
+    assert!(list.contains(&format!("id={victim_id} ")), "{list}");
+    assert!(
+        list.contains(" flags=P ") && list.contains(" sub=1 "),
+        "{list}"
+    );
+    let pubsub = me.call(&["CLIENT", "LIST", "TYPE", "pubsub"]).await?;
+    assert_eq!(pubsub.matches("id=").count(), 1, "{pubsub}");
+    let info = me.call(&["CLIENT", "INFO"]).await?;
+    assert!(
+        info.contains(" name=admin ") && info.matches("id=").count() == 1,
+        "{info}"
+    );
+
+    // CLIENT KILL closes the client it names, and counts.
+    assert_eq!(
+        me.call(&["CLIENT", "KILL", "ID", &victim_id]).await?,
+        ":1\r\n"
+    );
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(T, victim.stream.read(&mut buf)).await??;
+    assert_eq!(n, 0, "the killed client's connection is closed");
+    assert_eq!(
+        me.call(&["CLIENT", "KILL", "ADDR", "10.0.0.1:1"]).await?,
+        ":0\r\n"
+    );
+    assert_eq!(
+        me.call(&["CLIENT", "KILL", "10.0.0.1:1"]).await?,
+        "-ERR No such client\r\n"
+    );
+    // SKIPME yes (the default) spares the caller.
+    assert_eq!(
+        me.call(&["CLIENT", "KILL", "TYPE", "normal"]).await?,
+        ":0\r\n"
+    );
+    assert_eq!(me.call(&["PING"]).await?, "+PONG\r\n");
+
+    // --max-clients and --client-idle-timeout.
+    let cp = stack.control_plane.as_ref().context("running")?;
+    let mut config =
+        pivot_proxy::Config::for_service("mymaster", &format!("http://{}", cp.grpc_addr));
+    config.max_clients = 2;
+    config.client_idle_timeout = Duration::from_millis(300);
+    let limited = pivot_sandbox::stack::start_proxy_with(config).await?;
+    limited.wait_ready(T).await?;
+    let mut a = Raw::connect(limited.addr).await?;
+    let mut b = Raw::connect(limited.addr).await?;
+    assert_eq!(a.call(&["PING"]).await?, "+PONG\r\n");
+    assert_eq!(b.call(&["PING"]).await?, "+PONG\r\n");
+    let third = raw_exchange(limited.addr, &cmd(&["PING"]), 64).await?;
+    assert_eq!(third, b"-ERR max number of clients reached\r\n");
+    // A client blocked longer than the idle timeout is not idle; one that sends nothing
+    // is closed.
+    let started = Instant::now();
+    assert_eq!(b.call(&["BLPOP", "nothing", "0.6"]).await?, "*-1\r\n");
+    assert_eq!(b.call(&["PING"]).await?, "+PONG\r\n");
+    let n = tokio::time::timeout(T, a.stream.read(&mut buf)).await??;
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    limited.stop().await?;
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_that_writes_pins_the_connections_reads_to_the_master() -> Result<()> {
+    common::init_tracing();
+    let stack = Stack::start(StackOptions::default()).await?;
+    for n in stack.topology.nodes() {
+        common::reset_stats(n).await?;
+    }
+    let mut c = Raw::connect(stack.proxies[0].addr).await?;
+    // EVAL carries no write flag on Redis 7.0, but the script writes.
+    let r = c
+        .call(&[
+            "EVAL",
+            "return redis.call('SET', KEYS[1], ARGV[1])",
+            "1",
+            "k",
+            "v",
+        ])
+        .await?;
+    assert_eq!(r, "+OK\r\n");
+    for _ in 0..5 {
+        assert_eq!(c.call(&["GET", "k"]).await?, "$1\r\nv\r\n");
+    }
+    assert_eq!(common::calls(stack.topology.node(0), "get").await?, 5);
     stack.shutdown().await
 }

@@ -1,0 +1,217 @@
+//! The proxy's own client connections: the registry behind `CLIENT LIST`, `CLIENT INFO`
+//! and `CLIENT KILL` (which describe and act on the clients of this proxy, not the proxy's
+//! connections to Redis), and the `--max-clients` bound.
+//!
+//! A connection registers once and deregisters when it ends; what `CLIENT LIST` shows of
+//! it (name, database, protocol, mode) is copied here only when it changes, so the
+//! per-request path touches nothing but one atomic (the idle clock).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+/// What `CLIENT LIST` shows of a client's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Visible {
+    /// `CLIENT SETNAME`.
+    pub name: Option<Bytes>,
+    /// Selected database.
+    pub db: u32,
+    /// Speaks RESP3.
+    pub resp3: bool,
+    /// Channels, patterns and shard channels subscribed.
+    pub sub: usize,
+    /// Patterns subscribed.
+    pub psub: usize,
+    /// Shard channels subscribed.
+    pub ssub: usize,
+    /// Inside `MULTI` or after `WATCH`.
+    pub multi: bool,
+    /// Waiting for a blocking command.
+    pub blocked: bool,
+}
+
+/// One client connection, as the registry sees it.
+#[derive(Debug)]
+pub struct Client {
+    /// `CLIENT ID`.
+    pub id: u64,
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The proxy's address it connected to.
+    pub laddr: SocketAddr,
+    created: Instant,
+    /// Milliseconds since `created` at the last request.
+    last_active_ms: AtomicU64,
+    /// Cancelled by `CLIENT KILL`; the connection's reader stops on it.
+    pub kill: CancellationToken,
+    visible: Mutex<Visible>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data: a panic elsewhere cannot leave it half-updated in a harmful way.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Client {
+    /// Marks activity (for `idle=`).
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Replaces what `CLIENT LIST` shows.
+    pub fn set_visible(&self, v: Visible) {
+        *lock(&self.visible) = v;
+    }
+
+    /// What `CLIENT LIST` shows.
+    pub fn visible(&self) -> Visible {
+        lock(&self.visible).clone()
+    }
+
+    /// One `CLIENT LIST` line (the fields Redis prints that mean something for a proxy
+    /// client, in Redis's order and format).
+    pub fn line(&self) -> String {
+        let v = self.visible();
+        let age = self.created.elapsed().as_secs();
+        let idle_ms = u64::try_from(self.created.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_sub(self.last_active_ms.load(Ordering::Relaxed));
+        let mut flags = String::new();
+        if v.sub + v.psub + v.ssub > 0 {
+            flags.push('P');
+        }
+        if v.multi {
+            flags.push('x');
+        }
+        if v.blocked {
+            flags.push('b');
+        }
+        if flags.is_empty() {
+            flags.push('N');
+        }
+        let name = v
+            .name
+            .as_ref()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        let mut out = String::with_capacity(160);
+        let _ = write!(
+            out,
+            "id={} addr={} laddr={} name={name} age={age} idle={} flags={flags} db={} sub={} psub={} ssub={} multi={} user=default resp={}",
+            self.id,
+            self.addr,
+            self.laddr,
+            idle_ms / 1000,
+            v.db,
+            v.sub,
+            v.psub,
+            v.ssub,
+            if v.multi { 0 } else { -1 },
+            if v.resp3 { 3 } else { 2 },
+        );
+        out
+    }
+
+    /// `CLIENT KILL TYPE` category.
+    pub fn is_pubsub(&self) -> bool {
+        let v = lock(&self.visible);
+        v.sub + v.psub + v.ssub > 0
+    }
+}
+
+/// Every client connection of this proxy (all workers).
+#[derive(Debug)]
+pub struct Registry {
+    clients: Mutex<HashMap<u64, Arc<Client>>>,
+    max: usize,
+}
+
+impl Registry {
+    /// A registry admitting at most `max` clients.
+    pub fn new(max: usize) -> Self {
+        Registry {
+            clients: Mutex::new(HashMap::new()),
+            max,
+        }
+    }
+
+    /// Registers a new connection; `None` when `--max-clients` are connected already.
+    pub fn register(&self, id: u64, addr: SocketAddr, laddr: SocketAddr) -> Option<Arc<Client>> {
+        let mut clients = lock(&self.clients);
+        if clients.len() >= self.max {
+            return None;
+        }
+        let c = Arc::new(Client {
+            id,
+            addr,
+            laddr,
+            created: Instant::now(),
+            last_active_ms: AtomicU64::new(0),
+            kill: CancellationToken::new(),
+            visible: Mutex::new(Visible::default()),
+        });
+        clients.insert(id, c.clone());
+        Some(c)
+    }
+
+    /// Removes a connection that ended.
+    pub fn remove(&self, id: u64) {
+        lock(&self.clients).remove(&id);
+    }
+
+    /// Every client, by id.
+    pub fn list(&self) -> Vec<Arc<Client>> {
+        let mut v: Vec<Arc<Client>> = lock(&self.clients).values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Clients connected now.
+    pub fn len(&self) -> usize {
+        lock(&self.clients).len()
+    }
+
+    /// True when no client is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_listed_in_redis_format() {
+        let r = Registry::new(2);
+        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let l: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+        let c1 = r.register(1, a, l).unwrap();
+        let _c2 = r.register(2, a, l).unwrap();
+        assert!(r.register(3, a, l).is_none(), "max clients");
+        c1.set_visible(Visible {
+            name: Some(Bytes::from_static(b"app")),
+            db: 3,
+            sub: 2,
+            ..Visible::default()
+        });
+        let line = c1.line();
+        assert!(
+            line.starts_with("id=1 addr=127.0.0.1:5000 laddr=127.0.0.1:6379 name=app age=0 idle=0 flags=P db=3 sub=2"),
+            "{line}"
+        );
+        assert!(c1.is_pubsub());
+        r.remove(2);
+        assert_eq!(r.list().iter().map(|c| c.id).collect::<Vec<_>>(), vec![1]);
+        assert!(r.register(4, a, l).is_some());
+    }
+}
