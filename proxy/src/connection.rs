@@ -470,6 +470,10 @@ async fn sleep_or_never(d: Option<std::time::Duration>) {
     }
 }
 
+fn is_scan(req: &Req) -> bool {
+    req.is(b"SCAN") || req.is(b"SSCAN") || req.is(b"HSCAN") || req.is(b"ZSCAN")
+}
+
 /// Whether a command sent to the master may have written: anything but a read. Flags are
 /// not enough: on Redis 7.0 `EVAL`, `EVALSHA` and `FCALL` carry no `write` or
 /// `may_replicate` flag (they are `noscript`, class Admin), yet scripts write.
@@ -984,13 +988,21 @@ async fn forward(
     session: &mut Session,
     worker: &Worker,
 ) -> Step {
-    let decision = route(
+    let mut decision = route(
         table,
         class,
         rule(table, &req),
         &session.route,
         &worker.shared.rr,
     );
+    // A SCAN cursor is only valid on the node that returned it: one client's SCAN-family
+    // commands all go to the same replica (while the set of healthy replicas stays).
+    if let Route::Replica(_) = decision
+        && is_scan(&req)
+        && !table.readable.is_empty()
+    {
+        decision = Route::Replica(session.id as usize % table.readable.len());
+    }
     let target = match decision {
         Route::Master => Target::Master,
         _ => Target::Replica,

@@ -868,3 +868,53 @@ async fn a_script_that_writes_pins_the_connections_reads_to_the_master() -> Resu
     assert_eq!(common::calls(stack.topology.node(0), "get").await?, 5);
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_continues_on_the_replica_that_returned_its_cursor() -> Result<()> {
+    common::init_tracing();
+    let stack = Stack::start(StackOptions::default()).await?;
+    let mut m = stack.topology.node(0).connection().await?;
+    let mut pipe = redis::pipe();
+    for i in 0..500 {
+        pipe.set(format!("scan:{i}"), i).ignore();
+    }
+    let _: () = pipe.query_async(&mut m).await?;
+    for n in &stack.topology.nodes()[1..] {
+        let r = n.connection().await?;
+        wait_until("keys replicated", T, || {
+            let mut r = r.clone();
+            async move { (r.get::<_, Option<i64>>("scan:499").await.ok()?.is_some()).then_some(()) }
+        })
+        .await?;
+        common::reset_stats(n).await?;
+    }
+    // A full SCAN through the proxy (read-only connection: replicas) sees every key once...
+    let mut c = connect(&stack.proxies[0].client(), T).await?;
+    let mut cursor = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("scan:*")
+            .arg("COUNT")
+            .arg(50)
+            .query_async(&mut c)
+            .await?;
+        seen.extend(keys);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen.len(), 500);
+    // ...and every call of it ran on the same replica.
+    let r1 = common::calls(stack.topology.node(1), "scan").await?;
+    let r2 = common::calls(stack.topology.node(2), "scan").await?;
+    assert!(
+        r1 == 0 || r2 == 0,
+        "scan calls split over replicas: {r1} / {r2}"
+    );
+    assert!(r1 + r2 > 1);
+    stack.shutdown().await
+}
