@@ -297,6 +297,15 @@ impl Backend {
         self.shared.alive.load(Ordering::Acquire)
     }
 
+    /// True when the oldest request on the wire has waited `stall` or longer for its reply:
+    /// the node has probably stopped answering (frozen, partitioned), or is running a very
+    /// slow command. Either way, new requests should not pile up behind it.
+    pub fn stalled(&self, stall: Duration) -> bool {
+        lock(&self.shared.inflight)
+            .front()
+            .is_some_and(|p| p.sent_at.elapsed() >= stall)
+    }
+
     /// Requests accepted and not yet answered.
     pub fn outstanding(&self) -> usize {
         self.shared.outstanding.load(Ordering::Acquire)

@@ -84,6 +84,12 @@ pub struct Config {
     #[arg(long, env = "PIVOT_BACKEND_STALL", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub backend_stall: Duration,
 
+    /// How long a request for the master waits while there is no usable master (none known,
+    /// its connection lost, or stalled) before the client gets `-TRYAGAIN`. Held requests
+    /// go to the new master as soon as the control plane names it.
+    #[arg(long, env = "PIVOT_FAILOVER_HOLD", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub failover_hold: Duration,
+
     /// Dedicated backend connections (transactions, blocking commands) one worker may have
     /// open; past it such commands get an error.
     #[arg(long, env = "PIVOT_MAX_DEDICATED_CONNECTIONS", default_value_t = 4096)]
@@ -151,6 +157,7 @@ impl Config {
             backend_drain_grace: Duration::from_secs(1),
             backend_stall: Duration::from_millis(250),
             max_dedicated_connections: 4096,
+            failover_hold: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             log_format: LogFormat::Text,
         }

@@ -397,8 +397,9 @@ async fn read_loop(
             Ok(_) => {}
         }
         session.client.touch();
-        // One routing snapshot for the whole batch.
-        let table = shared.table.load_full();
+        // One routing snapshot for the whole batch (renewed if a request had to wait for a
+        // new one, see `hold_for_master`).
+        let mut table = shared.table.load_full();
         let commands = shared.commands.load_full();
         loop {
             let frame = if !scanner.in_frame() && buf.first().is_some_and(|b| *b != b'*') {
@@ -441,6 +442,23 @@ async fn read_loop(
                 info,
                 lookup,
             };
+            if needs_master(&req, &table, session) && !master_usable(&table, &mut resolved, worker)
+            {
+                match hold_for_master(&mut resolved, session, worker).await {
+                    Some(t) => table = t,
+                    None => {
+                        worker.shared.metrics.rejected.inc();
+                        let msg = format!(
+                            "TRYAGAIN pivot: no usable master for service '{}' within {:?} (a failover is in progress or the master is unreachable)",
+                            table.service, shared.limits.failover_hold
+                        );
+                        if tx.send(Slot::Ready(reply::error(&msg))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
             let before = session.signature();
             let step = dispatch(req, &table, &mut resolved, session, worker).await;
             if session.signature() != before {
@@ -458,6 +476,73 @@ async fn read_loop(
                 // The writer is gone: the client cannot be answered any more.
                 return;
             }
+        }
+    }
+}
+
+/// True when the request will be sent to the master over a shared connection: a command
+/// routed there by class or rule, outside any pinned state (those keep their connection).
+fn needs_master(req: &Req, table: &RoutingTable, session: &Session) -> bool {
+    if session.pinned.is_some() || req.info.argc == 0 {
+        return false;
+    }
+    match req.lookup.special {
+        None => {}
+        // Transactions and blocking commands start on the master too.
+        Some(Special::Transaction) => return true,
+        _ => return false,
+    }
+    let rule = rule(table, req);
+    let dummy = std::sync::atomic::AtomicUsize::new(0);
+    matches!(
+        route(table, req.lookup.class, rule, &session.route, &dummy),
+        Route::Master | Route::NoMaster
+    )
+}
+
+/// The master can take requests now: known, connected (or connecting), and not stalled.
+fn master_usable(table: &RoutingTable, resolved: &mut Resolved, worker: &Worker) -> bool {
+    if table.master.is_none() {
+        return false;
+    }
+    match resolved.backend(Route::Master, worker) {
+        Some(b) => b.is_alive() && !b.stalled(worker.shared.limits.backend_stall),
+        None => false,
+    }
+}
+
+/// Waits (at most `--failover-hold`) until a usable master is known; returns the routing
+/// table to continue with, or `None` on timeout. The client's later requests wait behind
+/// this one, so their order is kept; other clients are not affected.
+async fn hold_for_master(
+    resolved: &mut Resolved,
+    session: &Session,
+    worker: &Worker,
+) -> Option<Arc<RoutingTable>> {
+    let shared = &worker.shared;
+    shared.metrics.held.inc();
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + shared.limits.failover_hold;
+    let mut applied = shared.applied.subscribe();
+    loop {
+        let table = shared.table.load_full();
+        resolved.refresh(&table, session, worker);
+        if master_usable(&table, resolved, worker) {
+            shared
+                .metrics
+                .hold_seconds
+                .observe(started.elapsed().as_secs_f64());
+            return Some(table);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        // A new table, or a stalled master answering again (checked every few ms).
+        let tick = (shared.limits.backend_stall / 10).max(std::time::Duration::from_millis(2));
+        tokio::select! {
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
         }
     }
 }

@@ -110,6 +110,10 @@ pub struct Metrics {
     pub config_nacks: Counter,
     /// Whether the config stream to the control plane is up (1) or not (0).
     pub control_plane_connected: Gauge,
+    /// Requests that waited for a usable master.
+    pub held: Counter,
+    /// How long held requests waited before a usable master was there.
+    pub hold_seconds: Histogram,
 }
 
 impl Metrics {
@@ -194,6 +198,8 @@ impl Metrics {
             config_acks,
             config_nacks,
             control_plane_connected: Gauge::default(),
+            held: Counter::default(),
+            hold_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             registry,
         };
         m.registry.register(
@@ -225,6 +231,16 @@ impl Metrics {
             "config_version",
             "Version of the control plane config applied",
             m.config_version.clone(),
+        );
+        m.registry.register(
+            "held_requests",
+            "Requests that waited for a usable master (none known, lost, or stalled)",
+            m.held.clone(),
+        );
+        m.registry.register(
+            "hold_duration_seconds",
+            "How long held requests waited for a usable master",
+            m.hold_seconds.clone(),
         );
         m.registry.register(
             "control_plane_connected",

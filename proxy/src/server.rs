@@ -34,6 +34,10 @@ pub struct Limits {
     pub max_pipeline: usize,
     /// Close idle clients after this long (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// How long a request for the master waits for a usable one before `-TRYAGAIN`.
+    pub failover_hold: Duration,
+    /// A master whose oldest request is unanswered this long gets no new requests.
+    pub backend_stall: Duration,
 }
 
 /// State shared by every worker and the control path.
@@ -112,6 +116,8 @@ impl Proxy {
                 max_pipeline: config.max_pipeline,
                 idle_timeout: (!config.client_idle_timeout.is_zero())
                     .then_some(config.client_idle_timeout),
+                failover_hold: config.failover_hold,
+                backend_stall: config.backend_stall,
             },
             next_client_id: AtomicU64::new(1),
             rr: AtomicUsize::new(0),

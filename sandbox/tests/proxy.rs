@@ -347,7 +347,12 @@ async fn unknown_service_is_nacked_and_not_ready() -> Result<()> {
     let stack = Stack::start(StackOptions::default()).await?;
     let cp = stack.control_plane.as_ref().expect("running");
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let stray = pivot_sandbox::stack::start_proxy("nosuchservice", cp.grpc_addr, any, any).await?;
+    let mut config =
+        pivot_proxy::Config::for_service("nosuchservice", &format!("http://{}", cp.grpc_addr));
+    config.listen = any;
+    config.admin_listen = any;
+    config.failover_hold = Duration::from_millis(300);
+    let stray = pivot_sandbox::stack::start_proxy_with(config).await?;
     let url = format!("{}/api/v1/proxies", stack.http_url()?);
     let nack = wait_until("the NACK to show in the API", T, || {
         let url = url.clone();
@@ -367,11 +372,12 @@ async fn unknown_service_is_nacked_and_not_ready() -> Result<()> {
         http_status(&format!("http://{}/readyz", stray.admin_addr)).await?,
         503
     );
-    // Its clients get a clear error, not a hang.
+    // Its clients' requests wait for a master (--failover-hold), then get a clear error.
     let out = raw_exchange(stray.addr, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", 10).await?;
+    let text = String::from_utf8_lossy(&out);
     assert!(
-        String::from_utf8_lossy(&out).contains("no master known"),
-        "{out:?}"
+        text.starts_with("-TRYAGAIN pivot: no usable master"),
+        "{text}"
     );
     stray.stop().await?;
     stack.shutdown().await
