@@ -442,6 +442,7 @@ async fn read_loop(
                 info,
                 lookup,
             };
+            release_finished_blocking(session, worker);
             if needs_master(&req, &table, session) && !master_usable(&table, &mut resolved, worker)
             {
                 match hold_for_master(&mut resolved, session, worker).await {
@@ -617,14 +618,7 @@ async fn dispatch(
     session: &mut Session,
     worker: &Worker,
 ) -> Step {
-    // A blocking command's connection goes back to the pool once it has answered.
-    if let Some(p) = &session.pinned
-        && p.kind == PinKind::Blocking
-        && (p.backend.outstanding() == 0 || !p.backend.is_alive())
-        && let Some(p) = session.pinned.take()
-    {
-        worker.pool.release(p.backend);
-    }
+    release_finished_blocking(session, worker);
     match session.pinned.as_ref().map(|p| p.kind) {
         Some(PinKind::Transaction { in_multi, aborted }) => {
             in_transaction(req, in_multi, aborted, session, worker).await
@@ -632,6 +626,17 @@ async fn dispatch(
         Some(PinKind::Blocking) => behind_blocking(req, session, worker).await,
         Some(PinKind::PubSub) => subscribed(req, table, resolved, session, worker).await,
         None => unpinned(req, table, resolved, session, worker).await,
+    }
+}
+
+/// A blocking command's connection goes back to the pool once it has answered.
+fn release_finished_blocking(session: &mut Session, worker: &Worker) {
+    if let Some(p) = &session.pinned
+        && p.kind == PinKind::Blocking
+        && (p.backend.outstanding() == 0 || !p.backend.is_alive())
+        && let Some(p) = session.pinned.take()
+    {
+        worker.pool.release(p.backend);
     }
 }
 
