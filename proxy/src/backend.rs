@@ -86,6 +86,8 @@ pub struct Request {
     /// Reply frames the request produces: 1, except for `SUBSCRIBE a b c` and friends,
     /// which Redis answers with one confirmation per channel. They come back as one reply.
     pub frames: usize,
+    /// The client whose output the reply counts against (see `Client::add_output`).
+    pub account: Option<Arc<crate::clients::Client>>,
 }
 
 impl Request {
@@ -95,6 +97,7 @@ impl Request {
             frame,
             reply,
             frames: 1,
+            account: None,
         }
     }
 }
@@ -195,6 +198,7 @@ struct Pending {
     frames_left: usize,
     /// Frames received so far of a multi-frame reply.
     acc: Option<BytesMut>,
+    account: Option<Arc<crate::clients::Client>>,
 }
 
 struct Shared {
@@ -591,6 +595,7 @@ async fn write_requests(
                 sent_at,
                 frames_left: req.frames.max(1),
                 acc: None,
+                account: req.account,
             });
             if buf.len() < MAX_BATCH_BYTES {
                 next = rx.try_recv().ok();
@@ -666,6 +671,9 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
                                 }
                                 None => bytes,
                             };
+                            if let Some(client) = &p.account {
+                                client.add_output(reply.len());
+                            }
                             shared.complete(p.reply, Ok(reply));
                         }
                     }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -49,9 +49,15 @@ pub struct Client {
     created: Instant,
     /// Milliseconds since `created` at the last request.
     last_active_ms: AtomicU64,
-    /// Cancelled by `CLIENT KILL`; the connection's reader stops on it.
+    /// Cancelled by `CLIENT KILL` or the output limit; the connection closes at once.
     pub kill: CancellationToken,
     visible: Mutex<Visible>,
+    /// Reply bytes received for this client and not yet written to it.
+    output: AtomicUsize,
+    /// `--client-output-limit` (0: none).
+    output_limit: usize,
+    /// The output limit closed the connection.
+    overflowed: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -60,6 +66,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Client {
+    /// Counts reply bytes held for this client. Past the output limit the client is
+    /// disconnected, as Redis does past a hard `client-output-buffer-limit`: a client that
+    /// sends requests and does not read the replies must not make the proxy buffer them
+    /// without bound.
+    pub fn add_output(&self, n: usize) {
+        let total = self.output.fetch_add(n, Ordering::AcqRel) + n;
+        if self.output_limit > 0
+            && total > self.output_limit
+            && !self.overflowed.swap(true, Ordering::AcqRel)
+        {
+            tracing::warn!(client = self.id, addr = %self.addr, bytes = total, limit = self.output_limit, "closing a client over its output limit");
+            self.kill.cancel();
+        }
+    }
+
+    /// Reply bytes written to the client.
+    pub fn sub_output(&self, n: usize) {
+        // Saturating: a reply counted by one path is never written twice, but be safe.
+        let _ = self
+            .output
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
+    /// True when the output limit closed this client.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
     /// Marks activity (for `idle=`).
     pub fn touch(&self) {
         let ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -105,7 +141,7 @@ impl Client {
         let mut out = String::with_capacity(160);
         let _ = write!(
             out,
-            "id={} addr={} laddr={} name={name} age={age} idle={} flags={flags} db={} sub={} psub={} ssub={} multi={} user=default resp={}",
+            "id={} addr={} laddr={} name={name} age={age} idle={} flags={flags} db={} sub={} psub={} ssub={} multi={} omem={} user=default resp={}",
             self.id,
             self.addr,
             self.laddr,
@@ -115,6 +151,7 @@ impl Client {
             v.psub,
             v.ssub,
             if v.multi { 0 } else { -1 },
+            self.output.load(Ordering::Relaxed),
             if v.resp3 { 3 } else { 2 },
         );
         out
@@ -132,14 +169,17 @@ impl Client {
 pub struct Registry {
     clients: Mutex<HashMap<u64, Arc<Client>>>,
     max: usize,
+    output_limit: usize,
 }
 
 impl Registry {
-    /// A registry admitting at most `max` clients.
-    pub fn new(max: usize) -> Self {
+    /// A registry admitting at most `max` clients, each holding at most `output_limit`
+    /// reply bytes not yet written (0: no limit).
+    pub fn new(max: usize, output_limit: usize) -> Self {
         Registry {
             clients: Mutex::new(HashMap::new()),
             max,
+            output_limit,
         }
     }
 
@@ -157,6 +197,9 @@ impl Registry {
             last_active_ms: AtomicU64::new(0),
             kill: CancellationToken::new(),
             visible: Mutex::new(Visible::default()),
+            output: AtomicUsize::new(0),
+            output_limit: self.output_limit,
+            overflowed: AtomicBool::new(false),
         });
         clients.insert(id, c.clone());
         Some(c)
@@ -192,7 +235,7 @@ mod tests {
 
     #[test]
     fn bounded_and_listed_in_redis_format() {
-        let r = Registry::new(2);
+        let r = Registry::new(2, 100);
         let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let l: SocketAddr = "127.0.0.1:6379".parse().unwrap();
         let c1 = r.register(1, a, l).unwrap();
@@ -210,6 +253,13 @@ mod tests {
             "{line}"
         );
         assert!(c1.is_pubsub());
+        c1.add_output(60);
+        assert!(!c1.kill.is_cancelled());
+        c1.sub_output(60);
+        c1.add_output(90);
+        assert!(!c1.kill.is_cancelled());
+        c1.add_output(11);
+        assert!(c1.kill.is_cancelled() && c1.overflowed());
         r.remove(2);
         assert_eq!(r.list().iter().map(|c| c.id).collect::<Vec<_>>(), vec![1]);
         assert!(r.register(4, a, l).is_some());

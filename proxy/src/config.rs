@@ -67,6 +67,12 @@ pub struct Config {
     #[arg(long, env = "PIVOT_CLIENT_IDLE_TIMEOUT", default_value = "0s", value_parser = humantime::parse_duration)]
     pub client_idle_timeout: Duration,
 
+    /// Reply bytes the proxy holds for one client that it has not written yet (suffixes
+    /// k, m, g; 0: no limit). A client past it is disconnected, like Redis's hard
+    /// `client-output-buffer-limit`: one that sends and never reads cannot grow the proxy.
+    #[arg(long, env = "PIVOT_CLIENT_OUTPUT_LIMIT", default_value = "256m", value_parser = parse_bytes)]
+    pub client_output_limit: usize,
+
     /// Requests one client may have in flight before the proxy stops reading from it.
     #[arg(long, env = "PIVOT_MAX_PIPELINE", default_value_t = 1024)]
     pub max_pipeline: usize,
@@ -152,6 +158,7 @@ impl Config {
             max_reply_bytes: 1 << 30,
             max_pipeline: 1024,
             max_clients: 10_000,
+            client_output_limit: 256 << 20,
             client_idle_timeout: Duration::ZERO,
             backend_connect_timeout: Duration::from_secs(1),
             backend_drain_grace: Duration::from_secs(1),

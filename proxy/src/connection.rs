@@ -307,7 +307,7 @@ pub(crate) async fn serve(mut stream: TcpStream, worker: Arc<Worker>, shutdown: 
     // what is queued and exits.
     tokio::join!(
         read_requests(rd, tx, &worker, session, shutdown),
-        write_replies(wr, rx, messages_rx, &worker)
+        write_replies(wr, rx, messages_rx, &worker, client.clone())
     );
     worker.shared.clients.remove(id);
     metrics.client_connections.dec();
@@ -668,7 +668,15 @@ async fn unpinned(
                     aborted: false,
                 },
             });
-            send(&backend, req.frame, class, Target::Master, worker).await
+            send(
+                &backend,
+                req.frame,
+                class,
+                Target::Master,
+                worker,
+                &session.client,
+            )
+            .await
         }
         // EXEC, DISCARD, UNWATCH outside a transaction: Redis answers them as it does on any
         // connection ("EXEC without MULTI", OK for UNWATCH).
@@ -697,6 +705,7 @@ async fn unpinned(
                 worker,
                 frames,
                 false,
+                &session.client,
             )
             .await
         }
@@ -837,6 +846,7 @@ async fn subscribed_send(req: Req, target: Target, session: &mut Session, worker
         worker,
         frames,
         true,
+        &session.client,
     )
     .await;
     if session.subs.is_empty()
@@ -876,7 +886,7 @@ async fn blocking(req: Req, table: &RoutingTable, session: &mut Session, worker:
         backend: backend.clone(),
         kind: PinKind::Blocking,
     });
-    send(&backend, req.frame, class, target, worker).await
+    send(&backend, req.frame, class, target, worker, &session.client).await
 }
 
 /// A blocking command of this client has not answered yet: what follows it runs after it,
@@ -916,7 +926,15 @@ async fn behind_blocking(req: Req, session: &mut Session, worker: &Worker) -> St
                     };
                 }
             }
-            send(&backend, req.frame, Class::Admin, Target::Master, worker).await
+            send(
+                &backend,
+                req.frame,
+                Class::Admin,
+                Target::Master,
+                worker,
+                &session.client,
+            )
+            .await
         }
         Some(Special::StreamRead) | None => {
             // Behind a read on a replica, a write would fail there (READONLY).
@@ -928,7 +946,15 @@ async fn behind_blocking(req: Req, session: &mut Session, worker: &Worker) -> St
             } else {
                 Target::Replica
             };
-            send(&backend, req.frame, req.lookup.class, target, worker).await
+            send(
+                &backend,
+                req.frame,
+                req.lookup.class,
+                target,
+                worker,
+                &session.client,
+            )
+            .await
         }
         Some(special) => answer_local(special, &req, session, worker),
     }
@@ -999,7 +1025,15 @@ async fn in_transaction(
                     "EXECABORT Transaction discarded because of previous errors.",
                 )
             } else {
-                send(&backend, req.frame, Class::Admin, Target::Master, worker).await
+                send(
+                    &backend,
+                    req.frame,
+                    Class::Admin,
+                    Target::Master,
+                    worker,
+                    &session.client,
+                )
+                .await
             };
             if ends && let Some(p) = session.pinned.take() {
                 // Clean again: the next client may use it (behind this reply).
@@ -1046,7 +1080,17 @@ async fn in_transaction(
         Some(special @ (Special::Ping | Special::Echo)) if !in_multi => {
             answer_local(special, &req, session, worker)
         }
-        _ => send(&backend, req.frame, class, Target::Master, worker).await,
+        _ => {
+            send(
+                &backend,
+                req.frame,
+                class,
+                Target::Master,
+                worker,
+                &session.client,
+            )
+            .await
+        }
     }
 }
 
@@ -1114,7 +1158,7 @@ async fn forward(
     } else {
         None
     };
-    let mut step = send(&backend, req.frame, class, target, worker).await;
+    let mut step = send(&backend, req.frame, class, target, worker, &session.client).await;
     if let Step::Slot(Slot::Pending { fallback: f, .. }) = &mut step {
         *f = fallback;
     }
@@ -1146,12 +1190,14 @@ async fn send(
     class: Class,
     target: Target,
     worker: &Worker,
+    client: &Arc<Client>,
 ) -> Step {
-    send_n(backend, frame, class, target, worker, 1, false).await
+    send_n(backend, frame, class, target, worker, 1, false, client).await
 }
 
 /// Sends a request answered by `frames` reply frames; `pubsub` when the connection is this
 /// client's subscriber connection.
+#[allow(clippy::too_many_arguments)]
 async fn send_n(
     backend: &Backend,
     frame: Bytes,
@@ -1160,6 +1206,7 @@ async fn send_n(
     worker: &Worker,
     frames: usize,
     pubsub: bool,
+    client: &Arc<Client>,
 ) -> Step {
     worker.shared.metrics.command(class, target);
     let (reply_tx, rx) = oneshot::channel();
@@ -1168,6 +1215,7 @@ async fn send_n(
             frame,
             reply: reply_tx,
             frames,
+            account: Some(client.clone()),
         })
         .await;
     Step::Slot(Slot::Pending {
@@ -1184,11 +1232,16 @@ async fn write_replies(
     mut rx: mpsc::Receiver<Slot>,
     mut messages: mpsc::Receiver<Bytes>,
     worker: &Worker,
+    client: Arc<Client>,
 ) {
     let metrics = &worker.shared.metrics;
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut head: Option<Slot> = None;
+    // Killed (CLIENT KILL, output limit): close now, whatever is still owed.
+    let kill = client.kill.clone();
     loop {
+        // Reply bytes in `out` that were counted against the client's output limit.
+        let mut counted = 0;
         // Pub/Sub messages are written whenever nothing else is due: while idle, and while
         // waiting for a reply from the subscriber connection (they are ahead of it there).
         let slot = match head.take() {
@@ -1220,10 +1273,15 @@ async fn write_replies(
             } => {
                 let r = loop {
                     if !pubsub {
-                        break (&mut reply_rx).await;
+                        tokio::select! {
+                            biased;
+                            _ = kill.cancelled() => return,
+                            r = &mut reply_rx => break r,
+                        }
                     }
                     tokio::select! {
                         biased;
+                        _ = kill.cancelled() => return,
                         r = &mut reply_rx => break r,
                         Some(m) = messages.recv() => {
                             if !write_messages(&mut wr, &mut out, m, &mut messages).await {
@@ -1235,7 +1293,7 @@ async fn write_replies(
                 };
                 let r = Fallback::resolve(fallback, r.ok()).await;
                 metrics.latency(target, started.elapsed().as_secs_f64());
-                append(&mut out, r);
+                counted += append(&mut out, r);
             }
             Slot::Close => closing = true,
         }
@@ -1253,7 +1311,7 @@ async fn write_replies(
                     Ok(r) => {
                         let r = Fallback::resolve(fallback, Some(r)).await;
                         metrics.latency(target, started.elapsed().as_secs_f64());
-                        append(&mut out, r);
+                        counted += append(&mut out, r);
                     }
                     Err(oneshot::error::TryRecvError::Empty) => {
                         head = Some(Slot::Pending {
@@ -1265,7 +1323,9 @@ async fn write_replies(
                         });
                         break;
                     }
-                    Err(oneshot::error::TryRecvError::Closed) => append(&mut out, None),
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        append(&mut out, None);
+                    }
                 },
                 Slot::Close => {
                     head = Some(Slot::Close);
@@ -1274,9 +1334,15 @@ async fn write_replies(
             }
         }
         if !out.is_empty() {
-            if wr.write_all(&out).await.is_err() {
+            let written = tokio::select! {
+                biased;
+                _ = kill.cancelled() => return,
+                r = wr.write_all(&out) => r.is_ok(),
+            };
+            if !written {
                 break;
             }
+            client.sub_output(counted);
             out.clear();
             if out.capacity() > 1024 * 1024 {
                 out = BytesMut::with_capacity(16 * 1024);
@@ -1311,12 +1377,23 @@ async fn write_messages(
     ok
 }
 
-fn append(out: &mut BytesMut, r: Option<Reply>) {
+/// Appends a reply; returns its size when it was a reply from Redis (those count against
+/// the client's output limit).
+fn append(out: &mut BytesMut, r: Option<Reply>) -> usize {
     match r {
-        Some(Ok(bytes)) => out.extend_from_slice(&bytes),
-        Some(Err(e)) => out.extend_from_slice(&BackendError::to_resp(&e)),
+        Some(Ok(bytes)) => {
+            out.extend_from_slice(&bytes);
+            bytes.len()
+        }
+        Some(Err(e)) => {
+            out.extend_from_slice(&BackendError::to_resp(&e));
+            0
+        }
         // The backend task ended without answering (it cannot: it fails every slot it holds).
-        None => out.extend_from_slice(b"-ERR pivot: request dropped by the proxy\r\n"),
+        None => {
+            out.extend_from_slice(b"-ERR pivot: request dropped by the proxy\r\n");
+            0
+        }
     }
 }
 

@@ -123,7 +123,7 @@ impl Proxy {
             rr: AtomicUsize::new(0),
             databases: AtomicU32::new(16),
             redis_version: ArcSwap::from_pointee("7.0.0".to_string()),
-            clients: crate::clients::Registry::new(config.max_clients),
+            clients: crate::clients::Registry::new(config.max_clients, config.client_output_limit),
         });
         Ok(Proxy {
             config,
