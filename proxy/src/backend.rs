@@ -691,11 +691,17 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
 
 /// Makes room for the next read: at least 8 KiB, or what the current frame still needs.
 pub(crate) fn reserve(buf: &mut BytesMut, need: usize) {
+    reserve_with(buf, need, 8 * 1024);
+}
+
+/// Makes room for the next read: at least `min` bytes, or what the current frame still
+/// needs (up to 4 MiB at a time).
+pub(crate) fn reserve_with(buf: &mut BytesMut, need: usize, min: usize) {
     let want = need
         .saturating_sub(buf.len())
-        .clamp(8 * 1024, 4 * 1024 * 1024);
+        .clamp(min, (4 * 1024 * 1024).max(min));
     if buf.capacity() - buf.len() < want {
-        buf.reserve(want.max(16 * 1024));
+        buf.reserve(want);
     }
 }
 

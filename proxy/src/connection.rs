@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::backend::{Backend, BackendError, PoolKey, Reply, Request, reserve};
+use crate::backend::{Backend, BackendError, PoolKey, Reply, Request, reserve_with};
 use crate::clients::{Client, Visible};
 use crate::command::{Class, Lookup, Lower, Special};
 use crate::metrics::Target;
@@ -367,7 +367,10 @@ async fn read_loop(
     shutdown: CancellationToken,
 ) {
     let shared = &worker.shared;
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    // No buffer while idle: allocated when bytes are there, sized by the last read (1 KiB
+    // to 64 KiB), dropped when empty. An idle connection holds next to no memory.
+    let mut buf = BytesMut::new();
+    let mut read_hint: usize = 1024;
     let mut scanner = Scanner::new(Mode::Request, shared.limits.max_request_bytes);
     let mut resolved = Resolved {
         version: u64::MAX,
@@ -379,22 +382,33 @@ async fn read_loop(
     let kill = session.client.kill.clone();
     let idle_timeout = shared.limits.idle_timeout;
     loop {
-        reserve(&mut buf, scanner.need());
+        if buf.is_empty() {
+            // Frames split off earlier keep their own reference to the old allocation.
+            buf = BytesMut::new();
+        }
         // Redis never times out a client in a transaction, blocked, or subscribed.
         let idle_limit = idle_timeout.filter(|_| session.pinned.is_none());
-        let n = tokio::select! {
+        let ready = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
             _ = kill.cancelled() => return,
-            n = rd.read_buf(&mut buf) => n,
+            r = rd.readable() => r,
             _ = sleep_or_never(idle_limit) => {
                 debug!("closing an idle client");
                 return;
             }
         };
-        match n {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        if ready.is_err() {
+            return;
+        }
+        reserve_with(&mut buf, scanner.need(), read_hint);
+        match rd.try_read_buf(&mut buf) {
+            Ok(0) => return,
+            // Room for twice what came last time: a client that pipelines gets larger
+            // reads, one that sends a command at a time keeps a small buffer.
+            Ok(n) => read_hint = (n * 2).clamp(1024, 64 * 1024),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
         }
         session.client.touch();
         // One routing snapshot for the whole batch (renewed if a request had to wait for a
@@ -1235,7 +1249,8 @@ async fn write_replies(
     client: Arc<Client>,
 ) {
     let metrics = &worker.shared.metrics;
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    // Grows to the replies of one batch; a large one is dropped after its write.
+    let mut out = BytesMut::new();
     let mut head: Option<Slot> = None;
     // Killed (CLIENT KILL, output limit): close now, whatever is still owed.
     let kill = client.kill.clone();
@@ -1344,8 +1359,8 @@ async fn write_replies(
             }
             client.sub_output(counted);
             out.clear();
-            if out.capacity() > 1024 * 1024 {
-                out = BytesMut::with_capacity(16 * 1024);
+            if out.capacity() > 4 * 1024 {
+                out = BytesMut::new();
             }
         }
         if closing {
