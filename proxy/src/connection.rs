@@ -632,7 +632,7 @@ async fn dispatch(
     session: &mut Session,
     worker: &Worker,
 ) -> Step {
-    release_finished_blocking(session, worker);
+    // (A blocking command that has answered was released by the read loop already.)
     match session.pinned.as_ref().map(|p| p.kind) {
         Some(PinKind::Transaction { in_multi, aborted }) => {
             in_transaction(req, in_multi, aborted, session, worker).await
