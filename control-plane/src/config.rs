@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::error::Error;
-use crate::state::{BackendAuth, ReadPolicy};
+use crate::state::{BackendAuth, CommandRule, Consistency, ReadPolicy};
 use crate::topology::NodeAddr;
 
 /// Configuration of the control plane (flags, or `PIVOT_*` environment variables).
@@ -67,6 +67,44 @@ pub struct Config {
         value_delimiter = ';'
     )]
     pub read_policies: Vec<ReadPolicySpec>,
+
+    /// Read consistency of a service: `read-your-writes` (the default: once a client
+    /// connection has written, its reads go to the master), `eventual` (any healthy
+    /// replica) or `strong` (master only). Stored. Repeatable; in PIVOT_CONSISTENCY
+    /// separate entries with `;`.
+    #[arg(
+        long = "consistency",
+        env = "PIVOT_CONSISTENCY",
+        value_name = "NAME=MODE",
+        value_delimiter = ';'
+    )]
+    pub consistency: Vec<ServiceSetting<Consistency>>,
+
+    /// A command rule of a service, overriding the command's own class: TARGET is
+    /// `master`, `replica`, `any` or `deny`; COMMAND a name or `container|sub` (e.g.
+    /// `config|set:deny`, `evalsha:replica`). The rules given for a service replace its
+    /// stored rules. Repeatable; in PIVOT_RULES separate entries with `;`.
+    #[arg(
+        long = "rule",
+        env = "PIVOT_RULES",
+        value_name = "NAME=COMMAND:TARGET",
+        value_delimiter = ';'
+    )]
+    pub rules: Vec<ServiceSetting<CommandRule>>,
+
+    /// A user clients authenticate to a service's proxies as (`AUTH [USER] PASSWORD`);
+    /// once a service has users, unauthenticated clients get `NOAUTH`. The user `default`
+    /// is the one `AUTH PASSWORD` names. Stored as a salted hash, created or replaced.
+    /// Repeatable; in PIVOT_PROXY_USERS separate entries with `;` (prefer the environment
+    /// to keep secrets out of the process list).
+    #[arg(
+        long = "proxy-user",
+        env = "PIVOT_PROXY_USERS",
+        value_name = "NAME=USER:PASSWORD",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub proxy_users: Vec<ProxyUserSpec>,
 
     /// Credentials proxies use for a service's Redis nodes: `NAME=PASSWORD` or
     /// `NAME=USER:PASSWORD` (an ACL user). Stored, never shown by an API or logged.
@@ -131,25 +169,83 @@ impl FromStr for BackendAuthSpec {
     }
 }
 
-/// A `--read-policy NAME=POLICY` setting.
+/// A per-service `NAME=VALUE` setting (`--read-policy`, `--consistency`, `--rule`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadPolicySpec {
+pub struct ServiceSetting<T> {
     /// Service name.
     pub service: String,
-    /// Its read policy.
-    pub policy: ReadPolicy,
+    /// The setting.
+    pub value: T,
 }
 
-impl FromStr for ReadPolicySpec {
+/// A `--read-policy NAME=POLICY` setting.
+pub type ReadPolicySpec = ServiceSetting<ReadPolicy>;
+
+impl<T: FromStr<Err = String>> FromStr for ServiceSetting<T> {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, policy) = s
+        let (name, value) = s
             .split_once('=')
-            .ok_or_else(|| format!("`{s}` is not NAME=POLICY"))?;
+            .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
         Ok(Self {
             service: name.trim().to_string(),
-            policy: policy.trim().parse()?,
+            value: value.trim().parse()?,
+        })
+    }
+}
+
+impl FromStr for CommandRule {
+    type Err = String;
+
+    /// `COMMAND:TARGET`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (command, target) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` is not COMMAND:TARGET"))?;
+        CommandRule::new(command, target.trim().parse()?)
+    }
+}
+
+/// A `--proxy-user NAME=USER:PASSWORD` setting.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUserSpec {
+    /// Service name.
+    pub service: String,
+    /// User name.
+    pub user: String,
+    /// Password (hashed before it is stored).
+    pub password: String,
+}
+
+impl std::fmt::Debug for ProxyUserSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyUserSpec")
+            .field("service", &self.service)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl FromStr for ProxyUserSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (service, creds) = s
+            .split_once('=')
+            .ok_or_else(|| "expected NAME=USER:PASSWORD".to_string())?;
+        let (user, password) = creds
+            .split_once(':')
+            .ok_or_else(|| "expected NAME=USER:PASSWORD".to_string())?;
+        crate::state::validate_user_name(user)?;
+        if password.is_empty() {
+            return Err(format!("user `{user}` needs a non-empty password"));
+        }
+        Ok(Self {
+            service: service.trim().to_string(),
+            user: user.to_string(),
+            password: password.to_string(),
         })
     }
 }
@@ -273,7 +369,7 @@ mod tests {
             "m=master-only",
         ])
         .unwrap();
-        assert_eq!(c.read_policies[0].policy, ReadPolicy::MasterOnly);
+        assert_eq!(c.read_policies[0].value, ReadPolicy::MasterOnly);
         assert_eq!(c.read_policies[0].service, "m");
         assert!("m=sometimes".parse::<ReadPolicySpec>().is_err());
         assert!("master-only".parse::<ReadPolicySpec>().is_err());

@@ -33,6 +33,12 @@ pub enum Error {
     /// A schema migration failed.
     #[error("store migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// An operation named a service the control plane does not know.
+    #[error("unknown service `{0}`")]
+    UnknownService(String),
+    /// An operation's input is invalid.
+    #[error("{0}")]
+    Invalid(String),
     /// A server stopped with an error.
     #[error("{server} server: {message}")]
     Serve {

@@ -258,8 +258,9 @@ mod tests {
         let services = vec![StoredService {
             name: "svc".into(),
             sentinels: vec![NodeAddr::new("127.0.0.1", 1)],
-            read_policy: None,
+            policy: crate::state::Policy::default(),
             backend_auth: None,
+            users: Vec::new(),
         }];
         let state = State::new(store.clone(), writer, metrics.clone(), &services)
             .await

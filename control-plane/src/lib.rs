@@ -18,6 +18,7 @@
 //! [`ControlPlane`] wires them: `bind` opens the store and the listeners, `run` serves
 //! until its `CancellationToken` is cancelled and then drains within a bounded time.
 
+pub mod admin;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -39,9 +40,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::{BackendAuthSpec, Config, ReadPolicySpec, ServiceSpec};
+pub use admin::Admin;
+pub use config::{BackendAuthSpec, Config, ProxyUserSpec, ReadPolicySpec, ServiceSetting, ServiceSpec};
 pub use error::Error;
-pub use state::{BackendAuth, ReadPolicy};
+pub use state::{BackendAuth, CommandRule, Consistency, Policy, ReadPolicy, Target};
 
 use crate::grpc::{Discovery, ProxyRegistry};
 use crate::metrics::Metrics;
@@ -58,6 +60,7 @@ pub struct ControlPlane {
     store: Store,
     services: Vec<StoredService>,
     state: Arc<State>,
+    admin: Admin,
     registry: Arc<ProxyRegistry>,
     metrics: Arc<Metrics>,
     writer: Writer,
@@ -103,26 +106,28 @@ impl ControlPlane {
                 )));
             }
         }
-        for p in &config.read_policies {
-            if !store.set_read_policy(&p.service, p.policy).await? {
-                return Err(Error::Config(format!(
-                    "--read-policy names service `{}`, which is not registered",
-                    p.service
-                )));
-            }
-        }
         // The store is the source of truth: services registered by earlier runs are
-        // watched too.
+        // watched too. Flags change what they name and leave the rest as stored.
+        let services = store.services().await?;
+        apply_policy_flags(&config, &store, &services).await?;
         let services = store.services().await?;
         let writer_stop = CancellationToken::new();
         let (writer, writer_task) = store::spawn_writer(store.clone(), writer_stop.clone());
         let metrics = Arc::new(Metrics::new());
         let state = State::new(store.clone(), writer.clone(), metrics.clone(), &services).await?;
+        let admin = Admin::new(store.clone(), state.clone());
+        for u in &config.proxy_users {
+            admin
+                .put_user(&u.service, &u.user, &u.password)
+                .await
+                .map_err(|e| Error::Config(format!("--proxy-user: {e}")))?;
+        }
         Ok(ControlPlane {
             config,
             store,
             services,
             state,
+            admin,
             registry: Arc::new(ProxyRegistry::default()),
             metrics,
             writer,
@@ -133,6 +138,11 @@ impl ControlPlane {
             http_addr,
             grpc_addr,
         })
+    }
+
+    /// The handle for configuration changes (policy, rules, users), published live.
+    pub fn admin(&self) -> Admin {
+        self.admin.clone()
     }
 
     /// The bound HTTP address (the real port when configured with port 0).
@@ -236,6 +246,56 @@ impl ControlPlane {
             None => Ok(()),
         }
     }
+}
+
+/// Applies `--read-policy`, `--consistency` and `--rule` to the stored policies.
+async fn apply_policy_flags(
+    config: &Config,
+    store: &Store,
+    services: &[StoredService],
+) -> Result<(), Error> {
+    let named = config
+        .read_policies
+        .iter()
+        .map(|s| ("--read-policy", &s.service))
+        .chain(config.consistency.iter().map(|s| ("--consistency", &s.service)))
+        .chain(config.rules.iter().map(|s| ("--rule", &s.service)));
+    for (flag, service) in named {
+        if !services.iter().any(|s| &s.name == service) {
+            return Err(Error::Config(format!(
+                "{flag} names service `{service}`, which is not registered"
+            )));
+        }
+    }
+    for s in services {
+        let mut policy = s.policy.clone();
+        if let Some(p) = config.read_policies.iter().rfind(|p| p.service == s.name) {
+            policy.read_policy = p.value;
+        }
+        if let Some(c) = config.consistency.iter().rfind(|c| c.service == s.name) {
+            policy.consistency = c.value;
+        }
+        let rules: Vec<_> = config
+            .rules
+            .iter()
+            .filter(|r| r.service == s.name)
+            .map(|r| r.value.clone())
+            .collect();
+        if !rules.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = rules.iter().find(|r| !seen.insert(r.command.as_str())) {
+                return Err(Error::Config(format!(
+                    "--rule: more than one rule for `{}` of service `{}`",
+                    dup.command, s.name
+                )));
+            }
+            policy.rules = rules;
+        }
+        if policy != s.policy {
+            store.set_policy(&s.name, &policy).await?;
+        }
+    }
+    Ok(())
 }
 
 fn outcome(r: Result<Result<(), String>, tokio::task::JoinError>) -> String {

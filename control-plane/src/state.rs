@@ -45,7 +45,7 @@ impl std::str::FromStr for ReadPolicy {
 }
 
 /// Read consistency (domain twin of the proto enum).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Consistency {
     /// Any healthy replica.
@@ -57,7 +57,7 @@ pub enum Consistency {
 }
 
 /// Where a command goes, overriding its class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// The master.
@@ -66,6 +66,86 @@ pub enum Target {
     Replica,
     /// Any node.
     Any,
+    /// Refused by the proxy.
+    Deny,
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "master" => Ok(Target::Master),
+            "replica" => Ok(Target::Replica),
+            "any" => Ok(Target::Any),
+            "deny" => Ok(Target::Deny),
+            other => Err(format!(
+                "unknown rule target `{other}` (expected master, replica, any or deny)"
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "eventual" => Ok(Consistency::Eventual),
+            "read-your-writes" => Ok(Consistency::ReadYourWrites),
+            "strong" => Ok(Consistency::Strong),
+            other => Err(format!(
+                "unknown consistency `{other}` (expected eventual, read-your-writes or strong)"
+            )),
+        }
+    }
+}
+
+/// A user clients authenticate to the proxies as. Only a salted hash of the password is
+/// kept (see `pivot_proto::password`); `Debug` hides even that.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUser {
+    /// User name; `default` is the one `AUTH password` names.
+    pub name: String,
+    /// Random, per user and password.
+    pub salt: Vec<u8>,
+    /// `SHA-256(salt || password)`.
+    pub hash: Vec<u8>,
+}
+
+impl std::fmt::Debug for ProxyUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyUser")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyUser {
+    /// A user with `password` hashed under a fresh random salt.
+    pub fn new(name: &str, password: &str) -> Result<ProxyUser, String> {
+        validate_user_name(name)?;
+        if password.is_empty() {
+            return Err(format!("user `{name}` needs a non-empty password"));
+        }
+        let salt: [u8; pivot_proto::password::SALT_LEN] = rand::random();
+        Ok(ProxyUser {
+            name: name.to_string(),
+            salt: salt.to_vec(),
+            hash: pivot_proto::password::hash(&salt, password.as_bytes()).to_vec(),
+        })
+    }
+}
+
+/// User names as Redis's ACL accepts them: no spaces or control characters, at most 128
+/// bytes.
+pub fn validate_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 || name.bytes().any(|b| b <= b' ' || b > b'~') {
+        return Err(format!(
+            "invalid user name `{name}`: 1-128 printable ASCII characters, no spaces"
+        ));
+    }
+    Ok(())
 }
 
 /// Credentials proxies use to authenticate to a service's Redis nodes. A secret: its
@@ -105,7 +185,7 @@ impl std::str::FromStr for BackendAuth {
 }
 
 /// A per-service command override.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommandRule {
     /// Command name (`container|sub` for subcommands).
     pub command: String,
@@ -113,8 +193,7 @@ pub struct CommandRule {
     pub target: Target,
 }
 
-/// A service's routing policy. Not editable yet (a later issue adds the API and the
-/// `services.policy` column's use); every service gets the default.
+/// A service's routing policy, kept in the `services.policy` column (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Policy {
     /// Read spreading.
@@ -123,6 +202,25 @@ pub struct Policy {
     pub consistency: Consistency,
     /// Command overrides.
     pub rules: Vec<CommandRule>,
+}
+
+impl CommandRule {
+    /// A validated rule: `command` is a command name or `container|sub`, stored lowercase.
+    pub fn new(command: &str, target: Target) -> Result<CommandRule, String> {
+        let command = command.trim().to_ascii_lowercase();
+        let valid = !command.is_empty()
+            && command.len() <= 128
+            && command.split('|').count() <= 2
+            && command
+                .split('|')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_graphic()));
+        if !valid {
+            return Err(format!(
+                "invalid rule command `{command}`: a command name or CONTAINER|SUB"
+            ));
+        }
+        Ok(CommandRule { command, target })
+    }
 }
 
 impl Default for Policy {
@@ -146,6 +244,8 @@ pub struct ServiceState {
     pub policy: Policy,
     /// Credentials for the service's Redis nodes.
     pub backend_auth: Option<BackendAuth>,
+    /// Users clients authenticate as; empty: no authentication.
+    pub users: Vec<ProxyUser>,
     /// The watcher has made its first decision.
     pub decided: bool,
 }
@@ -234,11 +334,9 @@ impl State {
                         master_reason: "waiting for the first answers".into(),
                         ..Topology::default()
                     },
-                    policy: Policy {
-                        read_policy: s.read_policy.unwrap_or(ReadPolicy::Replicas),
-                        ..Policy::default()
-                    },
+                    policy: s.policy.clone(),
                     backend_auth: s.backend_auth.clone(),
+                    users: s.users.clone(),
                     decided: false,
                 },
             );
@@ -300,18 +398,7 @@ impl State {
             return None;
         }
 
-        let version = versions.last + 1;
-        if version > versions.reserved {
-            let upto = version + VERSION_BLOCK - 1;
-            match self.store.reserve_versions(upto).await {
-                Ok(()) => versions.reserved = upto,
-                // Keep serving: a lost reservation only matters if we also crash before
-                // the event row of this version is written.
-                Err(e) => tracing::error!(error = %e, "cannot reserve config versions"),
-            }
-        }
-        versions.last = version;
-
+        let version = self.next_version(&mut versions).await;
         let now = SystemTime::now();
         let change = classify(prev.decided.then_some(&prev.topology), &decided);
         let old_master = prev.topology.master.clone();
@@ -329,6 +416,62 @@ impl State {
         drop(versions);
 
         self.record(service, version, old_master, &topology, change, now);
+        Some(version)
+    }
+
+    /// Hands out the next version, reserving a new block in the store when needed.
+    async fn next_version(&self, versions: &mut Versions) -> u64 {
+        let version = versions.last + 1;
+        if version > versions.reserved {
+            let upto = version + VERSION_BLOCK - 1;
+            match self.store.reserve_versions(upto).await {
+                Ok(()) => versions.reserved = upto,
+                // Keep serving: a lost reservation only matters if we also crash before
+                // the event row of this version is written.
+                Err(e) => tracing::error!(error = %e, "cannot reserve config versions"),
+            }
+        }
+        versions.last = version;
+        version
+    }
+
+    /// Changes what operators configure for `service` (policy, users, credentials) and
+    /// publishes it to the proxies at once. `what` names the change for the event row and
+    /// the log (never a secret). Returns the new version; `None` when the service is
+    /// unknown or nothing changed.
+    pub async fn configure(
+        &self,
+        service: &str,
+        what: &str,
+        change: impl FnOnce(&mut ServiceState),
+    ) -> Option<u64> {
+        let mut versions = self.versions.lock().await;
+        let current = self.current();
+        let prev = current.services.get(service)?;
+        let mut updated = prev.clone();
+        change(&mut updated);
+        if updated == *prev {
+            return None;
+        }
+        let version = self.next_version(&mut versions).await;
+        let mut next = (*current).clone();
+        next.version = version;
+        let master = updated.topology.master.as_ref().map(ToString::to_string);
+        next.services.insert(service.to_string(), updated);
+        self.tx.send_replace(Arc::new(next));
+        drop(versions);
+        self.metrics.config_version.set(gauge_value(version));
+        tracing::info!(service, version, change = what, "configuration changed");
+        self.writer.send(Write::Event(NewEvent {
+            service: service.to_string(),
+            version,
+            kind: "config-changed",
+            old_master: master.clone(),
+            new_master: master,
+            reason: what.to_string(),
+            details: json!({}),
+            at: SystemTime::now(),
+        }));
         Some(version)
     }
 
@@ -534,8 +677,9 @@ mod tests {
         let services = vec![StoredService {
             name: "svc".into(),
             sentinels: vec!["s:1".parse().unwrap()],
-            read_policy: None,
+            policy: crate::state::Policy::default(),
             backend_auth: None,
+            users: Vec::new(),
         }];
         let state = State::new(store.clone(), writer, Arc::new(Metrics::new()), &services)
             .await

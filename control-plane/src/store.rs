@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServiceSpec;
 use crate::error::Error;
-use crate::state::{BackendAuth, ReadPolicy};
+use crate::state::{BackendAuth, CommandRule, Consistency, Policy, ProxyUser, ReadPolicy};
 use crate::topology::NodeAddr;
 
 /// Versions are reserved in blocks of this size.
@@ -53,10 +53,12 @@ pub struct StoredService {
     pub name: String,
     /// Configured Sentinels.
     pub sentinels: Vec<NodeAddr>,
-    /// Read policy set with `--read-policy`; `None` means the default.
-    pub read_policy: Option<ReadPolicy>,
+    /// Routing policy (the default where nothing was set).
+    pub policy: Policy,
     /// Credentials for its Redis nodes, set with `--backend-auth`.
     pub backend_auth: Option<BackendAuth>,
+    /// Users clients authenticate to the proxies as, by name.
+    pub users: Vec<ProxyUser>,
 }
 
 #[derive(FromRow)]
@@ -73,6 +75,39 @@ struct ServiceRow {
 struct StoredPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     read_policy: Option<ReadPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    consistency: Option<Consistency>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<CommandRule>,
+}
+
+impl StoredPolicy {
+    fn resolve(self) -> Policy {
+        let d = Policy::default();
+        Policy {
+            read_policy: self.read_policy.unwrap_or(d.read_policy),
+            consistency: self.consistency.unwrap_or(d.consistency),
+            rules: self.rules,
+        }
+    }
+}
+
+impl From<&Policy> for StoredPolicy {
+    fn from(p: &Policy) -> Self {
+        StoredPolicy {
+            read_policy: Some(p.read_policy),
+            consistency: Some(p.consistency),
+            rules: p.rules.clone(),
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct UserRow {
+    service: String,
+    name: String,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
 }
 
 /// One topology event as stored.
@@ -227,12 +262,10 @@ impl Store {
         Ok(())
     }
 
-    /// Sets a service's read policy. Returns false when the service does not exist.
-    pub async fn set_read_policy(&self, service: &str, policy: ReadPolicy) -> Result<bool, Error> {
-        let json = serde_json::to_string(&StoredPolicy {
-            read_policy: Some(policy),
-        })
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    /// Sets a service's routing policy. Returns false when the service does not exist.
+    pub async fn set_policy(&self, service: &str, policy: &Policy) -> Result<bool, Error> {
+        let json = serde_json::to_string(&StoredPolicy::from(policy))
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let done = sqlx::query("UPDATE services SET policy = ?1, updated_at = ?2 WHERE name = ?3")
             .bind(json)
             .bind(unix_ms(SystemTime::now()))
@@ -258,8 +291,43 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Creates or replaces a proxy user of `service`. Returns false when the service does
+    /// not exist.
+    pub async fn put_user(&self, service: &str, user: &ProxyUser) -> Result<bool, Error> {
+        let now = unix_ms(SystemTime::now());
+        let done = sqlx::query(
+            "INSERT INTO proxy_users (service, name, salt, hash, created_at, updated_at)
+                 SELECT name, ?2, ?3, ?4, ?5, ?5 FROM services WHERE name = ?1
+             ON CONFLICT (service, name) DO UPDATE SET salt = excluded.salt,
+                 hash = excluded.hash, updated_at = excluded.updated_at",
+        )
+        .bind(service)
+        .bind(&user.name)
+        .bind(&user.salt)
+        .bind(&user.hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes a proxy user. Returns false when there was no such user.
+    pub async fn delete_user(&self, service: &str, name: &str) -> Result<bool, Error> {
+        let done = sqlx::query("DELETE FROM proxy_users WHERE service = ?1 AND name = ?2")
+            .bind(service)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Every registered service, by name.
     pub async fn services(&self) -> Result<Vec<StoredService>, Error> {
+        let users: Vec<UserRow> = sqlx::query_as(
+            "SELECT service, name, salt, hash FROM proxy_users ORDER BY service, name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let rows: Vec<ServiceRow> = sqlx::query_as(
             "SELECT name, sentinels, policy, backend_username, backend_password
                  FROM services ORDER BY name",
@@ -282,10 +350,20 @@ impl Store {
                     sqlx::Error::Decode(format!("services.policy of {}: {e}", r.name).into())
                 })?,
             };
+            let users = users
+                .iter()
+                .filter(|u| u.service == r.name)
+                .map(|u| ProxyUser {
+                    name: u.name.clone(),
+                    salt: u.salt.clone(),
+                    hash: u.hash.clone(),
+                })
+                .collect();
             out.push(StoredService {
                 name: r.name,
                 sentinels,
-                read_policy: policy.read_policy,
+                policy: policy.resolve(),
+                users,
                 backend_auth: r.backend_password.map(|password| BackendAuth {
                     username: r.backend_username,
                     password,
@@ -535,28 +613,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn read_policy_round_trips() {
+    async fn policy_round_trips() {
         let (_d, store) = fresh().await;
         store.upsert_service(&spec("a", &["h:1"])).await.unwrap();
-        assert_eq!(store.services().await.unwrap()[0].read_policy, None);
-        assert!(
-            store
-                .set_read_policy("a", ReadPolicy::MasterOnly)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !store
-                .set_read_policy("nope", ReadPolicy::All)
-                .await
-                .unwrap()
-        );
+        assert_eq!(store.services().await.unwrap()[0].policy, Policy::default());
+        let policy = Policy {
+            read_policy: ReadPolicy::MasterOnly,
+            consistency: Consistency::Eventual,
+            rules: vec![CommandRule {
+                command: "flushall".into(),
+                target: crate::state::Target::Deny,
+            }],
+        };
+        assert!(store.set_policy("a", &policy).await.unwrap());
+        assert!(!store.set_policy("nope", &policy).await.unwrap());
         // A later upsert of the Sentinels keeps the policy.
         store.upsert_service(&spec("a", &["h:2"])).await.unwrap();
-        assert_eq!(
-            store.services().await.unwrap()[0].read_policy,
-            Some(ReadPolicy::MasterOnly)
-        );
+        assert_eq!(store.services().await.unwrap()[0].policy, policy);
+    }
+
+    #[tokio::test]
+    async fn users_are_stored_hashed_per_service() {
+        let (_d, store) = fresh().await;
+        store.upsert_service(&spec("a", &["h:1"])).await.unwrap();
+        store.upsert_service(&spec("b", &["h:1"])).await.unwrap();
+        let alice = ProxyUser::new("alice", "pw1").unwrap();
+        assert!(store.put_user("a", &alice).await.unwrap());
+        assert!(!store.put_user("nope", &alice).await.unwrap());
+        // Replacing changes the password.
+        let alice2 = ProxyUser::new("alice", "pw2").unwrap();
+        assert!(store.put_user("a", &alice2).await.unwrap());
+        let s = store.services().await.unwrap();
+        assert_eq!(s[0].users, vec![alice2.clone()]);
+        assert!(s[1].users.is_empty());
+        assert!(pivot_proto::password::verify(
+            &s[0].users[0].salt,
+            &s[0].users[0].hash,
+            b"pw2"
+        ));
+        assert!(store.delete_user("a", "alice").await.unwrap());
+        assert!(!store.delete_user("a", "alice").await.unwrap());
+        assert!(store.services().await.unwrap()[0].users.is_empty());
     }
 
     #[tokio::test]

@@ -35,6 +35,14 @@ pub struct Visible {
     pub multi: bool,
     /// Waiting for a blocking command.
     pub blocked: bool,
+    /// The user the client authenticated as; `None`: the default user.
+    pub user: Option<Bytes>,
+    /// `CLIENT TRACKING ON`.
+    pub tracking: bool,
+    /// `MONITOR`.
+    pub monitor: bool,
+    /// `CLIENT NO-EVICT ON`.
+    pub no_evict: bool,
 }
 
 /// One client connection, as the registry sees it.
@@ -130,6 +138,15 @@ impl Client {
         if v.blocked {
             flags.push('b');
         }
+        if v.tracking {
+            flags.push('t');
+        }
+        if v.monitor {
+            flags.push('O');
+        }
+        if v.no_evict {
+            flags.push('e');
+        }
         if flags.is_empty() {
             flags.push('N');
         }
@@ -141,7 +158,7 @@ impl Client {
         let mut out = String::with_capacity(160);
         let _ = write!(
             out,
-            "id={} addr={} laddr={} name={name} age={age} idle={} flags={flags} db={} sub={} psub={} ssub={} multi={} omem={} user=default resp={}",
+            "id={} addr={} laddr={} name={name} age={age} idle={} flags={flags} db={} sub={} psub={} ssub={} multi={} omem={} user={} resp={}",
             self.id,
             self.addr,
             self.laddr,
@@ -152,6 +169,9 @@ impl Client {
             v.ssub,
             if v.multi { 0 } else { -1 },
             self.output.load(Ordering::Relaxed),
+            v.user
+                .as_ref()
+                .map_or(std::borrow::Cow::Borrowed("default"), |u| String::from_utf8_lossy(u)),
             if v.resp3 { 3 } else { 2 },
         );
         out

@@ -43,7 +43,7 @@ use crate::command::{Class, Lookup, Lower, Special};
 use crate::metrics::Target;
 use crate::reply;
 use crate::resp::{self, FrameError, Mode, Scanner};
-use crate::routing::{ClientState, NodeAddr, Route, RoutingTable, route, rule_for};
+use crate::routing::{ClientState, NodeAddr, Route, RoutingTable, RuleTarget, route, rule_for};
 use crate::server::Worker;
 
 /// One entry of a client's reply FIFO.
@@ -58,32 +58,41 @@ enum Slot {
         /// The reply comes from this client's subscriber connection, whose messages the
         /// writer must keep taking while it waits (they are ahead of the reply there).
         pubsub: bool,
-        /// Where to send the request again if the reply says it did not run there.
-        fallback: Option<Box<Fallback>>,
+        /// What to do with the reply before the client gets it.
+        then: Option<Box<Then>>,
+        /// `CLIENT REPLY OFF|SKIP`: wait for the reply (order, accounting) but don't write it.
+        silent: bool,
     },
     /// Write everything before this, then close the connection (QUIT, protocol error).
     Close,
 }
 
-/// A second chance for a request whose first node could not run it: `EVALSHA` on a
-/// replica that doesn't have the script answers `NOSCRIPT` (nothing ran), and the master,
-/// where scripts are loaded, runs it.
-struct Fallback {
-    backend: Backend,
-    frame: Bytes,
+/// What happens to a reply before the client gets it.
+enum Then {
+    /// A second chance for a request whose first node could not run it: `EVALSHA` on a
+    /// replica that doesn't have the script answers `NOSCRIPT` (nothing ran), and the
+    /// master, where scripts are loaded, runs it.
+    NoScriptOnMaster { backend: Backend, frame: Bytes },
+    /// `INFO`: the master's reply with this `# Proxy` section appended.
+    ProxySection(Bytes),
 }
 
-impl Fallback {
-    /// The reply to give the client: the first one, or the fallback's when the first says
-    /// the script is missing.
-    async fn resolve(this: Option<Box<Fallback>>, first: Option<Reply>) -> Option<Reply> {
-        match (this, &first) {
-            (Some(f), Some(Ok(bytes))) if bytes.starts_with(b"-NOSCRIPT") => {
+impl Then {
+    /// The reply to give the client.
+    async fn resolve(this: Option<Box<Then>>, first: Option<Reply>) -> Option<Reply> {
+        let Some(this) = this else { return first };
+        match (*this, first) {
+            (Then::NoScriptOnMaster { backend, frame }, Some(Ok(bytes)))
+                if bytes.starts_with(b"-NOSCRIPT") =>
+            {
                 let (tx, rx) = oneshot::channel();
-                f.backend.send(Request::new(f.frame, tx)).await;
+                backend.send(Request::new(frame, tx)).await;
                 rx.await.ok()
             }
-            _ => first,
+            (Then::ProxySection(section), Some(Ok(bytes))) => {
+                Some(Ok(reply::append_info_section(&bytes, &section).unwrap_or(bytes)))
+            }
+            (_, first) => first,
         }
     }
 }
@@ -103,6 +112,11 @@ enum PinKind {
     /// Subscribed (channels, patterns or shard channels): a subscriber connection whose
     /// messages go straight to the client's writer.
     PubSub,
+    /// `CLIENT TRACKING ON`: every command goes to one master connection, whose
+    /// invalidation messages go straight to the client's writer.
+    Tracking,
+    /// `MONITOR`: the master's command stream goes straight to the client's writer.
+    Monitor,
 }
 
 /// The client's subscriptions, as it asked for them: how many confirmations an
@@ -175,25 +189,44 @@ struct Session {
     messages: mpsc::Sender<Bytes>,
     /// This connection in the proxy's client registry.
     client: Arc<Client>,
+    /// Passed `AUTH` (or no authentication is configured: then every client is the
+    /// default user).
+    authenticated: bool,
+    /// The user it authenticated as; `None`: the default user without authentication.
+    user: Option<Bytes>,
+    /// Routing table version at which `user` was last checked to still exist.
+    user_checked: u64,
+    /// `CLIENT REPLY OFF`.
+    reply_off: bool,
+    /// `CLIENT REPLY SKIP`: the next command's reply is not sent.
+    skip_next: bool,
+    /// `CLIENT NO-EVICT ON` (shown in `CLIENT LIST`; the proxy evicts no client by memory).
+    no_evict: bool,
 }
 
 impl Session {
     /// Cheap to compare: changes whenever what `CLIENT LIST` shows may have changed.
-    fn signature(&self) -> (u32, bool, u8, usize, usize, usize, usize) {
+    fn signature(&self) -> (u32, bool, u8, [usize; 3], usize, usize, bool) {
         let kind = match self.pinned.as_ref().map(|p| p.kind) {
             None => 0,
             Some(PinKind::Transaction { .. }) => 1,
             Some(PinKind::Blocking) => 2,
             Some(PinKind::PubSub) => 3,
+            Some(PinKind::Tracking) => 4,
+            Some(PinKind::Monitor) => 5,
         };
         (
             self.db,
             self.resp3,
             kind,
-            self.subs.channels.len(),
-            self.subs.patterns.len(),
-            self.subs.shard.len(),
+            [
+                self.subs.channels.len(),
+                self.subs.patterns.len(),
+                self.subs.shard.len(),
+            ],
             self.name.as_ref().map_or(0, |n| n.as_ptr() as usize),
+            self.user.as_ref().map_or(0, |n| n.as_ptr() as usize),
+            self.no_evict,
         )
     }
 
@@ -209,6 +242,10 @@ impl Session {
             ssub: self.subs.shard.len(),
             multi: matches!(kind, Some(PinKind::Transaction { .. })),
             blocked: kind == Some(PinKind::Blocking),
+            user: self.user.clone(),
+            tracking: kind == Some(PinKind::Tracking),
+            monitor: kind == Some(PinKind::Monitor),
+            no_evict: self.no_evict,
         }
     }
 
@@ -302,6 +339,13 @@ pub(crate) async fn serve(mut stream: TcpStream, worker: Arc<Worker>, shutdown: 
         subs: Subscriptions::default(),
         messages,
         client: client.clone(),
+        // As Redis: a client connected while no password is required stays authenticated.
+        authenticated: !worker.shared.table.load().auth_required(),
+        user: None,
+        user_checked: 0,
+        reply_off: false,
+        skip_next: false,
+        no_evict: false,
     };
     // The reader owns `tx` (and the session's `messages`): when it stops, the writer drains
     // what is queued and exits.
@@ -338,7 +382,14 @@ enum Step {
     Slot(Slot),
     /// Answer this, then close the connection.
     Close(Bytes),
+    /// Nothing to answer (`CLIENT REPLY OFF|SKIP`).
+    Silent,
 }
+
+/// Largest request accepted before `AUTH` when authentication is required: a client that
+/// has not proven who it is cannot make the proxy buffer much (Redis limits such clients
+/// to 10 arguments and 16 KiB bulks).
+const UNAUTHENTICATED_MAX_REQUEST: usize = 64 * 1024;
 
 async fn read_requests(
     mut rd: OwnedReadHalf,
@@ -354,7 +405,7 @@ async fn read_requests(
             PinKind::Blocking if p.backend.outstanding() > 0 => p.backend.abort(),
             PinKind::Blocking => worker.pool.release(p.backend),
             PinKind::Transaction { .. } => p.backend.retire(),
-            PinKind::PubSub => p.backend.abort(),
+            PinKind::PubSub | PinKind::Tracking | PinKind::Monitor => p.backend.abort(),
         }
     }
 }
@@ -415,7 +466,22 @@ async fn read_loop(
         // new one, see `hold_for_master`).
         let mut table = shared.table.load_full();
         let commands = shared.commands.load_full();
+        if session.user_checked != table.version
+            && let Some(user) = &session.user
+        {
+            session.user_checked = table.version;
+            if !table.users.contains_key(user.as_ref()) {
+                // As Redis does for the clients of a deleted user.
+                debug!("the client's user was deleted; closing");
+                return;
+            }
+        }
         loop {
+            scanner.set_max_frame(if table.auth_required() && !session.authenticated {
+                UNAUTHENTICATED_MAX_REQUEST.min(shared.limits.max_request_bytes)
+            } else {
+                shared.limits.max_request_bytes
+            });
             let frame = if !scanner.in_frame() && buf.first().is_some_and(|b| *b != b'*') {
                 match resp::scan_inline(&buf) {
                     Ok(Some(inline)) => {
@@ -456,6 +522,14 @@ async fn read_loop(
                 info,
                 lookup,
             };
+            // `CLIENT REPLY SKIP` before this request silences its reply.
+            let skip = std::mem::take(&mut session.skip_next);
+            if let Some(refusal) = gate(&req, &table, session, worker) {
+                if !queue(tx, Slot::Ready(refusal), session, skip).await {
+                    return;
+                }
+                continue;
+            }
             release_finished_blocking(session, worker);
             if needs_master(&req, &table, session) && !master_usable(&table, &mut resolved, worker)
             {
@@ -467,7 +541,7 @@ async fn read_loop(
                             "TRYAGAIN pivot: no usable master for service '{}' within {:?} (a failover is in progress or the master is unreachable)",
                             table.service, shared.limits.failover_hold
                         );
-                        if tx.send(Slot::Ready(reply::error(&msg))).await.is_err() {
+                        if !queue(tx, Slot::Ready(reply::error(&msg)), session, skip).await {
                             return;
                         }
                         continue;
@@ -481,18 +555,80 @@ async fn read_loop(
             }
             let slot = match step {
                 Step::Slot(slot) => slot,
+                Step::Silent => continue,
                 Step::Close(r) => {
-                    let _ = tx.send(Slot::Ready(r)).await;
+                    let _ = queue(tx, Slot::Ready(r), session, skip).await;
                     let _ = tx.send(Slot::Close).await;
                     return;
                 }
             };
-            if tx.send(slot).await.is_err() {
+            if !queue(tx, slot, session, skip).await {
                 // The writer is gone: the client cannot be answered any more.
                 return;
             }
         }
     }
+}
+
+/// Queues a reply slot, silenced under `CLIENT REPLY OFF` or a `SKIP` (`skip`). False when
+/// the writer is gone.
+async fn queue(tx: &mpsc::Sender<Slot>, slot: Slot, session: &Session, skip: bool) -> bool {
+    let slot = if skip || session.reply_off {
+        match slot {
+            Slot::Ready(_) => return true,
+            Slot::Pending {
+                rx,
+                started,
+                target,
+                pubsub,
+                then,
+                silent: _,
+            } => Slot::Pending {
+                rx,
+                started,
+                target,
+                pubsub,
+                then,
+                silent: true,
+            },
+            Slot::Close => Slot::Close,
+        }
+    } else {
+        slot
+    };
+    tx.send(slot).await.is_ok()
+}
+
+/// Refusals that come before routing: a client that must authenticate first, and commands
+/// a rule of the service denies. Returns the error reply.
+fn gate(req: &Req, table: &RoutingTable, session: &mut Session, worker: &Worker) -> Option<Bytes> {
+    if !session.authenticated
+        && table.auth_required()
+        && !matches!(
+            req.lookup.special,
+            Some(Special::Auth | Special::Hello | Special::Quit | Special::Reset)
+        )
+    {
+        worker.shared.metrics.rejected.inc();
+        return Some(reply::error("NOAUTH Authentication required."));
+    }
+    if !table.rules.is_empty() && rule(table, req) == Some(RuleTarget::Deny) {
+        worker.shared.metrics.rejected.inc();
+        if let Some(Pinned {
+            kind: PinKind::Transaction { in_multi: true, aborted },
+            ..
+        }) = session.pinned.as_mut()
+        {
+            // As a refused command inside MULTI does on Redis: EXEC answers EXECABORT.
+            *aborted = true;
+        }
+        return Some(reply::error(&format!(
+            "ERR pivot: '{}' is denied on service '{}' by a rule",
+            req.lower_name(),
+            table.service
+        )));
+    }
+    None
 }
 
 /// True when the request will be sent to the master over a shared connection: a command
@@ -639,6 +775,8 @@ async fn dispatch(
         }
         Some(PinKind::Blocking) => behind_blocking(req, session, worker).await,
         Some(PinKind::PubSub) => subscribed(req, table, resolved, session, worker).await,
+        Some(PinKind::Tracking) => tracking(req, table, session, worker).await,
+        Some(PinKind::Monitor) => monitoring(req, session, worker),
         None => unpinned(req, table, resolved, session, worker).await,
     }
 }
@@ -723,7 +861,15 @@ async fn unpinned(
             )
             .await
         }
+        Some(Special::Client) if subcommand_is(&req, b"TRACKING") => {
+            start_tracking(req, table, session, worker).await
+        }
+        Some(Special::Takeover) if req.is(b"MONITOR") => {
+            start_monitor(req, table, session, worker).await
+        }
+        Some(Special::Wait) => wait(req, table, session, worker).await,
         Some(special) => answer_local(special, &req, session, worker),
+        None if req.is(b"INFO") => info(req, table, resolved, session, worker).await,
         None if req.lookup.blocking => blocking(req, table, session, worker).await,
         None if req.is(b"SCRIPT")
             && req.info.arg1(&req.frame).is_some_and(|a| {
@@ -733,6 +879,358 @@ async fn unpinned(
             fan_out(req, class, table, resolved, session, worker).await
         }
         None => forward(req, class, table, resolved, session, worker).await,
+    }
+}
+
+fn subcommand_is(req: &Req, sub: &[u8]) -> bool {
+    req.info
+        .arg1(&req.frame)
+        .is_some_and(|a| a.eq_ignore_ascii_case(sub))
+}
+
+/// Channel the proxy publishes to before `WAIT` (see [`wait`]); nobody subscribes to it.
+const WAIT_FENCE: &[u8] = b"*3\r\n$7\r\nPUBLISH\r\n$19\r\n__pivot__:wait-fence\r\n$0\r\n\r\n";
+
+/// `WAIT numreplicas timeout` (and `WAITAOF`): waits for the replicas to acknowledge this
+/// client's writes. Redis counts the writes of the connection `WAIT` runs on, and this
+/// client's writes went over shared connections; so the proxy runs, on a dedicated master
+/// connection, a `PUBLISH` to a channel nobody listens to (in a non-cluster Redis it is
+/// replicated, which moves that connection's replication offset to the master's current
+/// one, past every write this client has been answered for), then the `WAIT`. It may wait
+/// for a few other clients' writes too, never for fewer than the client's own.
+async fn wait(req: Req, table: &RoutingTable, session: &mut Session, worker: &Worker) -> Step {
+    if session.pinned.is_some() {
+        return reject(
+            worker,
+            &format!(
+                "ERR pivot: '{}' while subscribed is not supported; unsubscribe first",
+                req.lower_name()
+            ),
+        );
+    }
+    let Some(master) = &table.master else {
+        return no_master(worker, table);
+    };
+    let backend = match worker.pool.dedicated(&session.key(master)) {
+        Ok(b) => b,
+        Err(e) => return reject(worker, &format!("ERR pivot: {e}")),
+    };
+    let (fence_tx, _ignored) = oneshot::channel();
+    backend
+        .send(Request::new(Bytes::from_static(WAIT_FENCE), fence_tx))
+        .await;
+    // Like a blocking command: the connection is this client's until `WAIT` answers.
+    session.pinned = Some(Pinned {
+        backend: backend.clone(),
+        kind: PinKind::Blocking,
+    });
+    send(
+        &backend,
+        req.frame,
+        req.lookup.class,
+        Target::Master,
+        worker,
+        &session.client,
+    )
+    .await
+}
+
+/// `INFO`: the master's (whatever the read policy), with a `# Proxy` section describing
+/// this proxy when the sections asked for include it.
+async fn info(
+    req: Req,
+    table: &RoutingTable,
+    resolved: &mut Resolved,
+    session: &mut Session,
+    worker: &Worker,
+) -> Step {
+    let wants_proxy = resp::args(&req.frame).skip(1).all(|a| {
+        !(a.eq_ignore_ascii_case(b"server")
+            || a.eq_ignore_ascii_case(b"clients")
+            || a.eq_ignore_ascii_case(b"memory")
+            || a.eq_ignore_ascii_case(b"persistence")
+            || a.eq_ignore_ascii_case(b"stats")
+            || a.eq_ignore_ascii_case(b"replication")
+            || a.eq_ignore_ascii_case(b"cpu")
+            || a.eq_ignore_ascii_case(b"commandstats")
+            || a.eq_ignore_ascii_case(b"latencystats")
+            || a.eq_ignore_ascii_case(b"cluster")
+            || a.eq_ignore_ascii_case(b"modules")
+            || a.eq_ignore_ascii_case(b"keyspace")
+            || a.eq_ignore_ascii_case(b"errorstats"))
+    }) || resp::args(&req.frame).skip(1).any(|a| {
+        a.eq_ignore_ascii_case(b"proxy")
+            || a.eq_ignore_ascii_case(b"all")
+            || a.eq_ignore_ascii_case(b"everything")
+            || a.eq_ignore_ascii_case(b"default")
+    });
+    let Some(backend) = resolved.backend(Route::Master, worker).cloned() else {
+        return no_master(worker, table);
+    };
+    let mut step = send(
+        &backend,
+        req.frame,
+        req.lookup.class,
+        Target::Master,
+        worker,
+        &session.client,
+    )
+    .await;
+    if wants_proxy && let Step::Slot(Slot::Pending { then, .. }) = &mut step {
+        *then = Some(Box::new(Then::ProxySection(proxy_section(table, worker))));
+    }
+    step
+}
+
+/// The `# Proxy` section of `INFO`.
+fn proxy_section(table: &RoutingTable, worker: &Worker) -> Bytes {
+    use std::fmt::Write as _;
+    let shared = &worker.shared;
+    let mut s = String::with_capacity(512);
+    let _ = write!(
+        s,
+        "# Proxy\r\n\
+         pivot_version:{}\r\n\
+         proxy_id:{}\r\n\
+         service:{}\r\n\
+         uptime_in_seconds:{}\r\n\
+         config_version:{}\r\n\
+         master:{}\r\n\
+         replicas:{}\r\n\
+         readable_replicas:{}\r\n\
+         read_policy:{}\r\n\
+         consistency:{}\r\n\
+         auth_required:{}\r\n\
+         rules:{}\r\n\
+         connected_clients:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        shared.proxy_id,
+        table.service,
+        shared.started.elapsed().as_secs(),
+        table.version,
+        table.master.as_ref().map(ToString::to_string).unwrap_or_default(),
+        table.replicas.len(),
+        table.readable.len(),
+        match table.read_policy {
+            crate::routing::ReadPolicy::MasterOnly => "master-only",
+            crate::routing::ReadPolicy::Replicas => "replicas",
+            crate::routing::ReadPolicy::All => "all",
+        },
+        match table.consistency {
+            crate::routing::Consistency::Eventual => "eventual",
+            crate::routing::Consistency::ReadYourWrites => "read-your-writes",
+            crate::routing::Consistency::Strong => "strong",
+        },
+        u8::from(table.auth_required()),
+        table.rules.len(),
+        shared.clients.len(),
+    );
+    Bytes::from(s)
+}
+
+/// `CLIENT TRACKING ON|OFF ...` outside tracking mode. `ON` takes a dedicated master
+/// connection for the rest of tracking: Redis remembers the keys a connection read and
+/// sends that connection the invalidations, so every later command of this client goes
+/// over it (reads included), and its invalidation pushes go to the client's writer.
+async fn start_tracking(
+    req: Req,
+    table: &RoutingTable,
+    session: &mut Session,
+    worker: &Worker,
+) -> Step {
+    let args: Vec<&[u8]> = resp::args(&req.frame).collect();
+    if args.len() < 3 {
+        return reject(worker, &wrong_args(b"client|tracking"));
+    }
+    if args[2].eq_ignore_ascii_case(b"OFF") {
+        // Not tracking: nothing to turn off (Redis accepts it too).
+        return local(worker, Class::Unknown, reply::ok());
+    }
+    if !args[2].eq_ignore_ascii_case(b"ON") {
+        return reject(worker, "ERR syntax error");
+    }
+    if session.pinned.is_some() {
+        return reject(
+            worker,
+            "ERR pivot: CLIENT TRACKING while subscribed is not supported; unsubscribe first",
+        );
+    }
+    if args.iter().any(|a| a.eq_ignore_ascii_case(b"REDIRECT")) {
+        return reject(
+            worker,
+            "ERR pivot: CLIENT TRACKING with REDIRECT is not supported (client ids differ between the proxy and Redis); use RESP3 (HELLO 3), whose invalidation messages come on the same connection",
+        );
+    }
+    let Some(master) = &table.master else {
+        return no_master(worker, table);
+    };
+    let backend = match worker
+        .pool
+        .subscriber(&session.key(master), session.messages.clone())
+    {
+        Ok(b) => b,
+        Err(e) => return reject(worker, &format!("ERR pivot: {e}")),
+    };
+    // Whatever this client writes from now on is on the master.
+    session.route.has_written = true;
+    session.pinned = Some(Pinned {
+        backend: backend.clone(),
+        kind: PinKind::Tracking,
+    });
+    send_n(
+        &backend,
+        req.frame,
+        Class::Unknown,
+        Target::Master,
+        worker,
+        1,
+        true,
+        &session.client,
+    )
+    .await
+}
+
+/// In tracking mode: everything goes over the tracking connection, but what the proxy
+/// answers itself and what would change the connection's protocol.
+async fn tracking(req: Req, table: &RoutingTable, session: &mut Session, worker: &Worker) -> Step {
+    let Some(backend) = session.pinned.as_ref().map(|p| p.backend.clone()) else {
+        return reject(worker, "ERR pivot: internal error: no pinned connection");
+    };
+    if !backend.is_alive() {
+        // Invalidations may have been lost with the connection: the client's cache can no
+        // longer be trusted, as after losing a connection to Redis.
+        session.pinned = None;
+        return Step::Close(reply::error(
+            "ERR pivot: the tracking connection was lost; reconnect and enable tracking again",
+        ));
+    }
+    let target = if table.master.as_ref() == Some(backend.addr()) {
+        Target::Master
+    } else {
+        Target::Replica
+    };
+    let forward = |req: Req| {
+        send_n(
+            &backend,
+            req.frame,
+            req.lookup.class,
+            target,
+            worker,
+            1,
+            true,
+            &session.client,
+        )
+    };
+    match req.lookup.special {
+        Some(Special::Client) if subcommand_is(&req, b"TRACKING") => {
+            let off = resp::args(&req.frame)
+                .nth(2)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"OFF"));
+            let step = forward(req).await;
+            if off && let Some(p) = session.pinned.take() {
+                // Its reply still arrives; then the connection closes.
+                p.backend.finish();
+            }
+            step
+        }
+        Some(Special::Client)
+            if subcommand_is(&req, b"CACHING")
+                || subcommand_is(&req, b"GETREDIR")
+                || subcommand_is(&req, b"TRACKINGINFO") =>
+        {
+            forward(req).await
+        }
+        Some(Special::Select) => {
+            let step = answer_local(Special::Select, &req, session, worker);
+            if matches!(&step, Step::Slot(Slot::Ready(r)) if r.starts_with(b"+")) {
+                // The connection is this client's alone: switch it too.
+                let (tx, _ignored) = oneshot::channel();
+                backend.send(Request::new(req.frame, tx)).await;
+            }
+            step
+        }
+        Some(Special::Wait) => {
+            let (fence_tx, _ignored) = oneshot::channel();
+            backend
+                .send(Request::new(Bytes::from_static(WAIT_FENCE), fence_tx))
+                .await;
+            forward(req).await
+        }
+        Some(Special::Hello | Special::Subscribe | Special::Takeover) => reject(
+            worker,
+            &format!(
+                "ERR pivot: '{}' while tracking is not supported; CLIENT TRACKING OFF first",
+                req.lower_name()
+            ),
+        ),
+        Some(special @ Special::Reset) => {
+            answer_local(special, &req, session, worker)
+        }
+        Some(Special::Transaction | Special::StreamRead) | None => forward(req).await,
+        Some(special) => answer_local(special, &req, session, worker),
+    }
+}
+
+/// `MONITOR`: a dedicated master connection streams every command the master runs to the
+/// client. They are the commands of the proxy's own connections (every proxy client's
+/// requests, with the proxy's address), and of any other client of that Redis.
+async fn start_monitor(
+    req: Req,
+    table: &RoutingTable,
+    session: &mut Session,
+    worker: &Worker,
+) -> Step {
+    if req.info.argc != 1 {
+        return reject(worker, &wrong_args(req.name()));
+    }
+    if session.pinned.is_some() {
+        return reject(
+            worker,
+            "ERR pivot: MONITOR while subscribed is not supported; unsubscribe first",
+        );
+    }
+    let Some(master) = &table.master else {
+        return no_master(worker, table);
+    };
+    let backend = match worker
+        .pool
+        .subscriber(&session.key(master), session.messages.clone())
+    {
+        Ok(b) => b,
+        Err(e) => return reject(worker, &format!("ERR pivot: {e}")),
+    };
+    session.pinned = Some(Pinned {
+        backend: backend.clone(),
+        kind: PinKind::Monitor,
+    });
+    send_n(
+        &backend,
+        req.frame,
+        Class::Admin,
+        Target::Master,
+        worker,
+        1,
+        true,
+        &session.client,
+    )
+    .await
+}
+
+/// In `MONITOR` mode: `PING`, `QUIT` and `RESET` (which ends it), as on Redis; other
+/// commands are refused (Redis would run some and interleave their replies with the
+/// stream).
+fn monitoring(req: Req, session: &mut Session, worker: &Worker) -> Step {
+    match req.lookup.special {
+        Some(special @ (Special::Ping | Special::Quit | Special::Reset)) => {
+            answer_local(special, &req, session, worker)
+        }
+        _ => reject(
+            worker,
+            &format!(
+                "ERR pivot: '{}' in MONITOR mode is not supported; only PING, QUIT and RESET are",
+                req.lower_name()
+            ),
+        ),
     }
 }
 
@@ -1164,7 +1662,7 @@ async fn forward(
     let backend = backend.clone();
     let fallback = if target == Target::Replica && (req.is(b"EVALSHA") || req.is(b"EVALSHA_RO")) {
         resolved.backend(Route::Master, worker).map(|m| {
-            Box::new(Fallback {
+            Box::new(Then::NoScriptOnMaster {
                 backend: m.clone(),
                 frame: req.frame.clone(),
             })
@@ -1173,8 +1671,8 @@ async fn forward(
         None
     };
     let mut step = send(&backend, req.frame, class, target, worker, &session.client).await;
-    if let Step::Slot(Slot::Pending { fallback: f, .. }) = &mut step {
-        *f = fallback;
+    if let Step::Slot(Slot::Pending { then, .. }) = &mut step {
+        *then = fallback;
     }
     step
 }
@@ -1237,7 +1735,8 @@ async fn send_n(
         started: Instant::now(),
         target,
         pubsub,
-        fallback: None,
+        then: None,
+        silent: false,
     })
 }
 
@@ -1284,7 +1783,8 @@ async fn write_replies(
                 started,
                 target,
                 pubsub,
-                fallback,
+                then,
+                silent,
             } => {
                 let r = loop {
                     if !pubsub {
@@ -1306,9 +1806,9 @@ async fn write_replies(
                         }
                     }
                 };
-                let r = Fallback::resolve(fallback, r.ok()).await;
+                let r = Then::resolve(then, r.ok()).await;
                 metrics.latency(target, started.elapsed().as_secs_f64());
-                counted += append(&mut out, r);
+                counted += append(&mut out, r, silent);
             }
             Slot::Close => closing = true,
         }
@@ -1321,12 +1821,13 @@ async fn write_replies(
                     started,
                     target,
                     pubsub,
-                    fallback,
+                    then,
+                    silent,
                 } => match reply_rx.try_recv() {
                     Ok(r) => {
-                        let r = Fallback::resolve(fallback, Some(r)).await;
+                        let r = Then::resolve(then, Some(r)).await;
                         metrics.latency(target, started.elapsed().as_secs_f64());
-                        counted += append(&mut out, r);
+                        counted += append(&mut out, r, silent);
                     }
                     Err(oneshot::error::TryRecvError::Empty) => {
                         head = Some(Slot::Pending {
@@ -1334,12 +1835,13 @@ async fn write_replies(
                             started,
                             target,
                             pubsub,
-                            fallback,
+                            then,
+                            silent,
                         });
                         break;
                     }
                     Err(oneshot::error::TryRecvError::Closed) => {
-                        append(&mut out, None);
+                        append(&mut out, None, silent);
                     }
                 },
                 Slot::Close => {
@@ -1392,14 +1894,16 @@ async fn write_messages(
     ok
 }
 
-/// Appends a reply; returns its size when it was a reply from Redis (those count against
-/// the client's output limit).
-fn append(out: &mut BytesMut, r: Option<Reply>) -> usize {
+/// Appends a reply (unless `silent`); returns its size when it was a reply from Redis
+/// (those count against the client's output limit, written or not).
+fn append(out: &mut BytesMut, r: Option<Reply>, silent: bool) -> usize {
     match r {
+        Some(Ok(bytes)) if silent => bytes.len(),
         Some(Ok(bytes)) => {
             out.extend_from_slice(&bytes);
             bytes.len()
         }
+        _ if silent => 0,
         Some(Err(e)) => {
             out.extend_from_slice(&BackendError::to_resp(&e));
             0
@@ -1460,21 +1964,34 @@ fn answer_local(special: Special, req: &Req, session: &mut Session, worker: &Wor
             if !(2..=3).contains(&argc) {
                 return reject(worker, &wrong_args(name));
             }
-            reject(
-                worker,
-                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-            )
+            let (user, password) = if argc == 2 {
+                (&b"default"[..], arg(1))
+            } else {
+                (arg(1), arg(2))
+            };
+            match authenticate(user, password, argc == 2, session, worker) {
+                Ok(()) => local(worker, class, reply::ok()),
+                Err(e) => reject(worker, e),
+            }
         }
         Special::Hello => hello(&args, session, worker),
         Special::Client => client(&args, name, session, worker),
         Special::Reset => {
-            // Back to a fresh connection: RESP2, database 0, no name, no transaction.
+            // Back to a fresh connection: RESP2, database 0, no name, no transaction, no
+            // subscription, tracking or monitor, replies on, and the default user (so
+            // unauthenticated when users are configured).
             if let Some(p) = session.pinned.take() {
                 p.backend.retire();
             }
             session.db = 0;
             session.resp3 = false;
             session.name = None;
+            session.subs = Subscriptions::default();
+            session.reply_off = false;
+            session.skip_next = false;
+            session.no_evict = false;
+            session.user = None;
+            session.authenticated = !worker.shared.table.load().auth_required();
             local(worker, class, reply::simple("RESET"))
         }
         Special::Transaction => reject(worker, "ERR pivot: internal error: transaction command"),
@@ -1501,6 +2018,46 @@ fn answer_local(special: Special, req: &Req, session: &mut Session, worker: &Wor
         ),
         // Routed by the caller, never answered here.
         Special::StreamRead => reject(worker, "ERR pivot: internal error: stream read"),
+    }
+}
+
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// Checks `user`/`password` against the service's proxy users; on success the session is
+/// that user's. Without users every client is the default user, which takes any password
+/// (as Redis's `nopass` default user), but `AUTH password` alone is refused as Redis
+/// refuses it when no password is configured (`legacy`).
+fn authenticate(
+    user: &[u8],
+    password: &[u8],
+    legacy: bool,
+    session: &mut Session,
+    worker: &Worker,
+) -> Result<(), &'static str> {
+    let table = worker.shared.table.load();
+    if !table.auth_required() {
+        return match user {
+            _ if legacy => Err(
+                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            ),
+            b"default" => Ok(()),
+            _ => {
+                worker.shared.metrics.auth_failures.inc();
+                Err(WRONGPASS)
+            }
+        };
+    }
+    match table.users.get(user) {
+        Some(u) if u.check(password) => {
+            session.authenticated = true;
+            session.user = Some(Bytes::copy_from_slice(user));
+            session.user_checked = table.version;
+            Ok(())
+        }
+        _ => {
+            worker.shared.metrics.auth_failures.inc();
+            Err(WRONGPASS)
+        }
     }
 }
 
@@ -1532,13 +2089,12 @@ fn hello(args: &[&[u8]], session: &mut Session, worker: &Worker) -> Step {
         i = 2;
     }
     let mut setname = None;
+    let mut auth = None;
     while i < args.len() {
         let opt = args[i];
         if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
-            return reject(
-                worker,
-                "WRONGPASS invalid username-password pair or user is disabled.",
-            );
+            auth = Some((args[i + 1], args[i + 2]));
+            i += 3;
         } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
             setname = Some(args[i + 1]);
             i += 2;
@@ -1552,10 +2108,27 @@ fn hello(args: &[&[u8]], session: &mut Session, worker: &Worker) -> Step {
             );
         }
     }
-    if let Some(n) = setname {
-        if let Err(e) = valid_name(n) {
-            return reject(worker, &e);
+    if let Some(n) = setname
+        && let Err(e) = valid_name(n)
+    {
+        return reject(worker, &e);
+    }
+    match auth {
+        Some((user, password)) => {
+            if let Err(e) = authenticate(user, password, false, session, worker) {
+                return reject(worker, e);
+            }
         }
+        None if !session.authenticated && worker.shared.table.load().auth_required() => {
+            worker.shared.metrics.rejected.inc();
+            return reject(
+                worker,
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+            );
+        }
+        None => {}
+    }
+    if let Some(n) = setname {
         session.name = Some(Bytes::copy_from_slice(n));
     }
     session.resp3 = proto == 3;
@@ -1734,6 +2307,48 @@ fn client(args: &[&[u8]], name: &[u8], session: &mut Session, worker: &Worker) -
             local(worker, class, reply::bulk(line.as_bytes()))
         }
         (b"list", _) => client_list(&args[2..], worker),
+        (b"reply", 3) => match args[2].to_ascii_lowercase().as_slice() {
+            b"on" => {
+                session.reply_off = false;
+                local(worker, class, reply::ok())
+            }
+            b"off" => {
+                session.reply_off = true;
+                Step::Silent
+            }
+            b"skip" => {
+                session.skip_next = true;
+                Step::Silent
+            }
+            _ => reject(worker, "ERR syntax error"),
+        },
+        (b"no-evict", 3) => match args[2].to_ascii_lowercase().as_slice() {
+            b"on" => {
+                session.no_evict = true;
+                local(worker, class, reply::ok())
+            }
+            b"off" => {
+                session.no_evict = false;
+                local(worker, class, reply::ok())
+            }
+            _ => reject(worker, "ERR syntax error"),
+        },
+        // Not tracking (tracking clients' CLIENT commands go to their connection).
+        (b"caching", 3) => reject(
+            worker,
+            "ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled",
+        ),
+        (b"getredir", 2) => local(worker, class, reply::int(-1)),
+        (b"trackinginfo", 2) => {
+            use redis_protocol::resp2::types::BytesFrame as F;
+            let s = |v: &'static str| F::BulkString(Bytes::from_static(v.as_bytes()));
+            let pairs = [
+                ("flags", reply::array(vec![s("off")])),
+                ("redirect", reply::int(-1)),
+                ("prefixes", reply::array(vec![])),
+            ];
+            local(worker, class, reply::map(&pairs, session.resp3))
+        }
         (b"kill", _) => client_kill(&args[2..], session, worker),
         // Client libraries announce themselves (redis-py, redis-rs, ...); the proxy's own
         // backend connections are shared, so the announcement stays with the proxy.
@@ -1743,7 +2358,8 @@ fn client(args: &[&[u8]], name: &[u8], session: &mut Session, worker: &Worker) -
         {
             local(worker, class, reply::ok())
         }
-        (b"setname" | b"getname" | b"id", _) => reject(
+        (b"setname" | b"getname" | b"id" | b"reply" | b"no-evict" | b"caching" | b"getredir"
+        | b"trackinginfo", _) => reject(
             worker,
             &format!(
                 "ERR wrong number of arguments for 'client|{}' command",

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub rejected: Counter,
     /// Client protocol errors (connection closed).
     pub protocol_errors: Counter,
+    /// `AUTH`/`HELLO ... AUTH` with a wrong user or password.
+    pub auth_failures: Counter,
     /// Open client connections.
     pub client_connections: Gauge,
     /// Client connections accepted.
@@ -191,6 +193,7 @@ impl Metrics {
             backend_failures,
             rejected: Counter::default(),
             protocol_errors: Counter::default(),
+            auth_failures: Counter::default(),
             client_connections: Gauge::default(),
             client_connections_total: Counter::default(),
             backend_connections: Gauge::default(),
@@ -206,6 +209,11 @@ impl Metrics {
             "rejected_commands",
             "Commands the proxy refused (unsupported, no master, bad arguments)",
             m.rejected.clone(),
+        );
+        m.registry.register(
+            "auth_failures",
+            "AUTH or HELLO AUTH attempts with a wrong user name or password",
+            m.auth_failures.clone(),
         );
         m.registry.register(
             "client_protocol_errors",

@@ -85,9 +85,61 @@ pub fn wrong_args(cmd: &[u8]) -> Bytes {
     ))
 }
 
+/// `INFO`'s reply (a bulk string, or a RESP3 verbatim string) with `section` appended as
+/// one more section. `None` when `reply` is not such a string (an error, say).
+pub fn append_info_section(reply: &[u8], section: &[u8]) -> Option<Bytes> {
+    let kind = *reply.first()?;
+    if kind != b'$' && kind != b'=' {
+        return None;
+    }
+    let header_end = memchr::memchr(b'\n', reply)?;
+    let len: usize = std::str::from_utf8(reply.get(1..header_end.checked_sub(1)?)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let body = reply.get(header_end + 1..header_end + 1 + len)?;
+    // Verbatim strings start with their format (`txt:`), which stays.
+    let empty = if kind == b'=' { len <= 4 } else { len == 0 };
+    let sep: &[u8] = match () {
+        () if empty => b"",
+        () if body.ends_with(b"\r\n") => b"\r\n",
+        () => b"\r\n\r\n",
+    };
+    let new_len = len + sep.len() + section.len();
+    let mut out = Vec::with_capacity(new_len + 16);
+    out.push(kind);
+    out.extend_from_slice(new_len.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out.extend_from_slice(sep);
+    out.extend_from_slice(section);
+    out.extend_from_slice(b"\r\n");
+    Some(Bytes::from(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn info_gets_a_section() {
+        let section = b"# Proxy\r\na:1\r\n";
+        assert_eq!(
+            &append_info_section(b"$15\r\n# Server\r\nx:1\r\n\r\n", section).unwrap()[..],
+            b"$31\r\n# Server\r\nx:1\r\n\r\n# Proxy\r\na:1\r\n\r\n"
+        );
+        // An unknown section alone: Redis answers an empty string.
+        assert_eq!(
+            &append_info_section(b"$0\r\n\r\n", section).unwrap()[..],
+            b"$14\r\n# Proxy\r\na:1\r\n\r\n"
+        );
+        assert_eq!(
+            &append_info_section(b"=19\r\ntxt:# Server\r\nx:1\r\n\r\n", section).unwrap()[..],
+            b"=35\r\ntxt:# Server\r\nx:1\r\n\r\n# Proxy\r\na:1\r\n\r\n"
+        );
+        assert!(append_info_section(b"-ERR no\r\n", section).is_none());
+        assert!(append_info_section(b"$99\r\nshort\r\n", section).is_none());
+    }
 
     #[test]
     fn encodings() {

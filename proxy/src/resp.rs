@@ -104,6 +104,11 @@ impl Scanner {
         }
     }
 
+    /// Changes the frame size limit (checked as the current frame's size becomes known).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// How long the buffer must be before the next call can make progress.
     pub fn need(&self) -> usize {
         self.need

@@ -74,6 +74,28 @@ pub enum RuleTarget {
     Replica,
     /// Any node: master and replicas alike.
     Any,
+    /// Refused by the proxy.
+    Deny,
+}
+
+/// A proxy user: what `AUTH` checks a password against (see `pivot_proto::password`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserEntry {
+    salt: Box<[u8]>,
+    hash: Box<[u8]>,
+}
+
+impl fmt::Debug for UserEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UserEntry(<redacted>)")
+    }
+}
+
+impl UserEntry {
+    /// True when `password` is this user's.
+    pub fn check(&self, password: &[u8]) -> bool {
+        pivot_proto::password::verify(&self.salt, &self.hash, password)
+    }
 }
 
 /// Credentials for Redis (`AUTH [username] password`). A secret: `Debug` hides it.
@@ -144,6 +166,15 @@ pub struct RoutingTable {
     pub sentinels: Vec<NodeAddr>,
     /// Credentials for the service's Redis nodes.
     pub backend_auth: Option<Arc<Credentials>>,
+    /// Proxy users by name; empty: clients need not authenticate.
+    pub users: HashMap<Box<[u8]>, UserEntry>,
+}
+
+impl RoutingTable {
+    /// Clients must authenticate before anything else.
+    pub fn auth_required(&self) -> bool {
+        !self.users.is_empty()
+    }
 }
 
 impl RoutingTable {
@@ -160,6 +191,7 @@ impl RoutingTable {
             rules: HashMap::new(),
             sentinels: Vec::new(),
             backend_auth: None,
+            users: HashMap::new(),
         }
     }
 
@@ -234,6 +266,7 @@ impl RoutingTable {
                 Ok(v1::Target::Master) => RuleTarget::Master,
                 Ok(v1::Target::Replica) => RuleTarget::Replica,
                 Ok(v1::Target::Any) => RuleTarget::Any,
+                Ok(v1::Target::Deny) => RuleTarget::Deny,
                 _ => return Err(format!("rule for '{}' has no valid target", r.command)),
             };
             if r.command.is_empty() || r.command.len() > 128 {
@@ -257,8 +290,25 @@ impl RoutingTable {
                 password: a.password.clone(),
             })),
         };
+        let mut users = HashMap::with_capacity(svc.users.len());
+        for u in &svc.users {
+            if u.name.is_empty() || u.salt.is_empty() || u.password_sha256.len() != 32 {
+                return Err(format!("user '{}' is malformed", u.name));
+            }
+            let entry = UserEntry {
+                salt: u.salt.clone().into_boxed_slice(),
+                hash: u.password_sha256.clone().into_boxed_slice(),
+            };
+            if users
+                .insert(u.name.as_bytes().to_vec().into_boxed_slice(), entry)
+                .is_some()
+            {
+                return Err(format!("user '{}' is listed twice", u.name));
+            }
+        }
         Ok(RoutingTable {
             version,
+            users,
             service: svc.name.clone(),
             master,
             replicas,
@@ -307,7 +357,8 @@ pub fn route(
         }
     };
     let read_pool = match rule {
-        Some(RuleTarget::Master) => false,
+        // (A denied command never gets here: the connection refuses it first.)
+        Some(RuleTarget::Master | RuleTarget::Deny) => false,
         Some(RuleTarget::Replica | RuleTarget::Any) => true,
         None => matches!(class, Class::Read | Class::Neutral),
     };
@@ -608,6 +659,11 @@ mod tests {
                 username: "pivot".into(),
                 password: "s3cret".into(),
             }),
+            users: vec![v1::ProxyUser {
+                name: "alice".into(),
+                salt: b"salt".to_vec(),
+                password_sha256: pivot_proto::password::hash(b"salt", b"pw").to_vec(),
+            }],
         }
     }
 
@@ -665,5 +721,28 @@ mod tests {
             p.rules[0].target = 0;
         }
         assert!(RoutingTable::from_proto(1, &bad_rule).is_err());
+        let mut deny = proto(None, &[]);
+        if let Some(p) = deny.policy.as_mut() {
+            p.rules[0].target = v1::Target::Deny as i32;
+        }
+        let deny = RoutingTable::from_proto(1, &deny).unwrap();
+        assert_eq!(rule_for(&deny, b"evalsha", None), Some(RuleTarget::Deny));
+        let mut dup_user = proto(None, &[]);
+        dup_user.users.push(dup_user.users[0].clone());
+        assert!(RoutingTable::from_proto(1, &dup_user).is_err());
+        let mut bad_hash = proto(None, &[]);
+        bad_hash.users[0].password_sha256.pop();
+        assert!(RoutingTable::from_proto(1, &bad_hash).is_err());
+    }
+
+    #[test]
+    fn users_check_passwords() {
+        let t = RoutingTable::from_proto(1, &proto(Some(("h", 1)), &[])).unwrap();
+        assert!(t.auth_required());
+        let alice = t.users.get(&b"alice"[..]).unwrap();
+        assert!(alice.check(b"pw"));
+        assert!(!alice.check(b"pw2"));
+        assert!(!format!("{t:?}").contains("salt"));
+        assert!(!RoutingTable::empty("svc").auth_required());
     }
 }

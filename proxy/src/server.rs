@@ -45,6 +45,10 @@ pub struct Limits {
 pub struct Shared {
     /// The service this proxy serves.
     pub service: String,
+    /// This proxy's id (`--proxy-id`), as the control plane knows it.
+    pub proxy_id: String,
+    /// When the proxy started.
+    pub started: std::time::Instant,
     /// Current routing snapshot; swapped whole by the config client.
     pub table: ArcSwap<RoutingTable>,
     /// Command classification from the master's `COMMAND`.
@@ -107,6 +111,8 @@ impl Proxy {
         let admin_addr = admin.local_addr().map_err(Error::Io)?;
         let shared = Arc::new(Shared {
             service: config.service.clone(),
+            proxy_id: config.proxy_id.clone().unwrap_or_else(default_proxy_id),
+            started: std::time::Instant::now(),
             table: ArcSwap::from_pointee(RoutingTable::empty(&config.service)),
             commands: ArcSwap::from_pointee(CommandTable::empty()),
             applied: watch::Sender::new(0),
@@ -167,7 +173,7 @@ impl Proxy {
             admin_addr,
         } = self;
         info!(%local_addr, %admin_addr, service = %config.service, workers = config.workers, "pivot-proxy listening");
-        let proxy_id = config.proxy_id.clone().unwrap_or_else(default_proxy_id);
+        let proxy_id = shared.proxy_id.clone();
         let tasks = TaskTracker::new();
         tasks.spawn(
             config_client::run(

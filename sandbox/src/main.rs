@@ -114,8 +114,7 @@ async fn run(args: Args) -> Result<()> {
             .copied()
             .zip(args.proxy_admin_listen.iter().copied())
             .collect(),
-        read_policy: None,
-        backend_auth: None,
+        ..StackOptions::default()
     };
     println!(
         "starting Redis, Sentinels, the control plane and {} proxies...",

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use pivot_control_plane::{
-    BackendAuth, BackendAuthSpec, ControlPlane, ReadPolicy, ReadPolicySpec, ServiceSpec,
+    Admin, BackendAuth, BackendAuthSpec, CommandRule, ControlPlane, ProxyUserSpec, ReadPolicy,
+    ReadPolicySpec, ServiceSetting, ServiceSpec,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,6 +36,10 @@ pub struct StackOptions {
     /// Credentials the proxies use for the Redis nodes (configure the matching ACL user
     /// with `topology.extra_redis_config`).
     pub backend_auth: Option<BackendAuth>,
+    /// Proxy users of the service: (name, password).
+    pub proxy_users: Vec<(String, String)>,
+    /// Command rules of the service.
+    pub rules: Vec<CommandRule>,
 }
 
 impl Default for StackOptions {
@@ -49,6 +54,8 @@ impl Default for StackOptions {
             proxies: vec![(any, any)],
             read_policy: None,
             backend_auth: None,
+            proxy_users: Vec::new(),
+            rules: Vec::new(),
         }
     }
 }
@@ -60,6 +67,8 @@ pub struct ControlPlaneHandle {
     pub http_addr: SocketAddr,
     /// gRPC address.
     pub grpc_addr: SocketAddr,
+    /// Configuration changes (policy, rules, users), published to the proxies live.
+    pub admin: Admin,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), pivot_control_plane::Error>>,
 }
@@ -216,7 +225,7 @@ impl Stack {
             .read_policy
             .map(|policy| ReadPolicySpec {
                 service: self.topology.master_name().to_string(),
-                policy,
+                value: policy,
             })
             .into_iter()
             .collect();
@@ -230,6 +239,25 @@ impl Stack {
             })
             .into_iter()
             .collect();
+        config.rules = self
+            .options
+            .rules
+            .iter()
+            .map(|r| ServiceSetting {
+                service: self.topology.master_name().to_string(),
+                value: r.clone(),
+            })
+            .collect();
+        config.proxy_users = self
+            .options
+            .proxy_users
+            .iter()
+            .map(|(user, password)| ProxyUserSpec {
+                service: self.topology.master_name().to_string(),
+                user: user.clone(),
+                password: password.clone(),
+            })
+            .collect();
         let cp = ControlPlane::bind(config).await?;
         // A restart reuses the same ports, so that proxies find it again.
         self.options.http_listen = cp.http_addr();
@@ -238,6 +266,7 @@ impl Stack {
         let handle = ControlPlaneHandle {
             http_addr: cp.http_addr(),
             grpc_addr: cp.grpc_addr(),
+            admin: cp.admin(),
             shutdown: shutdown.clone(),
             task: tokio::spawn(cp.run(shutdown)),
         };
@@ -251,6 +280,16 @@ impl Stack {
             Some(cp) => cp.stop().await,
             None => bail!("the control plane is not running"),
         }
+    }
+
+    /// The running control plane's configuration handle.
+    pub fn admin(&self) -> Result<Admin> {
+        Ok(self
+            .control_plane
+            .as_ref()
+            .context("control plane not running")?
+            .admin
+            .clone())
     }
 
     /// Control plane HTTP base URL.

@@ -68,6 +68,7 @@ pub fn policy(p: &Policy) -> pb::RoutingPolicy {
                     Target::Master => pb::Target::Master,
                     Target::Replica => pb::Target::Replica,
                     Target::Any => pb::Target::Any,
+                    Target::Deny => pb::Target::Deny,
                 }
                 .into(),
             })
@@ -85,6 +86,15 @@ pub fn service(s: &ServiceState) -> pb::ServiceConfig {
             username: a.username.clone().unwrap_or_default(),
             password: a.password.clone(),
         }),
+        users: s
+            .users
+            .iter()
+            .map(|u| pb::ProxyUser {
+                name: u.name.clone(),
+                salt: u.salt.clone(),
+                password_sha256: u.hash.clone(),
+            })
+            .collect(),
     }
 }
 
