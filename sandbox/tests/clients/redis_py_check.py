@@ -2,6 +2,10 @@
 
 Run by sandbox/tests/clients.rs with the proxy's port; exits non-zero on the first
 failure, with the check's name. Replica reads are on (the proxy's default policy).
+
+With --user NAME --password PASS the proxy must require them: a connection without
+credentials gets NOAUTH, wrong ones get WRONGPASS, and every other check runs
+authenticated.
 """
 
 import argparse
@@ -10,6 +14,8 @@ import threading
 import time
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def check(name, cond, detail=""):
@@ -19,11 +25,39 @@ def check(name, cond, detail=""):
     print(f"ok   {name}")
 
 
+def error_text(e):
+    """The server's error line: redis-py moves a known code (NOAUTH, WRONGPASS) to status_code."""
+    code = getattr(e, "status_code", None)
+    return f"{code} {e}" if code else str(e)
+
+
+def check_refused(name, code, **opts):
+    """A client with `opts` (no retries) has its first command refused with `code`."""
+    try:
+        got = redis.Redis(retry=Retry(NoBackoff(), 0), **opts).get("auth:probe")
+        check(name, False, f"no error, got {got!r}")
+    except redis.RedisError as e:
+        check(name, code in error_text(e), error_text(e))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--user")
+    ap.add_argument("--password")
     args = ap.parse_args()
+    if (args.user is None) != (args.password is None):
+        ap.error("--user and --password go together")
     opts = dict(host="127.0.0.1", port=args.port, socket_timeout=10, decode_responses=True)
+    if args.user is not None:
+        # Without credentials (redis-py's default handshake is HELLO 3), and with RESP2.
+        check_refused("noauth", "NOAUTH", **opts)
+        check_refused("noauth (RESP2)", "NOAUTH", protocol=2, **opts)
+        check_refused("wrongpass", "WRONGPASS", username=args.user, password=args.password + "-wrong", **opts)
+        check_refused(
+            "wrongpass (RESP2)", "WRONGPASS", protocol=2, username=args.user, password=args.password + "-wrong", **opts
+        )
+        opts.update(username=args.user, password=args.password)
     r = redis.Redis(**opts)
 
     # Plain commands and a pipeline without a transaction.
