@@ -232,8 +232,9 @@ impl Session {
     async fn run(mut self) {
         info!(services = ?self.hello.services, listen_addr = %self.hello.listen_addr, "proxy connected");
         let mut state_rx = self.svc.state.subscribe();
-        // Per subscribed service, the topology version last sent (None: unknown service).
-        let mut last_key: Option<Vec<Option<u64>>> = None;
+        // Per subscribed service, the topology and configuration versions last sent (None:
+        // unknown service).
+        let mut last_key: Option<Vec<Option<(u64, u64)>>> = None;
         loop {
             let snapshot = state_rx.borrow_and_update().clone();
             let key = self.key(&snapshot);
@@ -280,11 +281,15 @@ impl Session {
         info!("proxy disconnected");
     }
 
-    fn key(&self, s: &FleetState) -> Vec<Option<u64>> {
+    fn key(&self, s: &FleetState) -> Vec<Option<(u64, u64)>> {
         self.hello
             .services
             .iter()
-            .map(|n| s.services.get(n).map(|s| s.topology.changed_version))
+            .map(|n| {
+                s.services
+                    .get(n)
+                    .map(|s| (s.topology.changed_version, s.config_version))
+            })
             .collect()
     }
 

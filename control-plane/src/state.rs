@@ -246,6 +246,9 @@ pub struct ServiceState {
     pub backend_auth: Option<BackendAuth>,
     /// Users clients authenticate as; empty: no authentication.
     pub users: Vec<ProxyUser>,
+    /// Version of the last change to what operators configure (policy, users); 0: none
+    /// since the start. Proxies get a new update when it or the topology changes.
+    pub config_version: u64,
     /// The watcher has made its first decision.
     pub decided: bool,
 }
@@ -337,6 +340,7 @@ impl State {
                     policy: s.policy.clone(),
                     backend_auth: s.backend_auth.clone(),
                     users: s.users.clone(),
+                    config_version: 0,
                     decided: false,
                 },
             );
@@ -454,6 +458,7 @@ impl State {
             return None;
         }
         let version = self.next_version(&mut versions).await;
+        updated.config_version = version;
         let mut next = (*current).clone();
         next.version = version;
         let master = updated.topology.master.as_ref().map(ToString::to_string);

@@ -72,9 +72,6 @@ struct Checks<'a> {
 impl Checks<'_> {
     /// Runs the checks against the proxy on `port` (bounded: 120 s); with `user`, the
     /// script also checks NOAUTH / WRONGPASS and runs everything else authenticated.
-    ///
-    /// Once `StackOptions` can define proxy users, the authenticated run is a second stack
-    /// started with one, then `checks.run(port, Some(&ProxyUser { name, password }))`.
     async fn run(&self, port: u16, user: Option<&ProxyUser<'_>>) -> Result<()> {
         let mut cmd = tokio::process::Command::new(self.program);
         cmd.arg(Path::new(CLIENTS_DIR).join(self.script))
@@ -121,6 +118,22 @@ impl Checks<'_> {
     }
 }
 
+/// Adds `user` to the running stack's service through the control plane and waits until
+/// every proxy runs the version that carries it: authentication is required from then on.
+async fn add_proxy_user(stack: &mut Stack, user: &ProxyUser<'_>) -> Result<()> {
+    let service = stack.topology.master_name().to_string();
+    let version = stack
+        .admin()?
+        .put_user(&service, user.name, user.password)
+        .await?
+        .context("adding a user made no new config version")?;
+    for p in &mut stack.proxies {
+        p.wait_for_version_above(version - 1, Duration::from_secs(10))
+            .await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_py() -> Result<()> {
     common::init_tracing();
@@ -133,9 +146,15 @@ async fn redis_py() -> Result<()> {
         script: "redis_py_check.py",
         success: "all redis-py checks passed",
     };
-    let stack = Stack::start(StackOptions::default()).await?;
-    // No proxy user yet: the run with one is described at `Checks::run`.
-    checks.run(stack.proxies[0].addr.port(), None).await?;
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let port = stack.proxies[0].addr.port();
+    checks.run(port, None).await?;
+    let user = ProxyUser {
+        name: "app",
+        password: "correct horse battery staple",
+    };
+    add_proxy_user(&mut stack, &user).await?;
+    checks.run(port, Some(&user)).await?;
     stack.shutdown().await
 }
 
@@ -159,8 +178,14 @@ async fn ioredis() -> Result<()> {
         script: "node_check.mjs",
         success: "all ioredis checks passed",
     };
-    let stack = Stack::start(StackOptions::default()).await?;
-    // No proxy user yet: the run with one is described at `Checks::run`.
-    checks.run(stack.proxies[0].addr.port(), None).await?;
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let port = stack.proxies[0].addr.port();
+    checks.run(port, None).await?;
+    let user = ProxyUser {
+        name: "app",
+        password: "correct horse battery staple",
+    };
+    add_proxy_user(&mut stack, &user).await?;
+    checks.run(port, Some(&user)).await?;
     stack.shutdown().await
 }
