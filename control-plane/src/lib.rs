@@ -41,7 +41,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use admin::Admin;
-pub use config::{BackendAuthSpec, Config, ProxyUserSpec, ReadPolicySpec, ServiceSetting, ServiceSpec};
+pub use config::{
+    BackendAuthSpec, Config, ProxyUserSpec, ReadPolicySpec, ServiceSetting, ServiceSpec,
+};
 pub use error::Error;
 pub use state::{BackendAuth, CommandRule, Consistency, Policy, ReadPolicy, Target};
 
@@ -258,7 +260,12 @@ async fn apply_policy_flags(
         .read_policies
         .iter()
         .map(|s| ("--read-policy", &s.service))
-        .chain(config.consistency.iter().map(|s| ("--consistency", &s.service)))
+        .chain(
+            config
+                .consistency
+                .iter()
+                .map(|s| ("--consistency", &s.service)),
+        )
         .chain(config.rules.iter().map(|s| ("--rule", &s.service)));
     for (flag, service) in named {
         if !services.iter().any(|s| &s.name == service) {

@@ -630,8 +630,11 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
             match scanner.scan(&buf) {
                 Ok(Some(frame)) => {
                     let bytes = buf.split_to(frame.len).freeze();
+                    // On a connection with a sink, out-of-band frames go there, and so
+                    // does anything that answers no request: the stream `MONITOR` starts.
                     if let Some(sink) = &shared.sink
-                        && crate::resp::is_out_of_band(&bytes)
+                        && (crate::resp::is_out_of_band(&bytes)
+                            || lock(&shared.inflight).is_empty())
                     {
                         if sink.send(bytes).await.is_err() {
                             // The client that took the messages is gone.

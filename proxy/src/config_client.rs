@@ -181,7 +181,19 @@ pub fn apply(shared: &Shared, update: &v1::ConfigUpdate, last_version: u64) -> R
         "config applied"
     );
     let version = table.version;
-    shared.table.store(Arc::new(table));
+    let users_changed = current.users != table.users;
+    let table = Arc::new(table);
+    shared.table.store(table.clone());
+    if users_changed {
+        // As Redis does for a deleted user's clients: they are disconnected.
+        let dropped = shared.clients.kill_users_not_in(&table.users);
+        if dropped > 0 {
+            info!(
+                clients = dropped,
+                "disconnected the clients of deleted users"
+            );
+        }
+    }
     shared.metrics.config_version.set(version as i64);
     shared.applied.send_replace(version);
     Ok(())

@@ -89,9 +89,10 @@ impl Then {
                 backend.send(Request::new(frame, tx)).await;
                 rx.await.ok()
             }
-            (Then::ProxySection(section), Some(Ok(bytes))) => {
-                Some(Ok(reply::append_info_section(&bytes, &section).unwrap_or(bytes)))
-            }
+            (Then::ProxySection(section), Some(Ok(bytes))) => Some(Ok(reply::append_info_section(
+                &bytes, &section,
+            )
+            .unwrap_or(bytes))),
             (_, first) => first,
         }
     }
@@ -615,7 +616,11 @@ fn gate(req: &Req, table: &RoutingTable, session: &mut Session, worker: &Worker)
     if !table.rules.is_empty() && rule(table, req) == Some(RuleTarget::Deny) {
         worker.shared.metrics.rejected.inc();
         if let Some(Pinned {
-            kind: PinKind::Transaction { in_multi: true, aborted },
+            kind:
+                PinKind::Transaction {
+                    in_multi: true,
+                    aborted,
+                },
             ..
         }) = session.pinned.as_mut()
         {
@@ -889,7 +894,7 @@ fn subcommand_is(req: &Req, sub: &[u8]) -> bool {
 }
 
 /// Channel the proxy publishes to before `WAIT` (see [`wait`]); nobody subscribes to it.
-const WAIT_FENCE: &[u8] = b"*3\r\n$7\r\nPUBLISH\r\n$19\r\n__pivot__:wait-fence\r\n$0\r\n\r\n";
+const WAIT_FENCE: &[u8] = b"*3\r\n$7\r\nPUBLISH\r\n$20\r\n__pivot__:wait-fence\r\n$0\r\n\r\n";
 
 /// `WAIT numreplicas timeout` (and `WAITAOF`): waits for the replicas to acknowledge this
 /// client's writes. Redis counts the writes of the connection `WAIT` runs on, and this
@@ -1008,7 +1013,11 @@ fn proxy_section(table: &RoutingTable, worker: &Worker) -> Bytes {
         table.service,
         shared.started.elapsed().as_secs(),
         table.version,
-        table.master.as_ref().map(ToString::to_string).unwrap_or_default(),
+        table
+            .master
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         table.replicas.len(),
         table.readable.len(),
         match table.read_policy {
@@ -1163,9 +1172,7 @@ async fn tracking(req: Req, table: &RoutingTable, session: &mut Session, worker:
                 req.lower_name()
             ),
         ),
-        Some(special @ Special::Reset) => {
-            answer_local(special, &req, session, worker)
-        }
+        Some(special @ Special::Reset) => answer_local(special, &req, session, worker),
         Some(Special::Transaction | Special::StreamRead) | None => forward(req).await,
         Some(special) => answer_local(special, &req, session, worker),
     }
@@ -1324,9 +1331,12 @@ async fn subscribed(
             )
         }
         _ if session.resp3
-            && (req.lookup.blocking
-                || (req.lookup.special == Some(Special::StreamRead)
-                    && has_block_arg(&req.frame))) =>
+            && if req.lookup.special == Some(Special::StreamRead) {
+                // XREAD carries the `blocking` flag, but only blocks with BLOCK.
+                has_block_arg(&req.frame)
+            } else {
+                req.lookup.blocking
+            } =>
         {
             reject(
                 worker,
@@ -1335,6 +1345,37 @@ async fn subscribed(
                     req.lower_name()
                 ),
             )
+        }
+        // The subscriber connection speaks the client's protocol: switch it too (a RESP2
+        // subscriber is back to RESP2's subscriber-mode rules).
+        Some(Special::Hello) if session.resp3 => {
+            let step = answer_local(Special::Hello, &req, session, worker);
+            if !session.resp3 {
+                let (tx, _ignored) = oneshot::channel();
+                backend
+                    .send(Request::new(
+                        Bytes::from_static(b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n"),
+                        tx,
+                    ))
+                    .await;
+            }
+            step
+        }
+        // Publishing on the master from the subscriber connection keeps Redis's order (the
+        // message to this very client comes before the reply); a PUBLISH over a shared
+        // connection would race with the message on this one.
+        _ if session.resp3 && target == Target::Master && req.is(b"PUBLISH") => {
+            send_n(
+                &backend,
+                req.frame,
+                req.lookup.class,
+                target,
+                worker,
+                1,
+                true,
+                &session.client,
+            )
+            .await
         }
         _ if session.resp3 => unpinned(req, table, resolved, session, worker).await,
         _ => subscribed_send(req, target, session, worker).await,
@@ -1794,16 +1835,20 @@ async fn write_replies(
                             r = &mut reply_rx => break r,
                         }
                     }
+                    // Messages first: the backend queues a message before it completes a
+                    // reply that came after it on the connection, so this keeps Redis's
+                    // order (a subscriber publishing to itself gets the message, then the
+                    // reply).
                     tokio::select! {
                         biased;
                         _ = kill.cancelled() => return,
-                        r = &mut reply_rx => break r,
                         Some(m) = messages.recv() => {
                             if !write_messages(&mut wr, &mut out, m, &mut messages).await {
                                 rx.close();
                                 return;
                             }
                         }
+                        r = &mut reply_rx => break r,
                     }
                 };
                 let r = Then::resolve(then, r.ok()).await;
@@ -2358,20 +2403,69 @@ fn client(args: &[&[u8]], name: &[u8], session: &mut Session, worker: &Worker) -
         {
             local(worker, class, reply::ok())
         }
-        (b"setname" | b"getname" | b"id" | b"reply" | b"no-evict" | b"caching" | b"getredir"
-        | b"trackinginfo", _) => reject(
+        (
+            b"setname" | b"getname" | b"id" | b"reply" | b"no-evict" | b"caching" | b"getredir"
+            | b"trackinginfo",
+            _,
+        ) => reject(
             worker,
             &format!(
                 "ERR wrong number of arguments for 'client|{}' command",
                 String::from_utf8_lossy(&lower)
             ),
         ),
-        _ => reject(
+        (b"help", 2) => {
+            use redis_protocol::resp2::types::BytesFrame as F;
+            let lines = [
+                "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are (answered by the Pivot proxy for its own clients):",
+                "CACHING (YES|NO)",
+                "GETNAME",
+                "GETREDIR",
+                "ID",
+                "INFO",
+                "KILL <ip:port> | <option> <value> [<option> <value> [...]]",
+                "LIST [TYPE (NORMAL|PUBSUB)] [ID <client-id> [<client-id> ...]]",
+                "NO-EVICT (ON|OFF)",
+                "REPLY (ON|OFF|SKIP)",
+                "SETINFO (LIB-NAME|LIB-VER) <value>",
+                "SETNAME <name>",
+                "TRACKING (ON|OFF) [BCAST] [PREFIX <prefix> [...]] [OPTIN] [OPTOUT] [NOLOOP]",
+                "TRACKINGINFO",
+                "HELP",
+            ];
+            let items = lines
+                .iter()
+                .map(|l| F::SimpleString(Bytes::from_static(l.as_bytes())))
+                .collect();
+            local(worker, class, reply::array(items))
+        }
+        (b"pause" | b"unpause" | b"unblock", _) => reject(
             worker,
             &format!(
-                "ERR pivot: 'client {}' is not supported by this proxy yet",
+                "ERR pivot: 'client {}' is not supported by this proxy (it would act on the proxy's shared connections to Redis)",
                 String::from_utf8_lossy(&lower)
             ),
         ),
+        _ => reject(
+            worker,
+            &format!(
+                "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(sub)
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_fence_is_one_publish() {
+        let mut scanner = Scanner::new(Mode::Request, 1024);
+        let frame = scanner.scan(WAIT_FENCE).ok().flatten();
+        assert_eq!(frame.map(|f| (f.len, f.argc)), Some((WAIT_FENCE.len(), 3)));
+        let args: Vec<&[u8]> = resp::args(WAIT_FENCE).collect();
+        assert_eq!(args, [&b"PUBLISH"[..], b"__pivot__:wait-fence", b""]);
     }
 }
