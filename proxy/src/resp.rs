@@ -148,7 +148,8 @@ impl Scanner {
             let after = cr + 2;
             match kind {
                 b'$' | b'!' | b'=' => {
-                    let n = parse_int(line)?;
+                    let n = parse_int(line)
+                        .map_err(|_| FrameError::Protocol("invalid bulk length".into()))?;
                     if n == -1 && kind == b'$' {
                         self.pos = after;
                     } else {
@@ -188,14 +189,17 @@ impl Scanner {
                     }
                 }
                 b'*' | b'%' | b'~' | b'>' | b'|' => {
-                    let n = parse_int(line)?;
+                    let n = parse_int(line)
+                        .map_err(|_| FrameError::Protocol("invalid multibulk length".into()))?;
                     self.pos = after;
                     if n == -1 && kind == b'*' && self.mode == Mode::Reply {
                         // Null array: a complete element.
                     } else {
-                        if n < 0 {
+                        if n < 0 && !(self.mode == Mode::Request && self.depth == 0) {
                             return Err(FrameError::Protocol("invalid multibulk length".into()));
                         }
+                        // (A request `*-N`, like `*0`, is empty: Redis ignores both.)
+                        let n = n.max(0);
                         if self.mode == Mode::Request && n > MAX_ARGS {
                             return Err(FrameError::Protocol("invalid multibulk length".into()));
                         }
