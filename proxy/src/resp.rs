@@ -663,9 +663,9 @@ mod tests {
         let cases: Vec<(&[u8], &str)> = vec![
             (b"*1\r\n:1\r\n", "expected '$'"),
             (b"$3\r\nfoo\r\n", "expected '*'"),
-            (b"*1\r\n$x\r\n", "invalid length"),
+            (b"*1\r\n$x\r\n", "invalid bulk length"),
+            (b"*x\r\n", "invalid multibulk length"),
             (b"*1\r\n$3\r\nfooXY", "not terminated"),
-            (b"*-5\r\n", "invalid multibulk length"),
             (b"*1\r\n$-2\r\n", "invalid bulk length"),
             (b"*2\r\r", "expected LF"),
         ];
@@ -673,6 +673,9 @@ mod tests {
             let err = Scanner::new(Mode::Request, 1024).scan(input).unwrap_err();
             assert!(err.to_string().contains(want), "{input:?}: {err}");
         }
+        // A negative top-level count is an empty request, as Redis reads it.
+        let empty = Scanner::new(Mode::Request, 1024).scan(b"*-5\r\n").unwrap();
+        assert_eq!(empty.map(|f| (f.len, f.argc)), Some((5, 0)));
         let err = Scanner::new(Mode::Request, 100)
             .scan(b"*1\r\n$200\r\n")
             .unwrap_err();
