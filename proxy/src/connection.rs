@@ -40,7 +40,7 @@ use tracing::debug;
 use crate::backend::{Backend, BackendError, PoolKey, Reply, Request, reserve_with};
 use crate::clients::{Client, Visible};
 use crate::command::{Class, Lookup, Lower, Special};
-use crate::metrics::Target;
+use crate::metrics::{RetryReason, Target};
 use crate::reply;
 use crate::resp::{self, FrameError, Mode, Scanner};
 use crate::routing::{ClientState, NodeAddr, Route, RoutingTable, RuleTarget, route, rule_for};
@@ -62,9 +62,152 @@ enum Slot {
         then: Option<Box<Then>>,
         /// `CLIENT REPLY OFF|SKIP`: wait for the reply (order, accounting) but don't write it.
         silent: bool,
+        /// How to send it again if the reply says it did not run (or, for a read, failed).
+        retry: Option<Retry>,
     },
     /// Write everything before this, then close the connection (QUIT, protocol error).
     Close,
+}
+
+/// Attempts per request, the first included, when replies say it did not run.
+const MAX_ATTEMPTS: usize = 4;
+
+/// A request over a shared connection that may have to be sent again (I2, I3, I5). Kept
+/// with its reply slot (two reference counts, no copy) until the reply shows whether:
+///
+/// - `-READONLY`, `-LOADING`, `-MASTERDOWN`: the node did not run it (it is a replica now,
+///   loading, or cut off from its master): a topology signal. It goes to the node the
+///   routing table names once that is another node (or the table changed), within
+///   `--failover-hold`.
+/// - the request never reached its node ([`BackendError::NotSent`]): the same.
+/// - a read whose node failed after receiving it: reads are safe to run twice, so it goes to
+///   another healthy node. A write in that case may have run, and is never sent again (I4).
+///
+/// The retried request runs after anything the client pipelined behind it to *other*
+/// nodes; requests behind it to the same failing node fail the same way and are retried in
+/// order after it.
+struct Retry {
+    frame: Bytes,
+    /// A read (class Read or Neutral).
+    read: bool,
+    /// Where it went first.
+    backend: Backend,
+}
+
+impl Retry {
+    /// Why `reply` calls for sending the request again, if it does.
+    fn reason(&self, reply: &Option<Reply>) -> Option<RetryReason> {
+        match reply {
+            Some(Ok(b)) if b.first() == Some(&b'-') => {
+                if b.starts_with(b"-READONLY") {
+                    Some(RetryReason::Readonly)
+                } else if b.starts_with(b"-LOADING") {
+                    Some(RetryReason::Loading)
+                } else if b.starts_with(b"-MASTERDOWN") {
+                    Some(RetryReason::Masterdown)
+                } else {
+                    None
+                }
+            }
+            Some(Err(BackendError::NotSent { .. })) => Some(RetryReason::NotSent),
+            Some(Err(BackendError::Lost { .. })) if self.read => Some(RetryReason::ReadFailed),
+            _ => None,
+        }
+    }
+
+    /// The reply to give the client: `first`, or what sending the request again brought.
+    async fn resolve(this: Option<Retry>, first: Option<Reply>, worker: &Worker) -> Option<Reply> {
+        let Some(this) = this else { return first };
+        if this.reason(&first).is_none() {
+            return first;
+        }
+        this.run(first, worker).await
+    }
+
+    async fn run(self, first: Option<Reply>, worker: &Worker) -> Option<Reply> {
+        let shared = &worker.shared;
+        let deadline = tokio::time::Instant::now() + shared.limits.failover_hold;
+        let mut applied = shared.applied.subscribe();
+        let mut reply = first;
+        let mut failed = self.backend.addr().clone();
+        let mut failed_version = shared.table.load().version;
+        let key = self.backend.key();
+        for _ in 1..MAX_ATTEMPTS {
+            let Some(reason) = self.reason(&reply) else {
+                return reply;
+            };
+            shared.metrics.retry(reason);
+            // Wait for a node to send it to.
+            let backend = loop {
+                let table = shared.table.load_full();
+                let moved_on = table.version != failed_version;
+                let candidate = if self.read {
+                    table
+                        .readable
+                        .iter()
+                        .chain(table.master.iter())
+                        .find(|a| **a != failed || moved_on)
+                } else {
+                    table
+                        .master
+                        .as_ref()
+                        .filter(|m| **m != failed || moved_on || reason == RetryReason::NotSent)
+                };
+                if let Some(addr) = candidate {
+                    let b = worker.pool.get(&PoolKey {
+                        addr: addr.clone(),
+                        db: key.db,
+                        resp3: key.resp3,
+                    });
+                    if b.is_alive() && !b.stalled(shared.limits.backend_stall) {
+                        failed_version = table.version;
+                        break b;
+                    }
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return self.exhausted(reply, worker);
+                }
+                let tick =
+                    (shared.limits.backend_stall / 10).max(std::time::Duration::from_millis(2));
+                tokio::select! {
+                    _ = applied.changed() => {}
+                    _ = tokio::time::sleep(tick) => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            };
+            failed = backend.addr().clone();
+            let (tx, rx) = oneshot::channel();
+            backend.send(Request::new(self.frame.clone(), tx)).await;
+            reply = rx.await.ok();
+        }
+        match self.reason(&reply) {
+            None => reply,
+            Some(_) => self.exhausted(reply, worker),
+        }
+    }
+
+    /// Out of attempts or time: a write that did not run gets `-TRYAGAIN` (it may be sent
+    /// again safely); anything else keeps its last reply.
+    fn exhausted(&self, last: Option<Reply>, worker: &Worker) -> Option<Reply> {
+        worker.shared.metrics.retries_exhausted.inc();
+        let ran_nowhere = matches!(
+            self.reason(&last),
+            Some(
+                RetryReason::Readonly
+                    | RetryReason::Loading
+                    | RetryReason::Masterdown
+                    | RetryReason::NotSent
+            )
+        );
+        if ran_nowhere {
+            let table = worker.shared.table.load();
+            return Some(Ok(reply::error(&format!(
+                "TRYAGAIN pivot: no node of service '{}' could run the command within {:?} (a failover is in progress or the nodes are unreachable); it did not run",
+                table.service, worker.shared.limits.failover_hold
+            ))));
+        }
+        last
+    }
 }
 
 /// What happens to a reply before the client gets it.
@@ -584,6 +727,7 @@ async fn queue(tx: &mpsc::Sender<Slot>, slot: Slot, session: &Session, skip: boo
                 pubsub,
                 then,
                 silent: _,
+                retry,
             } => Slot::Pending {
                 rx,
                 started,
@@ -591,6 +735,7 @@ async fn queue(tx: &mpsc::Sender<Slot>, slot: Slot, session: &Session, skip: boo
                 pubsub,
                 then,
                 silent: true,
+                retry,
             },
             Slot::Close => Slot::Close,
         }
@@ -1711,9 +1856,15 @@ async fn forward(
     } else {
         None
     };
+    let retry = Retry {
+        frame: req.frame.clone(),
+        read: matches!(class, Class::Read | Class::Neutral),
+        backend: backend.clone(),
+    };
     let mut step = send(&backend, req.frame, class, target, worker, &session.client).await;
-    if let Step::Slot(Slot::Pending { then, .. }) = &mut step {
+    if let Step::Slot(Slot::Pending { then, retry: r, .. }) = &mut step {
         *then = fallback;
+        *r = Some(retry);
     }
     step
 }
@@ -1778,6 +1929,7 @@ async fn send_n(
         pubsub,
         then: None,
         silent: false,
+        retry: None,
     })
 }
 
@@ -1826,6 +1978,7 @@ async fn write_replies(
                 pubsub,
                 then,
                 silent,
+                retry,
             } => {
                 let r = loop {
                     if !pubsub {
@@ -1851,7 +2004,8 @@ async fn write_replies(
                         r = &mut reply_rx => break r,
                     }
                 };
-                let r = Then::resolve(then, r.ok()).await;
+                let r = Retry::resolve(retry, r.ok(), worker).await;
+                let r = Then::resolve(then, r).await;
                 metrics.latency(target, started.elapsed().as_secs_f64());
                 counted += append(&mut out, r, silent);
             }
@@ -1868,9 +2022,11 @@ async fn write_replies(
                     pubsub,
                     then,
                     silent,
+                    retry,
                 } => match reply_rx.try_recv() {
                     Ok(r) => {
-                        let r = Then::resolve(then, Some(r)).await;
+                        let r = Retry::resolve(retry, Some(r), worker).await;
+                        let r = Then::resolve(then, r).await;
                         metrics.latency(target, started.elapsed().as_secs_f64());
                         counted += append(&mut out, r, silent);
                     }
@@ -1882,6 +2038,7 @@ async fn write_replies(
                             pubsub,
                             then,
                             silent,
+                            retry,
                         });
                         break;
                     }

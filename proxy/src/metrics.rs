@@ -64,6 +64,45 @@ impl BackendFailure {
     ];
 }
 
+/// Why a request was sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// `-READONLY`: the node is a replica now.
+    Readonly,
+    /// `-LOADING`: the node is loading its dataset.
+    Loading,
+    /// `-MASTERDOWN`: a replica that lost its master and serves no stale data.
+    Masterdown,
+    /// The request never reached its node.
+    NotSent,
+    /// A read whose node failed (reads are safe to run twice).
+    ReadFailed,
+}
+
+impl RetryReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Readonly => "readonly",
+            RetryReason::Loading => "loading",
+            RetryReason::Masterdown => "masterdown",
+            RetryReason::NotSent => "not_sent",
+            RetryReason::ReadFailed => "read_failed",
+        }
+    }
+    const ALL: [RetryReason; 5] = [
+        RetryReason::Readonly,
+        RetryReason::Loading,
+        RetryReason::Masterdown,
+        RetryReason::NotSent,
+        RetryReason::ReadFailed,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
     class: &'static str,
@@ -92,6 +131,9 @@ pub struct Metrics {
     commands: Vec<Counter>,
     latency: Vec<Histogram>,
     backend_failures: Vec<Counter>,
+    retries: Vec<Counter>,
+    /// Requests whose retries ran out (the client got the last error).
+    pub retries_exhausted: Counter,
     /// Commands refused by the proxy (unsupported, no master, bad arguments).
     pub rejected: Counter,
     /// Client protocol errors (connection closed).
@@ -173,6 +215,20 @@ impl Metrics {
                     .clone()
             })
             .collect();
+        let retries_family = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "retries",
+            "Requests sent again because their first node did not run them (or, for reads, failed)",
+            retries_family.clone(),
+        );
+        let retries = RetryReason::ALL
+            .iter()
+            .map(|r| {
+                retries_family
+                    .get_or_create(&ReasonLabel { reason: r.as_str() })
+                    .clone()
+            })
+            .collect();
         let updates = Family::<ResultLabel, Counter>::default();
         registry.register(
             "config_updates",
@@ -191,6 +247,8 @@ impl Metrics {
             commands,
             latency,
             backend_failures,
+            retries,
+            retries_exhausted: Counter::default(),
             rejected: Counter::default(),
             protocol_errors: Counter::default(),
             auth_failures: Counter::default(),
@@ -241,6 +299,11 @@ impl Metrics {
             m.config_version.clone(),
         );
         m.registry.register(
+            "retries_exhausted",
+            "Requests still failing after their retries (the client got the error)",
+            m.retries_exhausted.clone(),
+        );
+        m.registry.register(
             "held_requests",
             "Requests that waited for a usable master (none known, lost, or stalled)",
             m.held.clone(),
@@ -280,6 +343,18 @@ impl Metrics {
         if let Some(c) = self.backend_failures.get(kind as usize) {
             c.inc();
         }
+    }
+
+    /// Counts a retry.
+    pub fn retry(&self, reason: RetryReason) {
+        if let Some(c) = self.retries.get(reason as usize) {
+            c.inc();
+        }
+    }
+
+    /// Retries so far for `reason`.
+    pub fn retries(&self, reason: RetryReason) -> u64 {
+        self.retries.get(reason as usize).map_or(0, Counter::get)
     }
 
     /// The Prometheus text exposition.
