@@ -96,6 +96,12 @@ pub struct Config {
     #[arg(long, env = "PIVOT_FAILOVER_HOLD", default_value = "10s", value_parser = humantime::parse_duration)]
     pub failover_hold: Duration,
 
+    /// For a service with `write_ack = replicas(N)`: how long a write's reply waits for N
+    /// replicas to have the write; past it the client gets `-NOREPLICAS` (the write ran on
+    /// the master, but a failover could lose it).
+    #[arg(long, env = "PIVOT_WRITE_ACK_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub write_ack_timeout: Duration,
+
     /// Dedicated backend connections (transactions, blocking commands) one worker may have
     /// open; past it such commands get an error.
     #[arg(long, env = "PIVOT_MAX_DEDICATED_CONNECTIONS", default_value_t = 4096)]
@@ -165,6 +171,7 @@ impl Config {
             backend_stall: Duration::from_millis(250),
             max_dedicated_connections: 4096,
             failover_hold: Duration::from_secs(10),
+            write_ack_timeout: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(5),
             log_format: LogFormat::Text,
         }

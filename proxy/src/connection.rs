@@ -126,7 +126,12 @@ impl Retry {
 
     async fn run(self, first: Option<Reply>, worker: &Worker) -> Option<Reply> {
         let shared = &worker.shared;
-        let deadline = tokio::time::Instant::now() + shared.limits.failover_hold;
+        let hold = shared
+            .table
+            .load()
+            .failover_hold
+            .unwrap_or(shared.limits.failover_hold);
+        let deadline = tokio::time::Instant::now() + hold;
         let mut applied = shared.applied.subscribe();
         let mut reply = first;
         let mut failed = self.backend.addr().clone();
@@ -203,7 +208,10 @@ impl Retry {
             let table = worker.shared.table.load();
             return Some(Ok(reply::error(&format!(
                 "TRYAGAIN pivot: no node of service '{}' could run the command within {:?} (a failover is in progress or the nodes are unreachable); it did not run",
-                table.service, worker.shared.limits.failover_hold
+                table.service,
+                table
+                    .failover_hold
+                    .unwrap_or(worker.shared.limits.failover_hold)
             ))));
         }
         last
@@ -218,13 +226,30 @@ enum Then {
     NoScriptOnMaster { backend: Backend, frame: Bytes },
     /// `INFO`: the master's reply with this `# Proxy` section appended.
     ProxySection(Bytes),
+    /// `write_ack = replicas(N)`: a successful write's reply waits until N replicas have
+    /// the write (see `ack.rs`).
+    AwaitReplicas(u32),
 }
 
 impl Then {
     /// The reply to give the client.
-    async fn resolve(this: Option<Box<Then>>, first: Option<Reply>) -> Option<Reply> {
+    async fn resolve(
+        this: Option<Box<Then>>,
+        first: Option<Reply>,
+        worker: &Worker,
+    ) -> Option<Reply> {
         let Some(this) = this else { return first };
         match (*this, first) {
+            (Then::AwaitReplicas(n), Some(Ok(bytes))) if !bytes.starts_with(b"-") => {
+                let timeout = worker.shared.limits.write_ack_timeout;
+                match worker.acker.wait(worker, n, timeout).await {
+                    Ok(()) => Some(Ok(bytes)),
+                    Err(e) => {
+                        worker.shared.metrics.write_ack_failures.inc();
+                        Some(Ok(reply::error(&e)))
+                    }
+                }
+            }
             (Then::NoScriptOnMaster { backend, frame }, Some(Ok(bytes)))
                 if bytes.starts_with(b"-NOSCRIPT") =>
             {
@@ -683,7 +708,8 @@ async fn read_loop(
                         worker.shared.metrics.rejected.inc();
                         let msg = format!(
                             "TRYAGAIN pivot: no usable master for service '{}' within {:?} (a failover is in progress or the master is unreachable)",
-                            table.service, shared.limits.failover_hold
+                            table.service,
+                            table.failover_hold.unwrap_or(shared.limits.failover_hold)
                         );
                         if !queue(tx, Slot::Ready(reply::error(&msg)), session, skip).await {
                             return;
@@ -823,7 +849,12 @@ async fn hold_for_master(
     let shared = &worker.shared;
     shared.metrics.held.inc();
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + shared.limits.failover_hold;
+    let hold = shared
+        .table
+        .load()
+        .failover_hold
+        .unwrap_or(shared.limits.failover_hold);
+    let deadline = tokio::time::Instant::now() + hold;
     let mut applied = shared.applied.subscribe();
     loop {
         let table = shared.table.load_full();
@@ -1038,8 +1069,8 @@ fn subcommand_is(req: &Req, sub: &[u8]) -> bool {
         .is_some_and(|a| a.eq_ignore_ascii_case(sub))
 }
 
-/// Channel the proxy publishes to before `WAIT` (see [`wait`]); nobody subscribes to it.
-const WAIT_FENCE: &[u8] = b"*3\r\n$7\r\nPUBLISH\r\n$20\r\n__pivot__:wait-fence\r\n$0\r\n\r\n";
+/// Published before `WAIT` (see [`wait`]); nobody subscribes to its channel.
+use crate::ack::WAIT_FENCE;
 
 /// `WAIT numreplicas timeout` (and `WAITAOF`): waits for the replicas to acknowledge this
 /// client's writes. Redis counts the writes of the connection `WAIT` runs on, and this
@@ -1697,9 +1728,9 @@ async fn in_transaction(
     }
     match req.lookup.special {
         Some(Special::Transaction) => {
-            let ends = req.is(b"EXEC")
-                || (req.is(b"DISCARD") && in_multi)
-                || (req.is(b"UNWATCH") && !in_multi);
+            let exec = req.is(b"EXEC");
+            let ends =
+                exec || (req.is(b"DISCARD") && in_multi) || (req.is(b"UNWATCH") && !in_multi);
             if req.is(b"MULTI")
                 && let Some(p) = session.pinned.as_mut()
             {
@@ -1723,7 +1754,8 @@ async fn in_transaction(
                     "EXECABORT Transaction discarded because of previous errors.",
                 )
             } else {
-                send(
+                let write_ack = worker.shared.table.load().write_ack;
+                let mut step = send(
                     &backend,
                     req.frame,
                     Class::Admin,
@@ -1731,7 +1763,15 @@ async fn in_transaction(
                     worker,
                     &session.client,
                 )
-                .await
+                .await;
+                if exec
+                    && write_ack > 0
+                    && let Step::Slot(Slot::Pending { then, .. }) = &mut step
+                {
+                    // The transaction's writes are acknowledged as one.
+                    *then = Some(Box::new(Then::AwaitReplicas(write_ack)));
+                }
+                step
             };
             if ends && let Some(p) = session.pinned.take() {
                 // Clean again: the next client may use it (behind this reply).
@@ -1862,8 +1902,13 @@ async fn forward(
         backend: backend.clone(),
     };
     let mut step = send(&backend, req.frame, class, target, worker, &session.client).await;
+    let then_after = if target == Target::Master && table.write_ack > 0 && writes(class) {
+        Some(Box::new(Then::AwaitReplicas(table.write_ack)))
+    } else {
+        fallback
+    };
     if let Step::Slot(Slot::Pending { then, retry: r, .. }) = &mut step {
-        *then = fallback;
+        *then = then_after;
         *r = Some(retry);
     }
     step
@@ -2005,7 +2050,7 @@ async fn write_replies(
                     }
                 };
                 let r = Retry::resolve(retry, r.ok(), worker).await;
-                let r = Then::resolve(then, r).await;
+                let r = Then::resolve(then, r, worker).await;
                 metrics.latency(target, started.elapsed().as_secs_f64());
                 counted += append(&mut out, r, silent);
             }
@@ -2026,7 +2071,7 @@ async fn write_replies(
                 } => match reply_rx.try_recv() {
                     Ok(r) => {
                         let r = Retry::resolve(retry, Some(r), worker).await;
-                        let r = Then::resolve(then, r).await;
+                        let r = Then::resolve(then, r, worker).await;
                         metrics.latency(target, started.elapsed().as_secs_f64());
                         counted += append(&mut out, r, silent);
                     }

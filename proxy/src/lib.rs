@@ -13,6 +13,7 @@
 //! - [`admin`], [`metrics`]: health, readiness, Prometheus.
 //! - [`reply`]: replies the proxy writes itself.
 
+mod ack;
 pub mod admin;
 pub mod backend;
 pub mod clients;

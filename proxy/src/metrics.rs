@@ -134,6 +134,8 @@ pub struct Metrics {
     retries: Vec<Counter>,
     /// Requests whose retries ran out (the client got the last error).
     pub retries_exhausted: Counter,
+    /// Writes whose replicas did not acknowledge them in time (`write_ack`).
+    pub write_ack_failures: Counter,
     /// Commands refused by the proxy (unsupported, no master, bad arguments).
     pub rejected: Counter,
     /// Client protocol errors (connection closed).
@@ -249,6 +251,7 @@ impl Metrics {
             backend_failures,
             retries,
             retries_exhausted: Counter::default(),
+            write_ack_failures: Counter::default(),
             rejected: Counter::default(),
             protocol_errors: Counter::default(),
             auth_failures: Counter::default(),
@@ -297,6 +300,11 @@ impl Metrics {
             "config_version",
             "Version of the control plane config applied",
             m.config_version.clone(),
+        );
+        m.registry.register(
+            "write_ack_failures",
+            "Writes answered -NOREPLICAS: too few replicas acknowledged them in time (write_ack)",
+            m.write_ack_failures.clone(),
         );
         m.registry.register(
             "retries_exhausted",

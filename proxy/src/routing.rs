@@ -168,6 +168,12 @@ pub struct RoutingTable {
     pub backend_auth: Option<Arc<Credentials>>,
     /// Proxy users by name; empty: clients need not authenticate.
     pub users: HashMap<Box<[u8]>, UserEntry>,
+    /// Writes are acknowledged once this many replicas have them; 0: with the master's
+    /// reply.
+    pub write_ack: u32,
+    /// The service's hold for requests while it has no usable master; `None`: the proxy's
+    /// `--failover-hold`.
+    pub failover_hold: Option<std::time::Duration>,
 }
 
 impl RoutingTable {
@@ -192,6 +198,8 @@ impl RoutingTable {
             sentinels: Vec::new(),
             backend_auth: None,
             users: HashMap::new(),
+            write_ack: 0,
+            failover_hold: None,
         }
     }
 
@@ -306,9 +314,18 @@ impl RoutingTable {
                 return Err(format!("user '{}' is listed twice", u.name));
             }
         }
+        if policy.failover_hold_ms > 600_000 {
+            return Err(format!(
+                "failover hold of {} ms is over 10 minutes",
+                policy.failover_hold_ms
+            ));
+        }
         Ok(RoutingTable {
             version,
             users,
+            write_ack: policy.write_ack_replicas,
+            failover_hold: (policy.failover_hold_ms > 0)
+                .then(|| std::time::Duration::from_millis(policy.failover_hold_ms)),
             service: svc.name.clone(),
             master,
             replicas,
@@ -654,6 +671,8 @@ mod tests {
                     command: "EVALSHA".into(),
                     target: v1::Target::Replica as i32,
                 }],
+                write_ack_replicas: 1,
+                failover_hold_ms: 2500,
             }),
             backend_auth: Some(v1::BackendAuth {
                 username: "pivot".into(),
@@ -681,6 +700,11 @@ mod tests {
         assert_eq!(ok.readable, vec![NodeAddr::new("127.0.0.1", 7001)]);
         assert_eq!(ok.read_policy, ReadPolicy::All);
         assert_eq!(ok.consistency, Consistency::Eventual);
+        assert_eq!(ok.write_ack, 1);
+        assert_eq!(
+            ok.failover_hold,
+            Some(std::time::Duration::from_millis(2500))
+        );
         assert_eq!(
             rule_for(&ok, b"evalsha", Some(b"abc")),
             Some(RuleTarget::Replica)

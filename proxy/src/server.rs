@@ -38,6 +38,8 @@ pub struct Limits {
     pub failover_hold: Duration,
     /// A master whose oldest request is unanswered this long gets no new requests.
     pub backend_stall: Duration,
+    /// With `write_ack = replicas(N)`: how long a write waits for its replicas.
+    pub write_ack_timeout: Duration,
 }
 
 /// State shared by every worker and the control path.
@@ -76,6 +78,8 @@ pub struct Shared {
 pub(crate) struct Worker {
     pub(crate) shared: Arc<Shared>,
     pub(crate) pool: Pool,
+    /// `write_ack = replicas(N)` rounds.
+    pub(crate) acker: crate::ack::Acker,
 }
 
 /// A proxy with its listeners bound, ready to [`run`](Proxy::run).
@@ -124,6 +128,7 @@ impl Proxy {
                     .then_some(config.client_idle_timeout),
                 failover_hold: config.failover_hold,
                 backend_stall: config.backend_stall,
+                write_ack_timeout: config.write_ack_timeout,
             },
             next_client_id: AtomicU64::new(1),
             rr: AtomicUsize::new(0),
@@ -281,6 +286,7 @@ fn worker_thread(
             let worker = Arc::new(Worker {
                 pool: Pool::new(opts, shared.metrics.clone()),
                 shared,
+                acker: crate::ack::Acker::default(),
             });
             let tasks = TaskTracker::new();
             tasks.spawn(retire_on_change(worker.clone(), shutdown.clone()));

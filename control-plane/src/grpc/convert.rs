@@ -3,7 +3,7 @@
 
 use pivot_proto::v1 as pb;
 
-use crate::state::{Consistency, Policy, ReadPolicy, ServiceState, Target};
+use crate::state::{Consistency, Policy, ReadPolicy, ServiceState, Target, WriteAck};
 use crate::topology::{NodeAddr, Topology};
 
 /// A node address on the wire.
@@ -73,6 +73,13 @@ pub fn policy(p: &Policy) -> pb::RoutingPolicy {
                 .into(),
             })
             .collect(),
+        write_ack_replicas: match p.write_ack {
+            WriteAck::Master => 0,
+            WriteAck::Replicas(n) => n,
+        },
+        failover_hold_ms: p
+            .failover_hold
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 
