@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod failover;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

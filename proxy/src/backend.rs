@@ -519,10 +519,15 @@ async fn run(
     }
 }
 
-/// Lets the requests on the wire of a retired connection finish: up to `drain_grace`, but no
-/// longer than it takes to see that the node has stopped answering (the oldest request
-/// unanswered for `stall`), so that a frozen old master does not hold its clients' errors
-/// back for the whole grace period.
+/// Lets the requests on the wire of a retired connection finish, up to `drain_grace`.
+///
+/// A node whose oldest request has been unanswered for `stall` is either frozen (a stopped
+/// process, a partition: its requests will never be answered) or holding writes back
+/// (`CLIENT PAUSE WRITE`, as a planned failover does: they will be answered, with
+/// `-READONLY` once the node is a replica, and then retried elsewhere). A probe on a fresh
+/// connection tells them apart: a node that answers it is alive, and the drain keeps
+/// waiting; one that doesn't is frozen, and its requests fail at once rather than at the
+/// end of the grace period.
 async fn drain(
     shared: &Shared,
     reader: &mut (impl std::future::Future<Output = End> + Unpin),
@@ -530,15 +535,27 @@ async fn drain(
 ) -> End {
     let deadline = tokio::time::Instant::now() + opts.drain_grace;
     let tick = (opts.stall / 4).max(Duration::from_millis(5));
+    let mut alive: Option<bool> = None;
     loop {
         let oldest = lock(&shared.inflight).front().map(|p| p.sent_at.elapsed());
         match oldest {
             None => return End::Closed,
             Some(age) if age >= opts.stall => {
-                return End::Failed(
-                    BackendFailure::DrainTimeout,
-                    format!("no reply for {} ms", age.as_millis()),
-                );
+                if alive.is_none() {
+                    let probe =
+                        answers_probe(&shared.key.addr, opts.stall.min(Duration::from_millis(100)));
+                    let outcome = tokio::select! {
+                        end = &mut *reader => return end,
+                        ok = probe => ok,
+                    };
+                    alive = Some(outcome);
+                }
+                if alive == Some(false) {
+                    return End::Failed(
+                        BackendFailure::DrainTimeout,
+                        format!("no reply for {} ms", age.as_millis()),
+                    );
+                }
             }
             Some(_) => {}
         }
@@ -556,6 +573,23 @@ async fn drain(
             _ = tokio::time::sleep(tick) => {}
         }
     }
+}
+
+/// True when `addr` answers a `PING` on a new connection within `timeout` (any reply
+/// counts, `-NOAUTH` included: the node is processing commands).
+async fn answers_probe(addr: &NodeAddr, timeout: Duration) -> bool {
+    let probe = async {
+        let mut s = TcpStream::connect((&*addr.host, addr.port)).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.ok()?;
+        (n > 0).then_some(())
+    };
+    tokio::time::timeout(timeout, probe)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 /// Largest batch the writer copies into one buffer before writing.
