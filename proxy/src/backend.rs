@@ -67,6 +67,12 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// The node refused the proxy's handshake (wrong backend credentials, unknown
+    /// database): a configuration error, not a failover; sending again will not help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, BackendError::NotSent { reason, .. } if reason.starts_with("handshake refused"))
+    }
+
     /// The error as the client sees it.
     pub fn to_resp(&self) -> Bytes {
         crate::reply::error(&format!("ERR pivot: {self}"))
@@ -215,6 +221,8 @@ struct Shared {
     abort: CancellationToken,
     /// Requests accepted and not yet completed (queued or on the wire).
     outstanding: AtomicUsize,
+    /// Its stall was counted in the metrics.
+    stall_reported: AtomicBool,
     /// Reply slots of requests written to the socket, oldest first. Only the connection's
     /// own task touches it (writer pushes, reader pops); the lock is never contended.
     inflight: Mutex<VecDeque<Pending>>,
@@ -275,6 +283,7 @@ impl Backend {
             finish: CancellationToken::new(),
             abort: CancellationToken::new(),
             outstanding: AtomicUsize::new(0),
+            stall_reported: AtomicBool::new(false),
             inflight: Mutex::new(VecDeque::new()),
             window: Semaphore::new(opts.max_inflight),
             failure: Mutex::new(None),
@@ -308,6 +317,11 @@ impl Backend {
         lock(&self.shared.inflight)
             .front()
             .is_some_and(|p| p.sent_at.elapsed() >= stall)
+    }
+
+    /// True the first time it is called on this connection (to count a stall once).
+    pub fn first_stall_report(&self) -> bool {
+        !self.shared.stall_reported.swap(true, Ordering::AcqRel)
     }
 
     /// Requests accepted and not yet answered.

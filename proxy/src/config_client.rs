@@ -168,6 +168,21 @@ pub fn apply(shared: &Shared, update: &v1::ConfigUpdate, last_version: u64) -> R
     }
     let current = shared.table.load();
     if current.master != table.master {
+        // How long after the control plane decided the proxy switched (the control
+        // plane's clock: meaningful when clocks are synchronised, as on one host).
+        if table.master.is_some()
+            && let Some(at) = svc
+                .topology
+                .as_ref()
+                .and_then(|t| t.changed_at)
+                .and_then(|t| std::time::SystemTime::try_from(t).ok())
+            && let Ok(lag) = std::time::SystemTime::now().duration_since(at)
+        {
+            shared
+                .metrics
+                .master_switch_seconds
+                .observe(lag.as_secs_f64());
+        }
         info!(
             old = ?current.master.as_ref().map(ToString::to_string),
             new = ?table.master.as_ref().map(ToString::to_string),

@@ -109,7 +109,9 @@ impl Retry {
                     None
                 }
             }
-            Some(Err(BackendError::NotSent { .. })) => Some(RetryReason::NotSent),
+            Some(Err(e @ BackendError::NotSent { .. })) if !e.is_refusal() => {
+                Some(RetryReason::NotSent)
+            }
             Some(Err(BackendError::Lost { .. })) if self.read => Some(RetryReason::ReadFailed),
             _ => None,
         }
@@ -206,8 +208,15 @@ impl Retry {
         );
         if ran_nowhere {
             let table = worker.shared.table.load();
+            let last_error = match &last {
+                Some(Ok(b)) => String::from_utf8_lossy(b.strip_prefix(b"-").unwrap_or(b))
+                    .trim_end()
+                    .to_string(),
+                Some(Err(e)) => e.to_string(),
+                None => "no reply".into(),
+            };
             return Some(Ok(reply::error(&format!(
-                "TRYAGAIN pivot: no node of service '{}' could run the command within {:?} (a failover is in progress or the nodes are unreachable); it did not run",
+                "TRYAGAIN pivot: no node of service '{}' could run the command within {:?} (a failover is in progress or the nodes are unreachable); it did not run. Last error: {last_error}",
                 table.service,
                 table
                     .failover_hold
@@ -833,7 +842,14 @@ fn master_usable(table: &RoutingTable, resolved: &mut Resolved, worker: &Worker)
         return false;
     }
     match resolved.backend(Route::Master, worker) {
-        Some(b) => b.is_alive() && !b.stalled(worker.shared.limits.backend_stall),
+        Some(b) if b.stalled(worker.shared.limits.backend_stall) => {
+            if b.first_stall_report() {
+                worker.shared.metrics.stall_detections.inc();
+                debug!(master = %b.addr(), "master stalled: holding requests for it");
+            }
+            false
+        }
+        Some(b) => b.is_alive(),
         None => false,
     }
 }

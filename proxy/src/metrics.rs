@@ -160,6 +160,11 @@ pub struct Metrics {
     pub held: Counter,
     /// How long held requests waited before a usable master was there.
     pub hold_seconds: Histogram,
+    /// From the control plane's decision of a new master to this proxy using it.
+    pub master_switch_seconds: Histogram,
+    /// Masters found stalled (oldest request unanswered for `--backend-stall`), once per
+    /// backend connection.
+    pub stall_detections: Counter,
 }
 
 impl Metrics {
@@ -264,6 +269,10 @@ impl Metrics {
             control_plane_connected: Gauge::default(),
             held: Counter::default(),
             hold_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            master_switch_seconds: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            stall_detections: Counter::default(),
             registry,
         };
         m.registry.register(
@@ -315,6 +324,16 @@ impl Metrics {
             "held_requests",
             "Requests that waited for a usable master (none known, lost, or stalled)",
             m.held.clone(),
+        );
+        m.registry.register(
+            "master_switch_seconds",
+            "From the control plane deciding on a new master to this proxy routing to it",
+            m.master_switch_seconds.clone(),
+        );
+        m.registry.register(
+            "stall_detections",
+            "Master connections found stalled (oldest request unanswered for --backend-stall)",
+            m.stall_detections.clone(),
         );
         m.registry.register(
             "hold_duration_seconds",

@@ -160,6 +160,7 @@ async fn a_service_failover_hold_bounds_how_long_writes_wait() -> Result<()> {
         waited >= Duration::from_millis(350) && waited < Duration::from_millis(1500),
         "{waited:?}"
     );
+    assert!(stack.proxies[0].shared.metrics.stall_detections.get() >= 1);
     let _ = tokio::time::timeout(T, in_flight).await;
     stack.shutdown().await
 }
