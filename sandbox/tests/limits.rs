@@ -290,12 +290,26 @@ async fn bad_input_gets_redis_errors_and_ten_thousand_connections_come_and_go() 
         served.load(Ordering::Relaxed) as usize,
         WAVES * PER_WAVE.div_ceil(3)
     );
-    wait_until("the dropped connections to be gone", T, || {
+    let gone = wait_until("the dropped connections to be gone", 2 * T, || {
         let shared = proxy.shared.clone();
         // The good client and `check` remain.
         async move { (shared.clients.len() <= 2).then_some(()) }
     })
-    .await?;
+    .await;
+    if let Err(e) = gone {
+        let left: Vec<String> = proxy
+            .shared
+            .clients
+            .list()
+            .iter()
+            .map(|c| c.line())
+            .collect();
+        anyhow::bail!(
+            "{e}: {} clients left: {:#?}",
+            left.len(),
+            &left[..left.len().min(5)]
+        );
+    }
     let after = rss_bytes()?.saturating_sub(before);
     eprintln!("RSS growth after all that: {} KiB", after / 1024);
     assert!(after < 64 << 20, "RSS grew by {after} bytes");
