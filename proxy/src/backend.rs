@@ -591,7 +591,7 @@ async fn drain(
 
 /// True when `addr` answers a `PING` on a new connection within `timeout` (any reply
 /// counts, `-NOAUTH` included: the node is processing commands).
-async fn answers_probe(addr: &NodeAddr, timeout: Duration) -> bool {
+pub(crate) async fn answers_probe(addr: &NodeAddr, timeout: Duration) -> bool {
     let probe = async {
         let mut s = TcpStream::connect((&*addr.host, addr.port)).await.ok()?;
         s.write_all(b"PING\r\n").await.ok()?;

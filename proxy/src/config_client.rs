@@ -198,7 +198,7 @@ pub fn apply(shared: &Shared, update: &v1::ConfigUpdate, last_version: u64) -> R
     let version = table.version;
     let users_changed = current.users != table.users;
     let table = Arc::new(table);
-    shared.table.store(table.clone());
+    crate::server::install(shared, table.clone());
     if users_changed {
         // As Redis does for a deleted user's clients: they are disconnected.
         let dropped = shared.clients.kill_users_not_in(&table.users);

@@ -144,6 +144,10 @@ impl Retry {
                 return reply;
             };
             shared.metrics.retry(reason);
+            if matches!(reason, RetryReason::ReadFailed | RetryReason::NotSent) {
+                // A replica that failed a read leaves the read pool for a while.
+                crate::server::eject(shared, &failed);
+            }
             // Wait for a node to send it to.
             let backend = loop {
                 let table = shared.table.load_full();
@@ -440,6 +444,7 @@ impl Session {
 /// so that the pool's map is consulted once per change rather than once per request.
 struct Resolved {
     version: u64,
+    generation: u64,
     db: u32,
     resp3: bool,
     master: Option<Backend>,
@@ -449,6 +454,7 @@ struct Resolved {
 impl Resolved {
     fn refresh(&mut self, table: &RoutingTable, session: &Session, worker: &Worker) {
         if self.version == table.version
+            && self.generation == table.generation
             && self.version != 0
             && self.db == session.db
             && self.resp3 == session.resp3
@@ -456,6 +462,7 @@ impl Resolved {
             return;
         }
         self.version = table.version;
+        self.generation = table.generation;
         self.db = session.db;
         self.resp3 = session.resp3;
         self.master = table
@@ -603,6 +610,7 @@ async fn read_loop(
     let mut scanner = Scanner::new(Mode::Request, shared.limits.max_request_bytes);
     let mut resolved = Resolved {
         version: u64::MAX,
+        generation: 0,
         db: 0,
         resp3: false,
         master: None,

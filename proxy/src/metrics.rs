@@ -165,6 +165,10 @@ pub struct Metrics {
     /// Masters found stalled (oldest request unanswered for `--backend-stall`), once per
     /// backend connection.
     pub stall_detections: Counter,
+    /// Replicas taken out of the read pool after a failed read.
+    pub ejections: Counter,
+    /// Ejected replicas put back after answering a probe.
+    pub readmissions: Counter,
 }
 
 impl Metrics {
@@ -273,6 +277,8 @@ impl Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
             stall_detections: Counter::default(),
+            ejections: Counter::default(),
+            readmissions: Counter::default(),
             registry,
         };
         m.registry.register(
@@ -329,6 +335,16 @@ impl Metrics {
             "master_switch_seconds",
             "From the control plane deciding on a new master to this proxy routing to it",
             m.master_switch_seconds.clone(),
+        );
+        m.registry.register(
+            "replica_ejections",
+            "Replicas taken out of the read pool after a failed read",
+            m.ejections.clone(),
+        );
+        m.registry.register(
+            "replica_readmissions",
+            "Ejected replicas put back in the read pool after answering a probe",
+            m.readmissions.clone(),
         );
         m.registry.register(
             "stall_detections",

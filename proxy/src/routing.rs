@@ -148,6 +148,9 @@ pub struct ReplicaRoute {
 pub struct RoutingTable {
     /// Config version of the control plane this table came from (0: none yet).
     pub version: u64,
+    /// Bumped when the proxy itself changes the table it serves from (a replica ejected or
+    /// readmitted) without a new version: what connections cache per table checks it too.
+    pub generation: u64,
     /// Service (Sentinel master name).
     pub service: String,
     /// The master the Sentinels decided on; `None` while there is none.
@@ -188,6 +191,7 @@ impl RoutingTable {
     pub fn empty(service: &str) -> Self {
         RoutingTable {
             version: 0,
+            generation: 0,
             service: service.to_string(),
             master: None,
             replicas: Vec::new(),
@@ -322,6 +326,7 @@ impl RoutingTable {
         }
         Ok(RoutingTable {
             version,
+            generation: 0,
             users,
             write_ack: policy.write_ack_replicas,
             failover_hold: (policy.failover_hold_ms > 0)

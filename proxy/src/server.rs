@@ -6,6 +6,7 @@
 //! per batch) and atomic counters. Control path (config stream, command table, admin HTTP):
 //! the runtime that calls [`Proxy::run`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -22,7 +23,7 @@ use crate::backend::{BackendOptions, Pool};
 use crate::command::CommandTable;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::routing::{Credentials, RoutingTable};
+use crate::routing::{Credentials, NodeAddr, RoutingTable};
 use crate::{Error, admin, config_client, connection};
 
 /// Limits applied to every client connection.
@@ -51,8 +52,14 @@ pub struct Shared {
     pub proxy_id: String,
     /// When the proxy started.
     pub started: std::time::Instant,
-    /// Current routing snapshot; swapped whole by the config client.
+    /// The routing snapshot requests are routed by: `base` minus the replicas this proxy
+    /// ejected. Swapped whole (no lock on the hot path).
     pub table: ArcSwap<RoutingTable>,
+    /// The last table from the control plane.
+    pub base: ArcSwap<RoutingTable>,
+    /// Replicas taken out of the read pool after failed reads, until a probe finds them
+    /// answering again.
+    pub ejected: std::sync::Mutex<HashMap<NodeAddr, Ejection>>,
     /// Command classification from the master's `COMMAND`.
     pub commands: ArcSwap<CommandTable>,
     /// Version of the applied table; workers watch it to retire connections.
@@ -71,6 +78,92 @@ pub struct Shared {
     pub redis_version: ArcSwap<String>,
     /// Every client connection (`CLIENT LIST`/`KILL`, `--max-clients`).
     pub clients: crate::clients::Registry,
+}
+
+/// A replica out of the read pool.
+#[derive(Debug, Clone, Copy)]
+pub struct Ejection {
+    /// How long until the next probe (doubles while it fails, up to 30 s).
+    pub backoff: Duration,
+}
+
+/// First and longest time a replica stays ejected between probes.
+const EJECT_FIRST: Duration = Duration::from_secs(1);
+const EJECT_MAX: Duration = Duration::from_secs(30);
+
+fn lock_ejected(shared: &Shared) -> std::sync::MutexGuard<'_, HashMap<NodeAddr, Ejection>> {
+    shared
+        .ejected
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Installs a table from the control plane: routing uses it minus the ejected replicas.
+pub fn install(shared: &Shared, table: Arc<RoutingTable>) {
+    let ejected = lock_ejected(shared);
+    shared.base.store(table);
+    publish(shared, &ejected);
+}
+
+/// Recomputes the table requests are routed by from `base` and the ejections. Called with
+/// the ejections' lock held, which serialises every store of `table` but the first.
+fn publish(shared: &Shared, ejected: &HashMap<NodeAddr, Ejection>) {
+    let base = shared.base.load_full();
+    let generation = shared.table.load().generation + 1;
+    let mut t = (*base).clone();
+    t.readable.retain(|a| !ejected.contains_key(a));
+    t.generation = generation;
+    shared.table.store(Arc::new(t));
+}
+
+/// Takes `addr` out of the read pool (if it is a replica there) after a failed read, and
+/// starts probing it; a probe that gets an answer puts it back.
+pub fn eject(shared: &Arc<Shared>, addr: &NodeAddr) {
+    if !shared.table.load().readable.contains(addr) {
+        return;
+    }
+    {
+        let mut ejected = lock_ejected(shared);
+        if ejected.contains_key(addr) {
+            return;
+        }
+        ejected.insert(
+            addr.clone(),
+            Ejection {
+                backoff: EJECT_FIRST,
+            },
+        );
+        publish(shared, &ejected);
+    }
+    shared.metrics.ejections.inc();
+    tracing::warn!(replica = %addr, "replica ejected from the read pool after a failed read");
+    let shared = shared.clone();
+    let addr = addr.clone();
+    tokio::spawn(async move {
+        loop {
+            let Some(wait) = lock_ejected(&shared).get(&addr).map(|e| e.backoff) else {
+                return;
+            };
+            tokio::time::sleep(wait).await;
+            // A node the control plane no longer lists needs no probe.
+            let listed = shared.base.load().replicas.iter().any(|r| r.addr == addr);
+            if !listed || crate::backend::answers_probe(&addr, Duration::from_millis(500)).await {
+                {
+                    let mut ejected = lock_ejected(&shared);
+                    ejected.remove(&addr);
+                    publish(&shared, &ejected);
+                }
+                if listed {
+                    shared.metrics.readmissions.inc();
+                    tracing::info!(replica = %addr, "replica back in the read pool");
+                }
+                return;
+            }
+            if let Some(e) = lock_ejected(&shared).get_mut(&addr) {
+                e.backoff = (e.backoff * 2).min(EJECT_MAX);
+            }
+        }
+    });
 }
 
 /// One worker thread's state.
@@ -118,6 +211,8 @@ impl Proxy {
             proxy_id: config.proxy_id.clone().unwrap_or_else(default_proxy_id),
             started: std::time::Instant::now(),
             table: ArcSwap::from_pointee(RoutingTable::empty(&config.service)),
+            base: ArcSwap::from_pointee(RoutingTable::empty(&config.service)),
+            ejected: std::sync::Mutex::new(HashMap::new()),
             commands: ArcSwap::from_pointee(CommandTable::empty()),
             applied: watch::Sender::new(0),
             metrics: Arc::new(Metrics::new()),

@@ -139,5 +139,14 @@ async fn reads_on_a_replica_that_dies_are_retried_elsewhere() -> Result<()> {
         failed > 0,
         "no read was retried: the replica's death went unnoticed"
     );
+    // The proxy took the dead replica out of its read pool at the first failure, and puts
+    // it back once it answers a probe again.
+    let metrics = &stack.proxies[0].shared.metrics;
+    assert!(metrics.ejections.get() >= 1);
+    stack.topology.node(1).restart().await?;
+    wait_until("the replica to be readmitted", T, || async {
+        (metrics.readmissions.get() >= 1).then_some(())
+    })
+    .await?;
     stack.shutdown().await
 }
