@@ -387,6 +387,35 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// A step of a failover leader's promotion (see `pivot_sentinel::promotion`), named in the
+/// event it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromotionStep {
+    /// Writes held: event `leader-promoting`.
+    Holding,
+    /// The promoted replica is master: event `master-changed`, details `via:
+    /// leader-promotion`; counted as a failover.
+    Promoted,
+    /// The leader aborted: event `promotion-aborted`.
+    Aborted,
+    /// Not completed in time: event `promotion-expired`.
+    Expired,
+}
+
+/// `details.via` of the `master-changed` event a leader promotion writes.
+const VIA_PROMOTION: &str = "leader-promotion";
+
+impl PromotionStep {
+    fn kind(self) -> &'static str {
+        match self {
+            PromotionStep::Holding => "leader-promoting",
+            PromotionStep::Promoted => "master-changed",
+            PromotionStep::Aborted => "promotion-aborted",
+            PromotionStep::Expired => "promotion-expired",
+        }
+    }
+}
+
 /// What a topology change was, for the event row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
@@ -463,7 +492,23 @@ impl State {
     }
 
     /// Applies a decision for `service`. Returns the new version if it bumped one.
-    pub async fn apply(&self, service: &str, mut decided: Topology) -> Option<u64> {
+    pub async fn apply(&self, service: &str, decided: Topology) -> Option<u64> {
+        self.apply_as(service, decided, None).await
+    }
+
+    /// The metrics this state updates (the watchers add theirs).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// [`apply`](Self::apply) for a step of a leader promotion, which names the event
+    /// when the master changes.
+    pub async fn apply_as(
+        &self,
+        service: &str,
+        mut decided: Topology,
+        step: Option<PromotionStep>,
+    ) -> Option<u64> {
         let mut versions = self.versions.lock().await;
         let current = self.current();
         let prev = current.services.get(service)?;
@@ -498,7 +543,13 @@ impl State {
 
         let version = self.next_version(&mut versions).await;
         let now = SystemTime::now();
-        let change = classify(prev.decided.then_some(&prev.topology), &decided);
+        let mut change = classify(prev.decided.then_some(&prev.topology), &decided);
+        if let Some(step) = step.filter(|_| change.kind == "master-changed") {
+            change.kind = step.kind();
+            if step == PromotionStep::Promoted {
+                change.details["via"] = json!(VIA_PROMOTION);
+            }
+        }
         let old_master = prev.topology.master.clone();
         let mut topology = decided;
         topology.changed_version = version;
@@ -598,8 +649,11 @@ impl State {
         m.events.get_or_create(&label).inc();
 
         let new_master = topology.master.clone();
-        if change.kind == "master-changed" {
-            if old_master.is_some() {
+        if change.kind == "master-changed" || change.kind.contains("promot") {
+            // A leader's promotion goes through "no master" (writes held) on its way.
+            if old_master.is_some() && new_master.is_some()
+                || change.details["via"] == VIA_PROMOTION
+            {
                 m.failovers.get_or_create(&label).inc();
             }
             tracing::info!(

@@ -1212,7 +1212,7 @@ fn proxy_section(table: &RoutingTable, worker: &Worker) -> Bytes {
         shared.proxy_id,
         table.service,
         shared.started.elapsed().as_secs(),
-        table.version,
+        table.config_version,
         table
             .master
             .as_ref()

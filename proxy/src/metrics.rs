@@ -169,6 +169,8 @@ pub struct Metrics {
     pub ejections: Counter,
     /// Ejected replicas put back after answering a probe.
     pub readmissions: Counter,
+    /// Following the Sentinels without the control plane, and the snapshot cache.
+    pub outage: OutageMetrics,
 }
 
 impl Metrics {
@@ -279,8 +281,10 @@ impl Metrics {
             stall_detections: Counter::default(),
             ejections: Counter::default(),
             readmissions: Counter::default(),
+            outage: OutageMetrics::default(),
             registry,
         };
+        m.outage.register(&mut m.registry);
         m.registry.register(
             "rejected_commands",
             "Commands the proxy refused (unsupported, no master, bad arguments)",
@@ -413,6 +417,60 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Metrics of the control-plane outage paths: following the Sentinels directly (I6) and
+/// the on-disk snapshot cache (I7).
+#[derive(Debug, Default)]
+pub struct OutageMetrics {
+    /// 1 while the proxy follows the Sentinels itself (config stream down or stale).
+    pub following: Gauge,
+    /// Configured Sentinels answering the proxy while it follows them.
+    pub sentinels_reachable: Gauge,
+    /// Routing tables the proxy built from its own Sentinel decision.
+    pub switches: Counter,
+    /// Config snapshots written to the cache.
+    pub cache_writes: Counter,
+    /// Cache writes that failed.
+    pub cache_write_errors: Counter,
+    /// 1 when the running config was loaded from the cache at start (until the control
+    /// plane sends one).
+    pub cache_loaded: Gauge,
+}
+
+impl OutageMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sentinel_following",
+            "1 while the proxy follows the Sentinels itself because the control plane is unreachable",
+            self.following.clone(),
+        );
+        registry.register(
+            "sentinel_reachable",
+            "Configured Sentinels answering the proxy while it follows them",
+            self.sentinels_reachable.clone(),
+        );
+        registry.register(
+            "sentinel_switches",
+            "Routing tables the proxy changed on its own from the Sentinels' decision",
+            self.switches.clone(),
+        );
+        registry.register(
+            "cache_writes",
+            "Config snapshots written to --cache-dir",
+            self.cache_writes.clone(),
+        );
+        registry.register(
+            "cache_write_errors",
+            "Config snapshot writes to --cache-dir that failed",
+            self.cache_write_errors.clone(),
+        );
+        registry.register(
+            "cache_loaded",
+            "1 while the running config is the one loaded from --cache-dir at start",
+            self.cache_loaded.clone(),
+        );
     }
 }
 

@@ -143,14 +143,23 @@ pub struct ReplicaRoute {
     pub healthy: bool,
 }
 
+/// Top bit of the [`RoutingTable::version`] of a table the proxy built on its own from the
+/// Sentinels while the control plane was unreachable; control plane versions never have it.
+pub const LOCAL_VERSION_BIT: u64 = 1 << 63;
+
 /// One immutable routing snapshot for the service this proxy serves.
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
-    /// Config version of the control plane this table came from (0: none yet).
+    /// Identity of this table, compared by connections to notice a new one: the control
+    /// plane's config version (0: none yet), or [`LOCAL_VERSION_BIT`] plus a counter for a
+    /// table the proxy built itself while following the Sentinels.
     pub version: u64,
     /// Bumped when the proxy itself changes the table it serves from (a replica ejected or
     /// readmitted) without a new version: what connections cache per table checks it too.
     pub generation: u64,
+    /// The control plane config version this table comes from (equal to `version` unless
+    /// the proxy changed the topology itself): what the proxy reports as running.
+    pub config_version: u64,
     /// Service (Sentinel master name).
     pub service: String,
     /// The master the Sentinels decided on; `None` while there is none.
@@ -180,6 +189,11 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
+    /// Built by the proxy from the Sentinels, not received from the control plane.
+    pub fn is_local(&self) -> bool {
+        self.version & LOCAL_VERSION_BIT != 0
+    }
+
     /// Clients must authenticate before anything else.
     pub fn auth_required(&self) -> bool {
         !self.users.is_empty()
@@ -192,6 +206,7 @@ impl RoutingTable {
         RoutingTable {
             version: 0,
             generation: 0,
+            config_version: 0,
             service: service.to_string(),
             master: None,
             replicas: Vec::new(),
@@ -209,6 +224,9 @@ impl RoutingTable {
 
     /// Builds and validates a table from the control plane's config of one service.
     pub fn from_proto(version: u64, svc: &v1::ServiceConfig) -> Result<Self, String> {
+        if version & LOCAL_VERSION_BIT != 0 {
+            return Err(format!("version {version} is out of range"));
+        }
         let topo = svc
             .topology
             .as_ref()
@@ -327,6 +345,7 @@ impl RoutingTable {
         Ok(RoutingTable {
             version,
             generation: 0,
+            config_version: version,
             users,
             write_ack: policy.write_ack_replicas,
             failover_hold: (policy.failover_hold_ms > 0)

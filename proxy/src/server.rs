@@ -24,7 +24,7 @@ use crate::command::CommandTable;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::routing::{Credentials, NodeAddr, RoutingTable};
-use crate::{Error, admin, config_client, connection};
+use crate::{Error, admin, config_client, connection, follower};
 
 /// Limits applied to every client connection.
 #[derive(Debug, Clone)]
@@ -184,6 +184,7 @@ pub struct Proxy {
     admin: TcpListener,
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
+    cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl Proxy {
@@ -206,6 +207,12 @@ impl Proxy {
                 source: e,
             })?;
         let admin_addr = admin.local_addr().map_err(Error::Io)?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(Arc::new(
+                crate::cache::Cache::open(dir, &config.service).map_err(Error::Config)?,
+            )),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             service: config.service.clone(),
             proxy_id: config.proxy_id.clone().unwrap_or_else(default_proxy_id),
@@ -238,6 +245,7 @@ impl Proxy {
             admin,
             local_addr,
             admin_addr,
+            cache,
         })
     }
 
@@ -271,10 +279,12 @@ impl Proxy {
             admin,
             local_addr,
             admin_addr,
+            cache,
         } = self;
         info!(%local_addr, %admin_addr, service = %config.service, workers = config.workers, "pivot-proxy listening");
         let proxy_id = shared.proxy_id.clone();
         let tasks = TaskTracker::new();
+        let feed = Arc::new(config_client::Feed::new());
         tasks.spawn(
             config_client::run(
                 shared.clone(),
@@ -282,10 +292,25 @@ impl Proxy {
                     endpoint: config.control_plane.clone(),
                     proxy_id,
                     listen_addr: local_addr.to_string(),
+                    feed: feed.clone(),
+                    cache: cache.clone(),
                 },
                 shutdown.clone(),
             )
             .instrument(info_span!("config_client")),
+        );
+        tasks.spawn(
+            follower::run(
+                shared.clone(),
+                feed,
+                cache,
+                follower::Settings {
+                    after: config.sentinel_follow_after,
+                    poll_interval: config.sentinel_poll_interval,
+                },
+                shutdown.clone(),
+            )
+            .instrument(info_span!("sentinel_follower")),
         );
         tasks.spawn(
             refresh_commands(shared.clone(), shutdown.clone()).instrument(info_span!("commands")),

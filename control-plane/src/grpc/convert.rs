@@ -8,40 +8,12 @@ use crate::topology::{NodeAddr, Topology};
 
 /// A node address on the wire.
 pub fn node(a: &NodeAddr) -> pb::Node {
-    pb::Node {
-        host: a.host.clone(),
-        port: u32::from(a.port),
-    }
+    pivot_sentinel::wire::node(a)
 }
 
 /// A topology on the wire.
 pub fn topology(t: &Topology) -> pb::Topology {
-    pb::Topology {
-        master: t.master.as_ref().map(node),
-        replicas: t
-            .replicas
-            .iter()
-            .map(|r| pb::Replica {
-                node: Some(node(&r.addr)),
-                healthy: r.healthy,
-                lag_bytes: r.lag_bytes,
-                link_down_ms: r.link_down_ms,
-                reason: r.reason.clone(),
-            })
-            .collect(),
-        sentinels: t
-            .sentinels
-            .iter()
-            .map(|s| pb::SentinelInfo {
-                node: Some(node(&s.addr)),
-                configured: s.configured,
-                reachable: s.reachable,
-            })
-            .collect(),
-        config_epoch: t.config_epoch,
-        changed_version: t.changed_version,
-        changed_at: t.changed_at.map(prost_types::Timestamp::from),
-    }
+    pivot_sentinel::wire::topology(t)
 }
 
 /// A routing policy on the wire.
