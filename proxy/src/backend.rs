@@ -509,7 +509,8 @@ async fn run(
 ) -> End {
     let reader = read_replies(shared, rd, opts.max_reply_bytes);
     tokio::pin!(reader);
-    let mut writer = Box::pin(write_requests(shared, rx, wr));
+    let mut wr = wr;
+    let mut writer = Box::pin(write_requests(shared, rx, &mut wr));
     tokio::select! {
         end = &mut reader => end,
         end = &mut writer => match end {
@@ -610,10 +611,13 @@ pub(crate) async fn answers_probe(addr: &NodeAddr, timeout: Duration) -> bool {
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// Returns `None` when the connection is retired or every handle is gone, `Some` on failure.
+/// Takes the write half by reference: it must outlive a retirement's drain, because
+/// dropping it sends a FIN, and Redis closes a client at EOF, dropping the commands it has
+/// not run yet (those waiting out a `CLIENT PAUSE`, say) instead of answering them.
 async fn write_requests(
     shared: &Shared,
     rx: &mut mpsc::Receiver<Request>,
-    mut wr: OwnedWriteHalf,
+    wr: &mut OwnedWriteHalf,
 ) -> Option<End> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {

@@ -16,7 +16,22 @@ const T: Duration = Duration::from_secs(20);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_answered_readonly_waits_for_the_new_master_and_succeeds() -> Result<()> {
     common::init_tracing();
-    let mut stack = Stack::start(StackOptions::default()).await?;
+    let mut stack = Stack::start(StackOptions {
+        proxies: vec![],
+        ..StackOptions::default()
+    })
+    .await?;
+    // A proxy that does not follow the Sentinels itself while the control plane is down
+    // (I6), so that its table goes stale.
+    let cp = stack.control_plane.as_ref().context("running")?;
+    let mut config = pivot_proxy::Config::for_service(
+        stack.topology.master_name(),
+        &format!("http://{}", cp.grpc_addr),
+    );
+    config.sentinel_follow_after = Duration::from_secs(3600);
+    let proxy = pivot_sandbox::stack::start_proxy_with(config).await?;
+    proxy.wait_ready(T).await?;
+    stack.proxies.push(proxy);
     let old = stack.topology.node(0).addr();
     let mut client = connect(&stack.proxies[0].client(), T).await?;
     let _: () = client.set("before", 1).await?;
