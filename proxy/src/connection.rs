@@ -1920,12 +1920,14 @@ async fn forward(
     } else {
         None
     };
-    let retry = Retry {
-        frame: req.frame.clone(),
-        read: matches!(class, Class::Read | Class::Neutral),
-        backend: backend.clone(),
-    };
+    let frame = req.frame.clone();
     let mut step = send(&backend, req.frame, class, target, worker, &session.client).await;
+    // The handle this request was sent on moves into its retry: no extra clone.
+    let retry = Retry {
+        frame,
+        read: matches!(class, Class::Read | Class::Neutral),
+        backend,
+    };
     let then_after = if target == Target::Master && table.write_ack > 0 && writes(class) {
         Some(Box::new(Then::AwaitReplicas(table.write_ack)))
     } else {
