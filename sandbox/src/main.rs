@@ -175,10 +175,14 @@ async fn run(args: Args) -> Result<()> {
         );
     }
     println!();
-    println!("Ctrl-C stops everything.");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    println!("Ctrl-C (or SIGTERM) stops everything.");
+    // SIGTERM too: `kill PID` must not leave the Redis and Sentinel processes behind.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
     println!("stopping...");
     stack.shutdown().await?;
     Ok(())
