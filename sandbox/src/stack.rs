@@ -282,6 +282,22 @@ impl Stack {
         }
     }
 
+    /// Stops proxy `index` and starts a new one on the same client and admin addresses
+    /// (clients reconnect to the address they know), then waits until it is ready.
+    pub async fn restart_proxy(&mut self, index: usize, ready_timeout: Duration) -> Result<()> {
+        if index >= self.proxies.len() {
+            bail!("no proxy {index} (there are {})", self.proxies.len());
+        }
+        let old = self.proxies.remove(index);
+        let (listen, admin) = (old.addr, old.admin_addr);
+        old.stop().await?;
+        // The control plane's last bound address, even while it is stopped.
+        let grpc = self.options.grpc_listen;
+        let proxy = start_proxy(self.topology.master_name(), grpc, listen, admin).await?;
+        self.proxies.insert(index, proxy);
+        self.proxies[index].wait_ready(ready_timeout).await
+    }
+
     /// The running control plane's configuration handle.
     pub fn admin(&self) -> Result<Admin> {
         Ok(self

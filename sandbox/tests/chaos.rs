@@ -1,0 +1,107 @@
+//! The short chaos schedule (CI): 32 clients and two probers through two proxies while
+//! the master is frozen until the Sentinels fail over, then while the control plane is
+//! stopped and the master is frozen again. Asserts the failover invariants that hold
+//! today and prints the report, with the invariants that do not hold yet named (see
+//! docs/failover.md). `cargo run -p pivot-sandbox --bin pivot-chaos` runs the full
+//! schedule.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use pivot_sandbox::chaos::{self, ChaosOptions, Schedule};
+
+/// Invariants this test asserts: they held in every run so far. A regression fails here.
+const ASSERTED: &[&str] = &[
+    "lost-writes",
+    "counters",
+    "stale-master",
+    "stale-reads",
+    "no-errors-during-failover",
+    "errors-only-in-flight",
+    "in-flight-errors-are-clear",
+];
+
+/// Invariants the issue asks for that do not hold yet (issue 4's proxy work): printed,
+/// not asserted. Move an id to `ASSERTED` once it holds.
+const NOT_YET: &[&str] = &[
+    // Writes resume ~0.9 s after the promotion: the proxies switch on +switch-master, not
+    // when the elected leader's replica answers ROLE master.
+    "pivot-resume-100ms",
+    // During a control-plane outage the proxies keep the old master until the control
+    // plane is back (I6 not implemented).
+    "follows-sentinels-without-control-plane",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_chaos_schedule_keeps_the_invariants_that_hold_today() -> Result<()> {
+    common::init_tracing();
+    let started = Instant::now();
+    let report = chaos::run(ChaosOptions {
+        clients: 32,
+        schedule: Schedule::Short,
+        step_duration: Duration::from_secs(2),
+        ..ChaosOptions::default()
+    })
+    .await?;
+    eprintln!("{report}");
+    eprintln!("(chaos run took {:?})", started.elapsed());
+
+    // The run itself went as planned.
+    assert!(
+        report.schedule_completed,
+        "schedule stopped early: {:?}",
+        report.steps
+    );
+    assert!(
+        report.problems.is_empty(),
+        "problems: {:?}",
+        report.problems
+    );
+    assert!(
+        report.operations.clients_gave_up.is_empty(),
+        "{:?}",
+        report.operations.clients_gave_up
+    );
+    assert_eq!(report.failovers.len(), 2, "{:?}", report.failovers);
+    for f in &report.failovers {
+        assert!(f.new_master.is_some(), "{f:?}");
+        assert!(f.unavailable_ms.is_some(), "writes never resumed: {f:?}");
+        // The probers issue requests throughout: some are issued during every failover.
+        assert!(
+            f.issued_during.0 > 0,
+            "no request issued during the failover: {f:?}"
+        );
+    }
+    assert!(report.writes.acknowledged > 1000, "{:?}", report.writes);
+
+    let mut violated = Vec::new();
+    for id in ASSERTED {
+        match report.invariant(id) {
+            Some(i) if i.holds => {}
+            Some(i) => violated.push(format!("{id}: {} ({})", i.statement, i.detail)),
+            None => violated.push(format!("{id}: not checked")),
+        }
+    }
+    eprintln!("\nNot asserted yet (issue 4's proxy work):");
+    for id in NOT_YET {
+        if let Some(i) = report.invariant(id) {
+            eprintln!(
+                "  {} {id}: {}",
+                if i.holds {
+                    "now holds (assert it):"
+                } else {
+                    "does not hold:"
+                },
+                i.detail
+            );
+        }
+    }
+    assert!(
+        violated.is_empty(),
+        "invariants violated:\n{}",
+        violated.join("\n")
+    );
+    Ok(())
+}
