@@ -826,8 +826,9 @@ fn summarize_failover(
         }
     }
     let mut in_flight_applied = 0;
-    // The old master was frozen from the fault on: what it holds of the writes answered
-    // after the fault, it executed when it resumed, after the promotion.
+    // The old master was frozen from the fault until SIGCONT: a write it holds that was
+    // answered after SIGCONT ran when it resumed, after the promotion. One answered before
+    // SIGCONT ran before the freeze (its reply was merely late): not stale.
     for key in &f.keys_on_old_master {
         let Some(op) = set_by_key.get(key) else {
             continue;
@@ -836,9 +837,11 @@ fn summarize_failover(
             continue;
         }
         if op.acknowledged_write() {
-            // Its client was told OK by a master that had been replaced.
-            acked += 1;
-            acked_keys.push(*key);
+            if f.resumed_at.is_some_and(|r| op.end >= r) {
+                // Its client was told OK by a master that had been replaced.
+                acked += 1;
+                acked_keys.push(*key);
+            }
         } else if op.start < detectable {
             // In flight at the freeze, answered with an error: allowed (I4).
             in_flight_applied += 1;
@@ -1610,6 +1613,35 @@ mod tests {
     }
 
     use super::super::stale::MonitoredWrite;
+
+    #[test]
+    fn late_replies_are_not_stale_but_answers_after_sigcont_are() {
+        let (mut logs, mut steps) = freeze_run();
+        logs.push(ClientLog {
+            ops: vec![
+                // Ran before the freeze, reply delivered just after it.
+                op(5, OpKind::Set, 1, 990_000, 1_100_000, Outcome::Written),
+                // Answered after SIGCONT (3.2 s): the old master ran it when it resumed.
+                op(5, OpKind::Set, 2, 1_100_000, 3_300_000, Outcome::Written),
+            ],
+            ..ClientLog::default()
+        });
+        if let Some(f) = steps[0].failover.as_mut() {
+            f.keys_on_old_master = vec![(5, 1), (5, 2)];
+        }
+        let report = build(RunRecord {
+            settings: settings(),
+            logs: &logs,
+            steps: &steps,
+            schedule_completed: true,
+            problems: Vec::new(),
+            verification: None,
+            unix_at_start_us: 0,
+            proxies: 2,
+        });
+        assert_eq!(report.stale_master.acknowledged, 1);
+        assert_eq!(report.stale_master.unacknowledged, 0);
+    }
 
     #[test]
     fn data_keys_parse_back() {
