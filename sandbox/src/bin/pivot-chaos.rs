@@ -20,9 +20,11 @@ use tracing_subscriber::EnvFilter;
 ///
 /// Schedules: `short` = one master freeze, then a control-plane outage with a failover
 /// inside it. `full` = three master freezes (one with a Sentinel down), a replica killed
-/// and restarted, a Sentinel killed and restarted, the control-plane outage, a planned
-/// SENTINEL FAILOVER, and a proxy restart. Needs redis-server (and redis-sentinel or
-/// `redis-server --sentinel`) on PATH or in $REDIS_SERVER_BIN.
+/// and restarted, a Sentinel killed and restarted, the control-plane outage, the same
+/// outage with the old master resumed before the control plane returns, a planned
+/// SENTINEL FAILOVER, and a proxy restart. Definitions and results: docs/failover.md.
+/// Needs redis-server (and redis-sentinel or `redis-server --sentinel`) on PATH or in
+/// $REDIS_SERVER_BIN.
 #[derive(Debug, Parser)]
 #[command(name = "pivot-chaos", version, about, long_about)]
 struct Args {

@@ -10,11 +10,10 @@
 //!   it can write to). For a planned failover the old master keeps answering, so `S` is
 //!   the latest of the proxies' routing-table switches to the new master.
 //! - An operation is **in flight at the fault** if it was answered after `F` and issued
-//!   before `F + backend_stall`: until a request to the frozen master has gone unanswered
-//!   for `backend_stall` (250 ms), no proxy can tell the master stopped, so requests it
-//!   sends in that time are in flight to a dead node, like those sent before the freeze
-//!   (I4). It is **issued during the failover** if it was issued within
-//!   `[F + backend_stall, S]`: those must be held and served.
+//!   before `D`, the moment its proxy could see the frozen master stall (per proxy, see
+//!   [`detectable_by_proxy`]): requests sent before then are in flight to a dead node,
+//!   like those sent before the freeze (I4). It is **issued during the failover** if it
+//!   was issued within `[D, S]`: those must be held and served (I2).
 //!   Errors outside both, on the connections a proxy restart closes, are **proxy
 //!   restart**; everything else is **other**.
 //! - **Write unavailability** of a freeze: `F` to the first acknowledgement of a write
@@ -24,8 +23,9 @@
 //! - A **stale read** is a `GET`, on the connection that wrote it, of the client's last
 //!   acknowledged key that returned nil or another value.
 //! - A **write to a stale master** is a workload write the old master executed after the
-//!   promotion (seen by `MONITOR`, except over its replication link from the new master),
-//!   or a key issued at or after `F` that the old master held right after `SIGCONT`.
+//!   promotion: seen by `MONITOR` (except over its replication link from the new master),
+//!   or a key the resumed old master held whose write was answered after `SIGCONT`, or
+//!   issued after `D` and failed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -378,13 +378,22 @@ pub struct RunRecord<'a> {
 }
 
 /// A failover's window, resolved.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Window {
     fault: u64,
-    /// `fault + backend_stall`: requests issued before it may be in flight to the frozen
-    /// master.
-    detectable: u64,
+    /// Per proxy: requests issued before it may be in flight to the frozen master (see
+    /// [`detectable_by_proxy`]).
+    detectable: Vec<u64>,
     end: u64,
+}
+
+impl Window {
+    fn detectable(&self, proxy: u8) -> u64 {
+        self.detectable
+            .get(usize::from(proxy))
+            .copied()
+            .unwrap_or(self.fault)
+    }
 }
 
 fn ms(us: u64) -> f64 {
@@ -434,7 +443,7 @@ pub fn build(run: RunRecord<'_>) -> Report {
         stale_acked_keys.extend(keys);
         windows.push(Window {
             fault: f.started_at,
-            detectable: f.started_at + stall_of(f.kind, stall),
+            detectable: detectable_by_proxy(f, &ops, run.proxies, stall),
             end: summary
                 .window_ms
                 .map_or(step.end, |w| f.started_at + (w * 1000.0) as u64),
@@ -449,10 +458,11 @@ pub fn build(run: RunRecord<'_>) -> Report {
         .collect();
     let classify = |op: &Op| -> ErrorClass {
         for w in &windows {
-            if op.start < w.detectable && op.end > w.fault {
+            let detectable = w.detectable(op.proxy);
+            if op.start < detectable && op.end > w.fault {
                 return ErrorClass::InFlightAtFault;
             }
-            if op.start >= w.detectable && op.start <= w.end {
+            if op.start >= detectable && op.start <= w.end {
                 return ErrorClass::DuringFailover;
             }
         }
@@ -720,7 +730,13 @@ fn summarize_failover(
     unix_at_start_us: u64,
 ) -> (FailoverSummary, Vec<(u32, u64)>) {
     let fault = f.started_at;
-    let detectable = fault + stall_of(f.kind, stall);
+    let detectable_at = detectable_by_proxy(f, ops, proxies, stall);
+    let detectable = |o: &Op| {
+        detectable_at
+            .get(usize::from(o.proxy))
+            .copied()
+            .unwrap_or(fault)
+    };
     let new_name = f.new_master.map(|m| m.to_string());
     let mut proxy_table: Vec<Option<u64>> = vec![None; proxies];
     let mut table_changes = Vec::new();
@@ -772,11 +788,11 @@ fn summarize_failover(
     let end = window_end.unwrap_or(step.end);
     let in_flight: Vec<&&Op> = ops
         .iter()
-        .filter(|o| o.start < detectable && o.end > fault)
+        .filter(|o| o.start < detectable(o) && o.end > fault)
         .collect();
     let during: Vec<&&Op> = ops
         .iter()
-        .filter(|o| o.start >= detectable && o.start <= end)
+        .filter(|o| o.start >= detectable(o) && o.start <= end)
         .collect();
     // Longest gap between acknowledged writes around the window.
     let around = (fault.saturating_sub(1_000_000), end + 1_000_000);
@@ -842,7 +858,7 @@ fn summarize_failover(
                 acked += 1;
                 acked_keys.push(*key);
             }
-        } else if op.start < detectable {
+        } else if op.start < detectable(op) {
             // In flight at the freeze, answered with an error: allowed (I4).
             in_flight_applied += 1;
         } else {
@@ -946,13 +962,41 @@ fn kind_label(kind: FailoverKind) -> &'static str {
     }
 }
 
-/// How long after the fault a request may still be sent to the old master: a frozen
-/// one is only detectable after `backend_stall`; a planned failover has no such delay.
-fn stall_of(kind: FailoverKind, stall: u64) -> u64 {
-    match kind {
-        FailoverKind::Graceful => 0,
-        _ => stall,
+/// Client-to-proxy-to-Redis latency allowed for when placing the stall boundary (µs): a
+/// client's issue time precedes the proxy's send by that path, on a loaded machine.
+pub const STALL_SLACK_US: u64 = 20_000;
+
+/// Per proxy, the issue time before which a request may still have been sent to the
+/// frozen master.
+///
+/// A proxy holds a request for the master once the oldest request on its master
+/// connection has gone unanswered for `backend_stall`. That oldest request is the first
+/// one the frozen master never answered: the earliest-issued request through the proxy
+/// that was answered after the fault with an error that does not rule out it ran (`E`).
+/// So requests issued before `max(F, E) + backend_stall` (plus [`STALL_SLACK_US`] for the
+/// path from the client to Redis) may be in flight to the dead node (I4); later ones must
+/// be held. Without such an error the boundary is `F + backend_stall + slack`. A planned
+/// failover has no frozen node: the boundary is the fault itself.
+fn detectable_by_proxy(f: &FailoverRecord, ops: &[&Op], proxies: usize, stall: u64) -> Vec<u64> {
+    let fault = f.started_at;
+    if f.kind == FailoverKind::Graceful {
+        return vec![fault; proxies];
     }
+    (0..proxies)
+        .map(|p| {
+            let first_stuck = ops
+                .iter()
+                .filter(|o| usize::from(o.proxy) == p && o.end > fault)
+                .filter(|o| {
+                    o.failed()
+                        .is_some_and(|e| !e.not_applied && !e.connection_lost)
+                })
+                .map(|o| o.start)
+                .min()
+                .unwrap_or(fault);
+            first_stuck.max(fault) + stall + STALL_SLACK_US
+        })
+        .collect()
 }
 
 /// `chaos:{client}:{seq}` back to `(client, seq)`.
@@ -1446,7 +1490,7 @@ mod tests {
                         err("ERR ... may or may not have been applied"),
                     ),
                     // Issued during the failover, held, served.
-                    op(0, OpKind::Set, 3, ms(1260), ms(3050), Outcome::Written),
+                    op(0, OpKind::Set, 3, ms(1280), ms(3050), Outcome::Written),
                     op(0, OpKind::Get, 3, ms(3060), ms(3070), Outcome::Fresh),
                 ],
                 ..ClientLog::default()
@@ -1613,6 +1657,40 @@ mod tests {
     }
 
     use super::super::stale::MonitoredWrite;
+
+    #[test]
+    fn the_stall_boundary_follows_the_first_request_the_frozen_master_never_answered() {
+        let (_, steps) = freeze_run();
+        let ms = |m: u64| m * 1000;
+        // Light load: nothing in flight at the freeze (1 s); the first request stuck on
+        // the frozen master was issued at 1.010 s, so the proxy saw the stall at 1.260 s.
+        let stuck = || err("ERR ... may or may not have been applied");
+        let logs = vec![ClientLog {
+            ops: vec![
+                op(0, OpKind::Set, 1, ms(900), ms(901), Outcome::Written),
+                op(0, OpKind::Set, 2, ms(1010), ms(3000), stuck()),
+                // Issued after F + stall but before the proxy could see the stall.
+                op(0, OpKind::Set, 3, ms(1255), ms(3000), stuck()),
+                // Issued once the stall was visible: should have been held.
+                op(0, OpKind::Set, 4, ms(1400), ms(3000), stuck()),
+                op(0, OpKind::Set, 5, ms(1500), ms(3050), Outcome::Written),
+            ],
+            ..ClientLog::default()
+        }];
+        let report = build(RunRecord {
+            settings: settings(),
+            logs: &logs,
+            steps: &steps,
+            schedule_completed: true,
+            problems: Vec::new(),
+            verification: None,
+            unix_at_start_us: 0,
+            proxies: 2,
+        });
+        let g = &report.errors[0];
+        assert_eq!(g.by_class.get(&ErrorClass::InFlightAtFault), Some(&2));
+        assert_eq!(g.by_class.get(&ErrorClass::DuringFailover), Some(&1));
+    }
 
     #[test]
     fn late_replies_are_not_stale_but_answers_after_sigcont_are() {
