@@ -12,8 +12,9 @@
 //! - An operation is **in flight at the fault** if it was answered after `F` and issued
 //!   before `D`, the moment its proxy could see the frozen master stall (per proxy, see
 //!   [`detectable_by_proxy`]): requests sent before then are in flight to a dead node,
-//!   like those sent before the freeze (I4). It is **issued during the failover** if it
-//!   was issued within `[D, S]`: those must be held and served (I2).
+//!   like those sent before the freeze (I4); not one answered `TRYAGAIN` (held, never
+//!   sent). It is **issued during the failover** if it was issued within `[D, S]` or held
+//!   and answered `TRYAGAIN` after `F`: those must be held and served (I2).
 //!   Errors outside both, on the connections a proxy restart closes, are **proxy
 //!   restart**; everything else is **other**.
 //! - **Write unavailability** of a freeze: `F` to the first acknowledgement of a write
@@ -459,10 +460,10 @@ pub fn build(run: RunRecord<'_>) -> Report {
     let classify = |op: &Op| -> ErrorClass {
         for w in &windows {
             let detectable = w.detectable(op.proxy);
-            if op.start < detectable && op.end > w.fault {
+            if in_flight_at(op, w.fault, detectable) {
                 return ErrorClass::InFlightAtFault;
             }
-            if op.start >= detectable && op.start <= w.end {
+            if issued_during(op, w.fault, detectable, w.end) {
                 return ErrorClass::DuringFailover;
             }
         }
@@ -788,11 +789,11 @@ fn summarize_failover(
     let end = window_end.unwrap_or(step.end);
     let in_flight: Vec<&&Op> = ops
         .iter()
-        .filter(|o| o.start < detectable(o) && o.end > fault)
+        .filter(|o| in_flight_at(o, fault, detectable(o)))
         .collect();
     let during: Vec<&&Op> = ops
         .iter()
-        .filter(|o| o.start >= detectable(o) && o.start <= end)
+        .filter(|o| issued_during(o, fault, detectable(o), end))
         .collect();
     // Longest gap between acknowledged writes around the window.
     let around = (fault.saturating_sub(1_000_000), end + 1_000_000);
@@ -858,7 +859,7 @@ fn summarize_failover(
                 acked += 1;
                 acked_keys.push(*key);
             }
-        } else if op.start < detectable(op) {
+        } else if in_flight_at(op, fault, detectable(op)) {
             // In flight at the freeze, answered with an error: allowed (I4).
             in_flight_applied += 1;
         } else {
@@ -960,6 +961,18 @@ fn kind_label(kind: FailoverKind) -> &'static str {
         }
         FailoverKind::Graceful => "SENTINEL FAILOVER",
     }
+}
+
+/// Issued before the stall was detectable and answered after the fault; a request the
+/// proxy says it never sent (`TRYAGAIN`) was held, not in flight.
+fn in_flight_at(op: &Op, fault: u64, detectable: u64) -> bool {
+    op.start < detectable && op.end > fault && !op.failed().is_some_and(|e| e.not_applied)
+}
+
+/// Issued within `[detectable, end]`, or held (`TRYAGAIN`) after the fault.
+fn issued_during(op: &Op, fault: u64, detectable: u64, end: u64) -> bool {
+    let held = op.failed().is_some_and(|e| e.not_applied) && op.end > fault;
+    !in_flight_at(op, fault, detectable) && op.start <= end && (op.start >= detectable || held)
 }
 
 /// Client-to-proxy-to-Redis latency allowed for when placing the stall boundary (µs): a
@@ -1451,6 +1464,15 @@ mod tests {
         })
     }
 
+    fn tryagain() -> Outcome {
+        Outcome::Failed(OpError {
+            kind: "TRYAGAIN no master".into(),
+            message: "TRYAGAIN no master".into(),
+            not_applied: true,
+            connection_lost: false,
+        })
+    }
+
     fn settings() -> Settings {
         Settings {
             clients: 2,
@@ -1505,15 +1527,9 @@ mod tests {
                         ms(1250),
                         err("ERR ... may or may not have been applied"),
                     ),
-                    // Issued during the failover and failed: a violation.
-                    op(
-                        1,
-                        OpKind::Set,
-                        2,
-                        ms(1300),
-                        ms(1400),
-                        err("TRYAGAIN no master"),
-                    ),
+                    // Held and failed: issued inside the stall band, but TRYAGAIN says it
+                    // was never sent, so it was issued during the failover (a violation).
+                    op(1, OpKind::Set, 2, ms(1260), ms(1400), tryagain()),
                     op(1, OpKind::Set, 3, ms(1500), ms(3080), Outcome::Written),
                     op(1, OpKind::Get, 3, ms(3100), ms(3110), Outcome::Stale(None)),
                 ],
