@@ -17,8 +17,10 @@
 //!   `ROLE` as a connected replica of the new master.
 //!
 //! A freeze step resumes the old master only once every proxy has acknowledged a write
-//! issued after the freeze (or the step deadline passed), so "writes held then resumed"
-//! and "writes to the resumed old master" are measured separately.
+//! issued after the freeze and every routing table has left the old master (or the step
+//! deadline passed), so "writes held then resumed" and "writes to the resumed old master"
+//! are measured separately; [`Step::ControlPlaneOutageEarlyResume`] resumes it earlier
+//! on purpose.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
