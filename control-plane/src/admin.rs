@@ -98,6 +98,16 @@ impl Admin {
             .await)
     }
 
+    /// Fails `service` over to a replica without losing an acknowledged write (see
+    /// [`crate::failover`]).
+    pub async fn failover(
+        &self,
+        service: &str,
+        opts: crate::failover::FailoverOptions,
+    ) -> Result<crate::failover::FailoverReport, Error> {
+        crate::failover::run(&self.state, service, opts).await
+    }
+
     /// Deletes a proxy user; its connected clients are disconnected by the proxies.
     /// Returns false when there was no such user.
     pub async fn delete_user(&self, service: &str, name: &str) -> Result<bool, Error> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::error::Error;
-use crate::state::{BackendAuth, CommandRule, Consistency, ReadPolicy};
+use crate::state::{BackendAuth, CommandRule, Consistency, ReadPolicy, WriteAck};
 use crate::topology::NodeAddr;
 
 /// Configuration of the control plane (flags, or `PIVOT_*` environment variables).
@@ -91,6 +91,40 @@ pub struct Config {
         value_delimiter = ';'
     )]
     pub rules: Vec<ServiceSetting<CommandRule>>,
+
+    /// Replicas further behind the master than BYTES of replication offset (as the
+    /// Sentinels report it) get no reads until they catch up. Stored. Repeatable; in
+    /// PIVOT_MAX_REPLICA_LAG separate entries with `;`.
+    #[arg(
+        long = "max-replica-lag",
+        env = "PIVOT_MAX_REPLICA_LAG",
+        value_name = "NAME=BYTES",
+        value_delimiter = ';'
+    )]
+    pub max_replica_lag: Vec<ServiceSetting<ByteSize>>,
+
+    /// When a write is acknowledged to the client: `master` (the default: with the
+    /// master's reply) or `replicas(N)` (once N replicas have it, with `WAIT`; a failover
+    /// then cannot lose an acknowledged write). Stored. Repeatable; in PIVOT_WRITE_ACK
+    /// separate entries with `;`.
+    #[arg(
+        long = "write-ack",
+        env = "PIVOT_WRITE_ACK",
+        value_name = "NAME=MODE",
+        value_delimiter = ';'
+    )]
+    pub write_ack: Vec<ServiceSetting<WriteAck>>,
+
+    /// How long proxies hold requests for a service's master while it has none (a failover)
+    /// before answering `-TRYAGAIN`; overrides the proxies' `--failover-hold`. Stored.
+    /// Repeatable; in PIVOT_FAILOVER_HOLD separate entries with `;`.
+    #[arg(
+        long = "failover-hold",
+        env = "PIVOT_FAILOVER_HOLD",
+        value_name = "NAME=DURATION",
+        value_delimiter = ';'
+    )]
+    pub failover_hold: Vec<ServiceSetting<HoldDuration>>,
 
     /// A user clients authenticate to a service's proxies as (`AUTH [USER] PASSWORD`);
     /// once a service has users, unauthenticated clients get `NOAUTH`. The user `default`
@@ -180,6 +214,46 @@ pub struct ServiceSetting<T> {
 
 /// A `--read-policy NAME=POLICY` setting.
 pub type ReadPolicySpec = ServiceSetting<ReadPolicy>;
+
+/// A byte count: a number with an optional `k`, `m` or `g` suffix (powers of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        let (digits, shift) = match t.strip_suffix(['k', 'm', 'g']) {
+            Some(d) if t.ends_with('k') => (d, 10),
+            Some(d) if t.ends_with('m') => (d, 20),
+            Some(d) => (d, 30),
+            None => (t.as_str(), 0),
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << shift))
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is not a byte count (e.g. 1048576, 512k, 1m)"))
+    }
+}
+
+/// A `--failover-hold` duration (`10s`, `1500ms`), 1 ms to 10 minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldDuration(pub Duration);
+
+impl FromStr for HoldDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))?;
+        if d < Duration::from_millis(1) || d > Duration::from_secs(600) {
+            return Err(format!("`{s}`: must be between 1ms and 10m"));
+        }
+        Ok(HoldDuration(d))
+    }
+}
 
 impl<T: FromStr<Err = String>> FromStr for ServiceSetting<T> {
     type Err = String;
@@ -373,6 +447,62 @@ mod tests {
         assert_eq!(c.read_policies[0].service, "m");
         assert!("m=sometimes".parse::<ReadPolicySpec>().is_err());
         assert!("master-only".parse::<ReadPolicySpec>().is_err());
+    }
+
+    #[test]
+    fn policy_flags() {
+        let c = Config::try_parse_from([
+            "pivot-control-plane",
+            "--service",
+            "m=127.0.0.1:26379",
+            "--consistency",
+            "m=strong",
+            "--rule",
+            "m=CONFIG|SET:deny",
+            "--rule",
+            "m=evalsha:replica",
+            "--max-replica-lag",
+            "m=1m",
+            "--write-ack",
+            "m=replicas(2)",
+            "--failover-hold",
+            "m=1500ms",
+            "--proxy-user",
+            "m=app:s3cr:et",
+        ])
+        .unwrap();
+        assert_eq!(c.consistency[0].value, Consistency::Strong);
+        assert_eq!(c.rules[0].value.command, "config|set");
+        assert_eq!(c.rules[0].value.target, crate::state::Target::Deny);
+        assert_eq!(c.max_replica_lag[0].value, ByteSize(1 << 20));
+        assert_eq!(c.write_ack[0].value, WriteAck::Replicas(2));
+        assert_eq!(
+            c.failover_hold[0].value,
+            HoldDuration(Duration::from_millis(1500))
+        );
+        assert_eq!(c.proxy_users[0].user, "app");
+        assert_eq!(c.proxy_users[0].password, "s3cr:et");
+        assert!(!format!("{:?}", c.proxy_users).contains("s3cr"));
+        for bad in ["m=get", "m=get:nowhere", "m=a b:deny", "m=a|b|c:deny"] {
+            assert!(bad.parse::<ServiceSetting<CommandRule>>().is_err(), "{bad}");
+        }
+        for bad in [
+            "replicas(0)",
+            "replicas()",
+            "replicas(x)",
+            "all",
+            "replicas(65)",
+        ] {
+            assert!(bad.parse::<WriteAck>().is_err(), "{bad}");
+        }
+        assert_eq!("master".parse::<WriteAck>().unwrap(), WriteAck::Master);
+        assert!("0s".parse::<HoldDuration>().is_err());
+        assert!("1h".parse::<HoldDuration>().is_err());
+        assert!("12q".parse::<ByteSize>().is_err());
+        assert_eq!("4k".parse::<ByteSize>().unwrap(), ByteSize(4096));
+        assert!("m=bob".parse::<ProxyUserSpec>().is_err());
+        assert!("m=bad name:pw".parse::<ProxyUserSpec>().is_err());
+        assert!("m=bob:".parse::<ProxyUserSpec>().is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod failover;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
@@ -41,9 +42,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use admin::Admin;
-pub use config::{BackendAuthSpec, Config, ProxyUserSpec, ReadPolicySpec, ServiceSetting, ServiceSpec};
+pub use config::{
+    BackendAuthSpec, Config, ProxyUserSpec, ReadPolicySpec, ServiceSetting, ServiceSpec,
+};
 pub use error::Error;
-pub use state::{BackendAuth, CommandRule, Consistency, Policy, ReadPolicy, Target};
+pub use state::{BackendAuth, CommandRule, Consistency, Policy, ReadPolicy, Target, WriteAck};
 
 use crate::grpc::{Discovery, ProxyRegistry};
 use crate::metrics::Metrics;
@@ -258,8 +261,26 @@ async fn apply_policy_flags(
         .read_policies
         .iter()
         .map(|s| ("--read-policy", &s.service))
-        .chain(config.consistency.iter().map(|s| ("--consistency", &s.service)))
-        .chain(config.rules.iter().map(|s| ("--rule", &s.service)));
+        .chain(
+            config
+                .consistency
+                .iter()
+                .map(|s| ("--consistency", &s.service)),
+        )
+        .chain(config.rules.iter().map(|s| ("--rule", &s.service)))
+        .chain(
+            config
+                .max_replica_lag
+                .iter()
+                .map(|s| ("--max-replica-lag", &s.service)),
+        )
+        .chain(config.write_ack.iter().map(|s| ("--write-ack", &s.service)))
+        .chain(
+            config
+                .failover_hold
+                .iter()
+                .map(|s| ("--failover-hold", &s.service)),
+        );
     for (flag, service) in named {
         if !services.iter().any(|s| &s.name == service) {
             return Err(Error::Config(format!(
@@ -274,6 +295,15 @@ async fn apply_policy_flags(
         }
         if let Some(c) = config.consistency.iter().rfind(|c| c.service == s.name) {
             policy.consistency = c.value;
+        }
+        if let Some(l) = config.max_replica_lag.iter().rfind(|l| l.service == s.name) {
+            policy.max_replica_lag = Some(l.value.0);
+        }
+        if let Some(w) = config.write_ack.iter().rfind(|w| w.service == s.name) {
+            policy.write_ack = w.value;
+        }
+        if let Some(h) = config.failover_hold.iter().rfind(|h| h.service == s.name) {
+            policy.failover_hold = Some(h.value.0);
         }
         let rules: Vec<_> = config
             .rules

@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Label set naming a service.
@@ -21,6 +22,16 @@ impl ServiceLabel {
             service: service.to_string(),
         }
     }
+}
+
+/// Label set naming a service and how a leader promotion ended.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PromotionLabel {
+    /// Sentinel master name.
+    pub service: String,
+    /// `confirmed` (the majority caught up), `superseded` (the majority named another
+    /// master at that epoch or later), `aborted` or `expired`.
+    pub outcome: &'static str,
 }
 
 /// Every metric of the control plane.
@@ -41,6 +52,11 @@ pub struct Metrics {
     pub events: Family<ServiceLabel, Counter>,
     /// Proxy config streams currently open.
     pub proxies_connected: Gauge,
+    /// Time from a failover leader's promotion announcement to publishing the promoted
+    /// replica as master.
+    pub promotion_seconds: Family<ServiceLabel, Histogram>,
+    /// Leader promotions by how they ended.
+    pub promotions: Family<PromotionLabel, Counter>,
     /// ACKs received from proxies.
     pub proxy_acks: Counter,
     /// NACKs received from proxies.
@@ -65,6 +81,20 @@ impl Metrics {
         let events = Family::<ServiceLabel, Counter>::default();
         let proxies_connected = Gauge::default();
         let proxy_acks = Counter::default();
+        let promotion_seconds = Family::<ServiceLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        let promotions = Family::<PromotionLabel, Counter>::default();
+        registry.register(
+            "service_promotion_seconds",
+            "Time from a failover leader's promotion announcement to publishing the promoted replica as master",
+            promotion_seconds.clone(),
+        );
+        registry.register(
+            "service_promotions",
+            "Leader promotions followed ahead of the Sentinel majority, by outcome",
+            promotions.clone(),
+        );
         let proxy_nacks = Counter::default();
         registry.register(
             "config_version",
@@ -120,9 +150,21 @@ impl Metrics {
             failovers,
             events,
             proxies_connected,
+            promotion_seconds,
+            promotions,
             proxy_acks,
             proxy_nacks,
         }
+    }
+
+    /// Counts a leader promotion that ended with `outcome`.
+    pub fn promotion_outcome(&self, service: &str, outcome: &'static str) {
+        self.promotions
+            .get_or_create(&PromotionLabel {
+                service: service.to_string(),
+                outcome,
+            })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -1,84 +1,50 @@
 //! Watching the Sentinels of one service.
 //!
-//! Per service, one aggregator task ([`spawn_watcher`]) and one link task per Sentinel
-//! (the configured ones, plus every Sentinel they report via `SENTINEL SENTINELS`). A link
-//! subscribes to the Sentinel's event channels and polls `SENTINEL MASTER` / `REPLICAS` /
-//! `SENTINELS` every poll interval *and* as soon as an event about the service arrives;
-//! each poll becomes a [`SentinelView`] sent to the aggregator, which re-runs
-//! [`topology::decide`] over the latest view of every link and hands the result to the
-//! [`State`]. An event therefore costs one round trip to that Sentinel plus a decision,
+//! Per service, one aggregator task ([`spawn_watcher`]) and one [`Link`] per Sentinel (the
+//! configured ones, plus every Sentinel they report via `SENTINEL SENTINELS`). A link
+//! subscribes to the Sentinel's events and polls it every poll interval *and* as soon as an
+//! event about the service arrives; each poll becomes a view sent to the aggregator, which
+//! re-runs [`topology::decide`] over the latest view of every link and hands the result to
+//! the [`State`]. An event therefore costs one round trip to that Sentinel plus a decision,
 //! not a wait for every Sentinel.
 //!
-//! Every I/O step has a 1 s timeout, so a paused Sentinel marks its link unavailable
-//! instead of hanging; failed links reconnect with capped exponential backoff.
+//! The aggregator also follows the elected leader of a failover ([`promotion`]): on the
+//! leader's `+failover-state-send-slaveof-noone` for an epoch newer than the accepted
+//! master's, it publishes a topology without a master (proxies hold writes), polls the
+//! announced replica's `ROLE` every [`ROLE_POLL_INTERVAL`] and publishes it as master as
+//! soon as it answers so, about a second before the majority's `+switch-master`. An abort,
+//! or no promotion (or no confirmation by the majority) within the Sentinel's
+//! `failover-timeout` (capped at [`MAX_PROMOTION_WAIT`]), returns to the majority's
+//! decision; the majority wins whenever it names a master at the promotion's epoch or later.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
+use pivot_sentinel::event::LeaderEvent;
+use pivot_sentinel::link::{Link, Report, Trigger};
+use pivot_sentinel::promotion::{self, Announcement, Outcome, Promotion, Signal};
+use pivot_sentinel::query::{self, NodeAuth};
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::state::State;
+use crate::metrics::ServiceLabel;
+use crate::state::{PromotionStep, State};
 use crate::store::StoredService;
-use crate::topology::{self, MasterInfo, NodeAddr, ReplicaInfo, SentinelView};
+use crate::topology::{self, NodeAddr, SentinelView, Topology};
 
-/// Timeout of every connect, subscribe and command to a Sentinel.
-const IO_TIMEOUT: Duration = Duration::from_secs(1);
-/// First reconnect delay.
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest reconnect delay.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// The first decision waits for every configured link to report once, at most this long.
 const FIRST_DECISION_DEADLINE: Duration = Duration::from_secs(2);
-
-/// Sentinel event channels a link subscribes to (plus the `-failover-abort-*` pattern).
-const EVENT_CHANNELS: &[&str] = &[
-    "+switch-master",
-    "+sdown",
-    "-sdown",
-    "+odown",
-    "-odown",
-    "+slave",
-    "+convert-to-slave",
-    "+failover-end",
-    "+failover-end-for-timeout",
-    "+reboot",
-    "+try-failover",
-    "+elected-leader",
-    "+failover-state-select-slave",
-    "+selected-slave",
-    "+failover-state-send-slaveof-noone",
-    "+failover-state-wait-promotion",
-    "+promoted-slave",
-    "+failover-state-reconf-slaves",
-    "+slave-reconf-done",
-    "+sentinel",
-    "+fix-slave-config",
-    "-role-change",
-    "+role-change",
-];
-const EVENT_PATTERN: &str = "-failover-abort-*";
-
-/// What triggered a poll: a Sentinel event, with when it arrived.
-#[derive(Debug, Clone)]
-pub struct Trigger {
-    /// The event channel, e.g. `+switch-master`.
-    pub event: String,
-    /// When the link received it.
-    pub at: Instant,
-}
-
-/// A link's report to its aggregator.
-#[derive(Debug)]
-struct Report {
-    view: SentinelView,
-    trigger: Option<Trigger>,
-}
+/// How often the replica a leader promotes is asked its `ROLE`.
+pub const ROLE_POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// Longest a promotion may wait for the replica to answer as master, and then for the
+/// majority to confirm it, whatever the Sentinels' `failover-timeout` (180 s by default).
+pub const MAX_PROMOTION_WAIT: Duration = Duration::from_secs(30);
+/// Shortest such wait, and the one used when no Sentinel reports its `failover-timeout`.
+const MIN_PROMOTION_WAIT: Duration = Duration::from_secs(1);
 
 /// Starts watching `service`: the aggregator and its links run on `tracker` until
 /// `shutdown` is cancelled.
@@ -94,6 +60,25 @@ pub fn spawn_watcher(
     tracker.spawn(aggregate(service, state, poll_interval, t, shutdown).instrument(span));
 }
 
+/// The replica a promotion waits for answered `ROLE` as master.
+#[derive(Debug)]
+struct RoleAnswer {
+    epoch: u64,
+    replica: NodeAddr,
+}
+
+/// The clock and the `ROLE` poller of the promotion in progress.
+struct Running {
+    /// When the link received the leader's announcement.
+    announced_at: Instant,
+    /// Past it the promotion expires (waiting for `ROLE` master, then for the majority).
+    deadline: Instant,
+    /// The bound each of those two waits gets.
+    bound: Duration,
+    /// Stops the `ROLE` poller; cancelled when the promotion ends or is replaced.
+    poller: CancellationToken,
+}
+
 async fn aggregate(
     service: StoredService,
     state: Arc<State>,
@@ -101,12 +86,15 @@ async fn aggregate(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    // Links send views here; closed when the aggregator returns (links then stop at
+    // Links send reports here; closed when the aggregator returns (links then stop at
     // their next send, or earlier through `shutdown`).
     let (tx, mut rx) = mpsc::channel::<Report>(256);
+    // `ROLE` pollers answer here; each sends at most once.
+    let (role_tx, mut role_rx) = mpsc::channel::<RoleAnswer>(4);
     // "Poll now" for every link of the service, rung when any link sees an event.
     let poke = Arc::new(Notify::new());
     let configured = service.sentinels.len();
+    let label = ServiceLabel::new(&service.name);
     let mut views: BTreeMap<NodeAddr, SentinelView> = BTreeMap::new();
     let spawn_link = |addr: NodeAddr, is_configured: bool| {
         let link = Link {
@@ -129,361 +117,382 @@ async fn aggregate(
     let mut decided = false;
     let deadline = tokio::time::sleep(FIRST_DECISION_DEADLINE);
     tokio::pin!(deadline);
+    // What the majority rule alone accepts (its own previous decision feeds the next),
+    // and the leader promotion published on top of it.
+    let mut majority: Topology = state
+        .current()
+        .services
+        .get(&service.name)
+        .map(|s| s.topology.clone())
+        .unwrap_or_default();
+    let mut promotion: Option<Promotion> = None;
+    let mut running: Option<Running> = None;
 
     loop {
-        let trigger = tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = &mut deadline, if !decided => None,
+        let promotion_deadline = running.as_ref().map(|r| r.deadline);
+        let (trigger, signal) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = &mut deadline, if !decided => (None, None),
             report = rx.recv() => {
-                let Some(Report { view, trigger }) = report else { return };
-                for s in &view.sentinels {
-                    if !views.contains_key(s) {
-                        info!(sentinel = %s, "discovered Sentinel");
-                        views.insert(s.clone(), SentinelView::unreachable(s.clone(), false));
-                        spawn_link(s.clone(), false);
+                let Some(report) = report else { break };
+                match report {
+                    Report::View { view, trigger } => {
+                        for s in &view.sentinels {
+                            if !views.contains_key(s) {
+                                info!(sentinel = %s, "discovered Sentinel");
+                                views.insert(s.clone(), SentinelView::unreachable(s.clone(), false));
+                                spawn_link(s.clone(), false);
+                            }
+                        }
+                        reported.insert(view.sentinel.clone());
+                        views.insert(view.sentinel.clone(), view);
+                        if !decided && !service.sentinels.iter().all(|s| reported.contains(s)) {
+                            continue;
+                        }
+                        (trigger, None)
+                    }
+                    // No accepted topology yet to follow a leader from.
+                    Report::Leader { .. } if !decided => continue,
+                    Report::Leader { sentinel, event, at } => {
+                        match leader_signal(&sentinel, event, &majority) {
+                            Ok(signal) => (None, Some((signal, Instant::from_std(at)))),
+                            Err(why) => {
+                                info!(leader = %sentinel, %why, "leader event not followed");
+                                continue;
+                            }
+                        }
                     }
                 }
-                reported.insert(view.sentinel.clone());
-                views.insert(view.sentinel.clone(), view);
-                if !decided && !service.sentinels.iter().all(|s| reported.contains(s)) {
-                    continue;
-                }
-                trigger
+            }
+            Some(answer) = role_rx.recv() => {
+                (None, Some((Signal::Promoted { epoch: answer.epoch, replica: answer.replica }, Instant::now())))
+            }
+            () = sleep_until_opt(promotion_deadline) => {
+                let epoch = promotion.as_ref().map_or(0, |p| p.announcement.epoch);
+                (None, Some((Signal::Expired { epoch }, Instant::now())))
             }
         };
         decided = true;
         let all: Vec<SentinelView> = views.values().cloned().collect();
-        let previous = state
-            .current()
-            .services
-            .get(&service.name)
-            .map(|s| s.topology.clone())
-            .unwrap_or_default();
-        let next = topology::decide(&previous, &all, configured);
-        if let Some(version) = state.apply(&service.name, next).await
-            && let Some(t) = trigger
+        majority = topology::decide(&majority, &all, configured);
+
+        let mut outcome = None;
+        if let Some((signal, at)) = signal {
+            let (next, o) = promotion::apply(promotion.as_ref(), &majority, signal.clone());
+            promotion = next;
+            match &o {
+                Outcome::Started => {
+                    if let (Some(p), Signal::Announced(a)) = (&promotion, &signal) {
+                        if let Some(old) = running.take() {
+                            old.poller.cancel();
+                        }
+                        let bound = promotion_bound(&views, &a.leader);
+                        let poller = shutdown.child_token();
+                        let auth = backend_auth(&state, &service.name);
+                        tracker.spawn(
+                            poll_role(
+                                p.announcement.replica.clone(),
+                                p.announcement.epoch,
+                                auth,
+                                bound,
+                                role_tx.clone(),
+                                poller.clone(),
+                            )
+                            .instrument(
+                                info_span!("role_poll", replica = %a.replica, epoch = a.epoch),
+                            ),
+                        );
+                        running = Some(Running {
+                            announced_at: at,
+                            deadline: Instant::now() + bound,
+                            bound,
+                            poller,
+                        });
+                        info!(leader = %a.leader, epoch = a.epoch, replica = %a.replica, old_master = %a.old_master, ?bound,
+                            "failover leader promotes a replica: holding writes until it answers as master");
+                    }
+                }
+                Outcome::Promoted => {
+                    if let Some(r) = running.as_mut() {
+                        r.deadline = Instant::now() + r.bound;
+                    }
+                }
+                Outcome::Ignored(why) => debug!(%why, "promotion signal ignored"),
+                Outcome::Aborted(_) | Outcome::Expired | Outcome::Superseded => {}
+            }
+            outcome = Some(o);
+        }
+        let promoting = promotion.as_ref().map(|p| p.announcement.replica.clone());
+        let (next, settled) = promotion::settle(promotion.as_ref(), &majority);
+        promotion = next;
+        if settled.is_some() {
+            outcome = settled;
+        }
+        if promotion.is_none()
+            && let Some(r) = running.take()
         {
+            r.poller.cancel();
+            let result = match &outcome {
+                Some(Outcome::Aborted(why)) => {
+                    warn!(reason = %why, "the failover leader aborted: back to the majority's master");
+                    "aborted"
+                }
+                Some(Outcome::Expired) => {
+                    warn!(bound = ?r.bound, "leader promotion not completed or not confirmed in time: back to the majority's master");
+                    "expired"
+                }
+                _ if majority.master == promoting => {
+                    info!(master = ?majority.master.as_ref().map(ToString::to_string), epoch = majority.config_epoch,
+                        "the Sentinel majority caught up with the leader's promotion");
+                    "confirmed"
+                }
+                _ => {
+                    warn!(master = ?majority.master.as_ref().map(ToString::to_string), epoch = majority.config_epoch,
+                        "the Sentinel majority names another master at the promotion's epoch or later: it wins");
+                    "superseded"
+                }
+            };
+            state.metrics().promotion_outcome(&service.name, result);
+        }
+
+        let step = match &outcome {
+            Some(Outcome::Started) => Some(PromotionStep::Holding),
+            Some(Outcome::Promoted) => Some(PromotionStep::Promoted),
+            Some(Outcome::Aborted(_)) => Some(PromotionStep::Aborted),
+            Some(Outcome::Expired) => Some(PromotionStep::Expired),
+            _ => None,
+        };
+        let published = promotion::overlay(&majority, promotion.as_ref());
+        let version = state.apply_as(&service.name, published, step).await;
+        if let (Some(version), Some(Outcome::Promoted), Some(r)) = (version, &outcome, &running) {
+            let elapsed = r.announced_at.elapsed();
+            state
+                .metrics()
+                .promotion_seconds
+                .get_or_create(&label)
+                .observe(elapsed.as_secs_f64());
             info!(
                 version,
-                event = %t.event,
-                elapsed_ms = t.at.elapsed().as_secs_f64() * 1000.0,
-                "new version published after Sentinel event"
+                elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                "promoted replica published as master (time from the leader's announcement)"
             );
         }
-    }
-}
-
-/// One Sentinel link.
-struct Link {
-    service: String,
-    sentinel: NodeAddr,
-    configured: bool,
-    poll_interval: Duration,
-    tx: mpsc::Sender<Report>,
-    poke: Arc<Notify>,
-    shutdown: CancellationToken,
-}
-
-/// A connected link: a command connection and the event stream.
-struct Session {
-    conn: MultiplexedConnection,
-    events: redis::aio::PubSubStream,
-}
-
-impl Link {
-    async fn run(self) {
-        let mut backoff = MIN_BACKOFF;
-        // Log the first failure of a streak at warn, the retries at debug.
-        let mut was_up = true;
-        loop {
-            let failure = match self.connect().await {
-                Ok(session) => {
-                    if !was_up {
-                        info!("Sentinel link up");
-                    }
-                    was_up = true;
-                    backoff = MIN_BACKOFF;
-                    self.session(session).await
-                }
-                Err(e) => e,
-            };
-            if self.shutdown.is_cancelled() {
-                return;
-            }
-            if was_up {
-                warn!(error = %failure, "Sentinel link down; reconnecting");
-            } else {
-                debug!(error = %failure, "Sentinel still unreachable");
-            }
-            was_up = false;
-            let view = SentinelView::unreachable(self.sentinel.clone(), self.configured);
-            if self
-                .tx
-                .send(Report {
-                    view,
-                    trigger: None,
-                })
-                .await
-                .is_err()
-            {
-                return;
-            }
-            tokio::select! {
-                () = self.shutdown.cancelled() => return,
-                () = tokio::time::sleep(jitter(backoff)) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+        if let (Some(version), Some(t)) = (version, trigger) {
+            log_trigger(version, &t);
         }
     }
-
-    async fn connect(&self) -> Result<Session, String> {
-        let url = format!("redis://{}/", self.sentinel);
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(IO_TIMEOUT))
-            .set_response_timeout(Some(IO_TIMEOUT));
-        let conn = timed(client.get_multiplexed_async_connection_with_config(&config)).await?;
-        let mut pubsub = timed(client.get_async_pubsub()).await?;
-        for ch in EVENT_CHANNELS {
-            timed(pubsub.subscribe(*ch)).await?;
-        }
-        timed(pubsub.psubscribe(EVENT_PATTERN)).await?;
-        Ok(Session {
-            conn,
-            events: pubsub.into_on_message(),
-        })
-    }
-
-    /// Polls until the link fails (returns why) or shutdown.
-    async fn session(&self, mut s: Session) -> String {
-        let mut tick = tokio::time::interval(self.poll_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let trigger = tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => return "shutdown".into(),
-                msg = s.events.next() => {
-                    let Some(msg) = msg else { return "event stream closed".into() };
-                    let channel = msg.get_channel_name().to_string();
-                    let payload: String = msg.get_payload().unwrap_or_default();
-                    if !concerns(&payload, &self.service) {
-                        continue;
-                    }
-                    debug!(event = %channel, %payload, "Sentinel event");
-                    // Siblings may know more already (e.g. the leader after a promotion).
-                    self.poke.notify_waiters();
-                    Some(Trigger { event: channel, at: Instant::now() })
-                }
-                _ = tick.tick() => None,
-                () = self.poke.notified() => None,
-            };
-            let view = match poll(&mut s.conn, &self.service, &self.sentinel, self.configured).await
-            {
-                Ok(v) => v,
-                Err(e) => return e,
-            };
-            if self.tx.send(Report { view, trigger }).await.is_err() {
-                return "aggregator gone".into();
-            }
-        }
+    if let Some(r) = running {
+        r.poller.cancel();
     }
 }
 
-/// Whether a Sentinel event payload is about `service`. Instance events end in
-/// `@ <master-name> <ip> <port>`, master events start `master <name> ...`, and
-/// `+switch-master` starts with the name: a whole-word match covers all of them.
-fn concerns(payload: &str, service: &str) -> bool {
-    payload.split_whitespace().any(|w| w == service)
-}
-
-/// Up to +25 % so that links don't reconnect in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let extra = rand::random_range(0.0..0.25);
-    d.mul_f64(1.0 + extra)
-}
-
-async fn timed<T, F>(f: F) -> Result<T, String>
-where
-    F: Future<Output = redis::RedisResult<T>>,
-{
-    match tokio::time::timeout(IO_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {IO_TIMEOUT:?}")),
-    }
-}
-
-type Fields = HashMap<String, String>;
-
-/// One round trip (three pipelined commands) to the Sentinel.
-async fn poll(
-    conn: &mut MultiplexedConnection,
-    service: &str,
-    sentinel: &NodeAddr,
-    configured: bool,
-) -> Result<SentinelView, String> {
-    let master_cmd = redis::cmd("SENTINEL").arg("MASTER").arg(service).to_owned();
-    let replicas_cmd = redis::cmd("SENTINEL")
-        .arg("REPLICAS")
-        .arg(service)
-        .to_owned();
-    let sentinels_cmd = redis::cmd("SENTINEL")
-        .arg("SENTINELS")
-        .arg(service)
-        .to_owned();
-    let (mut c1, mut c2, mut c3) = (conn.clone(), conn.clone(), conn.clone());
-    let (m, r, s) = tokio::join!(
-        timed(master_cmd.query_async::<Fields>(&mut c1)),
-        timed(replicas_cmd.query_async::<Vec<Fields>>(&mut c2)),
-        timed(sentinels_cmd.query_async::<Vec<Fields>>(&mut c3)),
+fn log_trigger(version: u64, t: &Trigger) {
+    info!(
+        version,
+        event = %t.event,
+        elapsed_ms = t.at.elapsed().as_secs_f64() * 1000.0,
+        "new version published after Sentinel event"
     );
-    let observed_at = SystemTime::now();
-    let master = match m {
-        Ok(fields) => Some(parse_master(&fields)?),
-        // The Sentinel answers but doesn't monitor this service: no opinion.
-        Err(e) if e.contains("No such master") => {
-            return Ok(SentinelView {
-                reachable: true,
-                observed_at,
-                ..SentinelView::unreachable(sentinel.clone(), configured)
-            });
+}
+
+/// A leader event as a promotion signal; `Err` says why it cannot be followed.
+fn leader_signal(
+    sentinel: &NodeAddr,
+    event: LeaderEvent,
+    majority: &Topology,
+) -> Result<Signal, String> {
+    match event {
+        LeaderEvent::Promoting {
+            epoch: Some(epoch),
+            replica,
+            master,
+        } => Ok(Signal::Announced(Announcement {
+            leader: sentinel.clone(),
+            epoch,
+            replica,
+            old_master: master,
+        })),
+        LeaderEvent::Promoting {
+            epoch: None,
+            replica,
+            ..
+        } => Err(format!(
+            "promotion of {replica} announced, but its epoch is unknown (the link missed \
+             +try-failover); waiting for the majority (accepted epoch {})",
+            majority.config_epoch
+        )),
+        LeaderEvent::Aborted { epoch, reason } => Ok(Signal::Aborted {
+            leader: sentinel.clone(),
+            epoch,
+            reason,
+        }),
+    }
+}
+
+/// How long a promotion may wait for each step: the leader's `failover-timeout` (what
+/// Sentinel itself waits before `-failover-abort-slave-timeout`), within bounds.
+fn promotion_bound(views: &BTreeMap<NodeAddr, SentinelView>, leader: &NodeAddr) -> Duration {
+    let reported = views
+        .get(leader)
+        .and_then(|v| v.master.as_ref())
+        .and_then(|m| m.failover_timeout_ms)
+        .or_else(|| {
+            views
+                .values()
+                .filter_map(|v| v.master.as_ref()?.failover_timeout_ms)
+                .max()
+        });
+    reported
+        .map(Duration::from_millis)
+        .unwrap_or(MIN_PROMOTION_WAIT)
+        .clamp(MIN_PROMOTION_WAIT, MAX_PROMOTION_WAIT)
+}
+
+fn backend_auth(state: &State, service: &str) -> Option<NodeAuth> {
+    let current = state.current();
+    let a = current.services.get(service)?.backend_auth.as_ref()?;
+    Some(NodeAuth {
+        username: a.username.clone(),
+        password: a.password.clone(),
+    })
+}
+
+/// Asks `replica` its `ROLE` every [`ROLE_POLL_INTERVAL`] until it answers `master` (sent
+/// on `tx`), `stop` is cancelled, or `bound` passes.
+async fn poll_role(
+    replica: NodeAddr,
+    epoch: u64,
+    auth: Option<NodeAuth>,
+    bound: Duration,
+    tx: mpsc::Sender<RoleAnswer>,
+    stop: CancellationToken,
+) {
+    let give_up = Instant::now() + bound;
+    let mut conn = None;
+    let mut last_error = String::new();
+    while Instant::now() < give_up {
+        if conn.is_none() {
+            let connected = tokio::select! {
+                () = stop.cancelled() => return,
+                c = query::connect(&replica, auth.as_ref()) => c,
+            };
+            match connected {
+                Ok(c) => conn = Some(c),
+                Err(e) => last_error = e,
+            }
         }
-        Err(e) => return Err(e),
-    };
-    let replicas = r?.iter().filter_map(parse_replica).collect();
-    let sentinels = s?.iter().filter_map(parse_addr).collect();
-    Ok(SentinelView {
-        sentinel: sentinel.clone(),
-        configured,
-        reachable: true,
-        master,
-        replicas,
-        master_offset: None,
-        sentinels,
-        observed_at,
-    })
+        if let Some(c) = conn.as_mut() {
+            let answered = tokio::select! {
+                () = stop.cancelled() => return,
+                r = query::role(c) => r,
+            };
+            match answered {
+                Ok(role) if role == "master" => {
+                    debug!("the promoted replica answers ROLE master");
+                    let _ = tx.send(RoleAnswer { epoch, replica }).await;
+                    return;
+                }
+                Ok(role) => last_error = format!("ROLE {role}"),
+                Err(e) => {
+                    last_error = e;
+                    conn = None;
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(ROLE_POLL_INTERVAL) => {}
+        }
+    }
+    debug!(%last_error, "the promoted replica did not answer as master in time");
 }
 
-fn parse_addr(f: &Fields) -> Option<NodeAddr> {
-    let ip = f.get("ip")?;
-    let port = f.get("port")?.parse().ok()?;
-    Some(NodeAddr::new(ip.clone(), port))
-}
-
-fn flags(f: &Fields) -> Vec<String> {
-    f.get("flags")
-        .map(|s| s.split(',').map(str::to_string).collect())
-        .unwrap_or_default()
-}
-
-fn parse_master(f: &Fields) -> Result<MasterInfo, String> {
-    let addr = parse_addr(f).ok_or("SENTINEL MASTER without ip/port")?;
-    Ok(MasterInfo {
-        addr,
-        config_epoch: f
-            .get("config-epoch")
-            .and_then(|e| e.parse().ok())
-            .unwrap_or(0),
-        flags: flags(f),
-    })
-}
-
-fn parse_replica(f: &Fields) -> Option<ReplicaInfo> {
-    Some(ReplicaInfo {
-        addr: parse_addr(f)?,
-        flags: flags(f),
-        master_link_status: f.get("master-link-status").cloned().unwrap_or_default(),
-        master_link_down_ms: f
-            .get("master-link-down-time")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-        repl_offset: f.get("slave-repl-offset").and_then(|v| v.parse().ok()),
-        role_reported: f.get("role-reported").cloned().unwrap_or_default(),
-    })
+/// Completes at `at`, or never.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::topology::MasterInfo;
 
-    fn fields(pairs: &[(&str, &str)]) -> Fields {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn view(sentinel: &str, timeout_ms: Option<u64>) -> (NodeAddr, SentinelView) {
+        let addr: NodeAddr = sentinel.parse().unwrap();
+        let mut v = SentinelView::unreachable(addr.clone(), true);
+        v.reachable = true;
+        v.master = Some(MasterInfo {
+            addr: NodeAddr::new("10.0.0.1", 6379),
+            config_epoch: 0,
+            flags: vec!["master".into()],
+            failover_timeout_ms: timeout_ms,
+        });
+        (addr, v)
     }
 
     #[test]
-    fn event_filter() {
-        assert!(concerns(
-            "mymaster 127.0.0.1 7000 127.0.0.1 7002",
-            "mymaster"
-        ));
-        assert!(concerns(
-            "master mymaster 127.0.0.1 7000 #quorum 2/2",
-            "mymaster"
-        ));
-        assert!(concerns(
-            "slave 127.0.0.1:7001 127.0.0.1 7001 @ mymaster 127.0.0.1 7000",
-            "mymaster"
-        ));
-        assert!(!concerns("master mymaster2 127.0.0.1 7000", "mymaster"));
+    fn promotion_bound_follows_the_leaders_failover_timeout() {
+        let views: BTreeMap<_, _> = [view("s:1", Some(3000)), view("s:2", Some(5000))]
+            .into_iter()
+            .collect();
+        let leader: NodeAddr = "s:1".parse().unwrap();
+        assert_eq!(promotion_bound(&views, &leader), Duration::from_secs(3));
+        // Unknown leader: the longest reported.
+        let other: NodeAddr = "s:9".parse().unwrap();
+        assert_eq!(promotion_bound(&views, &other), Duration::from_secs(5));
+        // Sentinel's default of 180 s is capped; nothing reported is the minimum.
+        let views: BTreeMap<_, _> = [view("s:1", Some(180_000))].into_iter().collect();
+        assert_eq!(promotion_bound(&views, &leader), MAX_PROMOTION_WAIT);
+        let views: BTreeMap<_, _> = [view("s:1", None)].into_iter().collect();
+        assert_eq!(promotion_bound(&views, &leader), MIN_PROMOTION_WAIT);
     }
 
     #[test]
-    fn parses_sentinel_replies() {
-        let m = parse_master(&fields(&[
-            ("ip", "127.0.0.1"),
-            ("port", "7000"),
-            ("flags", "master,s_down"),
-            ("config-epoch", "3"),
-        ]))
-        .unwrap();
-        assert_eq!(m.addr, NodeAddr::new("127.0.0.1", 7000));
-        assert_eq!(m.config_epoch, 3);
-        assert_eq!(m.flags, vec!["master", "s_down"]);
-        let r = parse_replica(&fields(&[
-            ("ip", "127.0.0.1"),
-            ("port", "7001"),
-            ("flags", "slave"),
-            ("master-link-status", "ok"),
-            ("master-link-down-time", "0"),
-            ("slave-repl-offset", "12345"),
-        ]))
-        .unwrap();
-        assert_eq!(r.repl_offset, Some(12345));
-        assert_eq!(r.master_link_status, "ok");
-        assert!(parse_replica(&fields(&[("ip", "x")])).is_none());
-        assert!(parse_master(&fields(&[])).is_err());
+    fn leader_events_without_an_epoch_are_not_followed() {
+        let s: NodeAddr = "s:1".parse().unwrap();
+        let m = Topology::default();
+        let e = LeaderEvent::Promoting {
+            epoch: None,
+            replica: NodeAddr::new("r", 1),
+            master: NodeAddr::new("m", 1),
+        };
+        assert!(
+            leader_signal(&s, e, &m)
+                .unwrap_err()
+                .contains("epoch is unknown")
+        );
+        let e = LeaderEvent::Promoting {
+            epoch: Some(3),
+            replica: NodeAddr::new("r", 1),
+            master: NodeAddr::new("m", 1),
+        };
+        assert!(matches!(
+            leader_signal(&s, e, &m),
+            Ok(Signal::Announced(Announcement { epoch: 3, .. }))
+        ));
     }
 
     #[tokio::test]
-    async fn closed_port_reports_unreachable_quickly() {
+    async fn role_poll_gives_up_within_its_bound() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let (tx, mut rx) = mpsc::channel(8);
-        let shutdown = CancellationToken::new();
-        let link = Link {
-            service: "svc".into(),
-            sentinel: NodeAddr::new("127.0.0.1", port),
-            configured: true,
-            poll_interval: Duration::from_millis(100),
+        let (tx, mut rx) = mpsc::channel(1);
+        let started = std::time::Instant::now();
+        poll_role(
+            NodeAddr::new("127.0.0.1", port),
+            1,
+            None,
+            Duration::from_millis(200),
             tx,
-            poke: Arc::new(Notify::new()),
-            shutdown: shutdown.clone(),
-        };
-        let task = tokio::spawn(link.run());
-        let r = tokio::time::timeout(Duration::from_secs(3), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(!r.view.reachable);
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(3), task)
-            .await
-            .unwrap()
-            .unwrap();
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(rx.try_recv().is_err());
     }
 }

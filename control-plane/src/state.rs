@@ -193,6 +193,57 @@ pub struct CommandRule {
     pub target: Target,
 }
 
+/// When a write is acknowledged to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteAck {
+    /// With the master's reply.
+    #[default]
+    Master,
+    /// Once this many replicas have it.
+    Replicas(u32),
+}
+
+impl std::str::FromStr for WriteAck {
+    type Err = String;
+
+    /// `master` or `replicas(N)` (N >= 1).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("unknown write ack `{s}` (expected master or replicas(N), N >= 1)");
+        if s == "master" {
+            return Ok(WriteAck::Master);
+        }
+        let n = s
+            .strip_prefix("replicas(")
+            .and_then(|r| r.strip_suffix(')'))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(bad)?;
+        Ok(WriteAck::Replicas(n))
+    }
+}
+
+impl std::fmt::Display for WriteAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteAck::Master => f.write_str("master"),
+            WriteAck::Replicas(n) => write!(f, "replicas({n})"),
+        }
+    }
+}
+
+impl serde::Serialize for WriteAck {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for WriteAck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A service's routing policy, kept in the `services.policy` column (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Policy {
@@ -202,6 +253,45 @@ pub struct Policy {
     pub consistency: Consistency,
     /// Command overrides.
     pub rules: Vec<CommandRule>,
+    /// Replicas further behind the master than this (bytes of replication offset) get no
+    /// reads; `None`: no limit.
+    pub max_replica_lag: Option<u64>,
+    /// When writes are acknowledged.
+    pub write_ack: WriteAck,
+    /// How long proxies hold requests for the master while there is none; `None`: the
+    /// proxy's `--failover-hold`.
+    #[serde(with = "humantime_serde_opt")]
+    pub failover_hold: Option<std::time::Duration>,
+}
+
+/// `Option<Duration>` as a humantime string (`"10s"`) in JSON.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+impl Policy {
+    /// Takes replicas whose lag is over `max_replica_lag` out of the read pool.
+    pub fn enforce(&self, topology: &mut Topology) {
+        let Some(max) = self.max_replica_lag else {
+            return;
+        };
+        for r in &mut topology.replicas {
+            if let Some(lag) = r.lag_bytes
+                && r.healthy
+                && lag > max
+            {
+                r.healthy = false;
+                r.reason = format!("lag of {lag} bytes is over the limit of {max}");
+            }
+        }
+    }
 }
 
 impl CommandRule {
@@ -229,6 +319,9 @@ impl Default for Policy {
             read_policy: ReadPolicy::Replicas,
             consistency: Consistency::ReadYourWrites,
             rules: Vec::new(),
+            max_replica_lag: None,
+            write_ack: WriteAck::Master,
+            failover_hold: None,
         }
     }
 }
@@ -291,6 +384,35 @@ impl std::fmt::Debug for State {
         f.debug_struct("State")
             .field("version", &self.tx.borrow().version)
             .finish_non_exhaustive()
+    }
+}
+
+/// A step of a failover leader's promotion (see `pivot_sentinel::promotion`), named in the
+/// event it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromotionStep {
+    /// Writes held: event `leader-promoting`.
+    Holding,
+    /// The promoted replica is master: event `master-changed`, details `via:
+    /// leader-promotion`; counted as a failover.
+    Promoted,
+    /// The leader aborted: event `promotion-aborted`.
+    Aborted,
+    /// Not completed in time: event `promotion-expired`.
+    Expired,
+}
+
+/// `details.via` of the `master-changed` event a leader promotion writes.
+const VIA_PROMOTION: &str = "leader-promotion";
+
+impl PromotionStep {
+    fn kind(self) -> &'static str {
+        match self {
+            PromotionStep::Holding => "leader-promoting",
+            PromotionStep::Promoted => "master-changed",
+            PromotionStep::Aborted => "promotion-aborted",
+            PromotionStep::Expired => "promotion-expired",
+        }
     }
 }
 
@@ -371,9 +493,26 @@ impl State {
 
     /// Applies a decision for `service`. Returns the new version if it bumped one.
     pub async fn apply(&self, service: &str, decided: Topology) -> Option<u64> {
+        self.apply_as(service, decided, None).await
+    }
+
+    /// The metrics this state updates (the watchers add theirs).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// [`apply`](Self::apply) for a step of a leader promotion, which names the event
+    /// when the master changes.
+    pub async fn apply_as(
+        &self,
+        service: &str,
+        mut decided: Topology,
+        step: Option<PromotionStep>,
+    ) -> Option<u64> {
         let mut versions = self.versions.lock().await;
         let current = self.current();
         let prev = current.services.get(service)?;
+        prev.policy.enforce(&mut decided);
         if !prev.decided && decided.master.is_none() {
             // Not decided until the Sentinels name a master (right after a start, with the
             // Sentinels unreachable or still disagreeing). Show why, publish nothing: proxies
@@ -404,7 +543,13 @@ impl State {
 
         let version = self.next_version(&mut versions).await;
         let now = SystemTime::now();
-        let change = classify(prev.decided.then_some(&prev.topology), &decided);
+        let mut change = classify(prev.decided.then_some(&prev.topology), &decided);
+        if let Some(step) = step.filter(|_| change.kind == "master-changed") {
+            change.kind = step.kind();
+            if step == PromotionStep::Promoted {
+                change.details["via"] = json!(VIA_PROMOTION);
+            }
+        }
         let old_master = prev.topology.master.clone();
         let mut topology = decided;
         topology.changed_version = version;
@@ -504,8 +649,11 @@ impl State {
         m.events.get_or_create(&label).inc();
 
         let new_master = topology.master.clone();
-        if change.kind == "master-changed" {
-            if old_master.is_some() {
+        if change.kind == "master-changed" || change.kind.contains("promot") {
+            // A leader's promotion goes through "no master" (writes held) on its way.
+            if old_master.is_some() && new_master.is_some()
+                || change.details["via"] == VIA_PROMOTION
+            {
                 m.failovers.get_or_create(&label).inc();
             }
             tracing::info!(
@@ -647,6 +795,31 @@ mod tests {
                 .collect(),
             ..Topology::default()
         }
+    }
+
+    #[test]
+    fn lag_over_the_limit_takes_a_replica_out_of_the_read_pool() {
+        let mut t = topo("m:1", 0, &[("r:1", true), ("r:2", true), ("r:3", false)]);
+        t.replicas[0].lag_bytes = Some(10);
+        t.replicas[1].lag_bytes = Some(5000);
+        t.replicas[2].lag_bytes = Some(5000);
+        let unlimited = t.clone();
+        Policy::default().enforce(&mut t);
+        assert_eq!(t, unlimited);
+        let policy = Policy {
+            max_replica_lag: Some(1000),
+            ..Policy::default()
+        };
+        policy.enforce(&mut t);
+        assert!(t.replicas[0].healthy);
+        assert!(!t.replicas[1].healthy);
+        assert!(
+            t.replicas[1].reason.contains("lag of 5000 bytes"),
+            "{}",
+            t.replicas[1].reason
+        );
+        // Already unhealthy: its own reason stays.
+        assert_eq!(t.replicas[2].reason, "s_down");
     }
 
     #[test]

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServiceSpec;
 use crate::error::Error;
-use crate::state::{BackendAuth, CommandRule, Consistency, Policy, ProxyUser, ReadPolicy};
+use crate::state::{
+    BackendAuth, CommandRule, Consistency, Policy, ProxyUser, ReadPolicy, WriteAck,
+};
 use crate::topology::NodeAddr;
 
 /// Versions are reserved in blocks of this size.
@@ -79,6 +81,13 @@ struct StoredPolicy {
     consistency: Option<Consistency>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     rules: Vec<CommandRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_replica_lag: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    write_ack: Option<WriteAck>,
+    /// Milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failover_hold_ms: Option<u64>,
 }
 
 impl StoredPolicy {
@@ -88,6 +97,9 @@ impl StoredPolicy {
             read_policy: self.read_policy.unwrap_or(d.read_policy),
             consistency: self.consistency.unwrap_or(d.consistency),
             rules: self.rules,
+            max_replica_lag: self.max_replica_lag,
+            write_ack: self.write_ack.unwrap_or(d.write_ack),
+            failover_hold: self.failover_hold_ms.map(Duration::from_millis),
         }
     }
 }
@@ -98,6 +110,11 @@ impl From<&Policy> for StoredPolicy {
             read_policy: Some(p.read_policy),
             consistency: Some(p.consistency),
             rules: p.rules.clone(),
+            max_replica_lag: p.max_replica_lag,
+            write_ack: Some(p.write_ack),
+            failover_hold_ms: p
+                .failover_hold
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -624,6 +641,9 @@ mod tests {
                 command: "flushall".into(),
                 target: crate::state::Target::Deny,
             }],
+            max_replica_lag: Some(1 << 20),
+            write_ack: WriteAck::Replicas(1),
+            failover_hold: Some(Duration::from_secs(3)),
         };
         assert!(store.set_policy("a", &policy).await.unwrap());
         assert!(!store.set_policy("nope", &policy).await.unwrap());

@@ -56,7 +56,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
     (
         StatusCode::OK,
-        Json(json!({"ready": true, "version": table.version})),
+        Json(json!({"ready": true, "version": table.config_version})),
     )
         .into_response()
 }
@@ -77,7 +77,8 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let t = shared.table.load();
     Json(json!({
         "service": t.service,
-        "version": t.version,
+        "version": t.config_version,
+        "followed_sentinels": t.is_local(),
         "master": t.master.as_ref().map(ToString::to_string),
         "replicas": t.replicas.iter().map(|r| json!({"addr": r.addr.to_string(), "healthy": r.healthy})).collect::<Vec<_>>(),
         "read_policy": format!("{:?}", t.read_policy),

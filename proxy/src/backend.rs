@@ -67,6 +67,12 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// The node refused the proxy's handshake (wrong backend credentials, unknown
+    /// database): a configuration error, not a failover; sending again will not help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, BackendError::NotSent { reason, .. } if reason.starts_with("handshake refused"))
+    }
+
     /// The error as the client sees it.
     pub fn to_resp(&self) -> Bytes {
         crate::reply::error(&format!("ERR pivot: {self}"))
@@ -215,6 +221,8 @@ struct Shared {
     abort: CancellationToken,
     /// Requests accepted and not yet completed (queued or on the wire).
     outstanding: AtomicUsize,
+    /// Its stall was counted in the metrics.
+    stall_reported: AtomicBool,
     /// Reply slots of requests written to the socket, oldest first. Only the connection's
     /// own task touches it (writer pushes, reader pops); the lock is never contended.
     inflight: Mutex<VecDeque<Pending>>,
@@ -275,6 +283,7 @@ impl Backend {
             finish: CancellationToken::new(),
             abort: CancellationToken::new(),
             outstanding: AtomicUsize::new(0),
+            stall_reported: AtomicBool::new(false),
             inflight: Mutex::new(VecDeque::new()),
             window: Semaphore::new(opts.max_inflight),
             failure: Mutex::new(None),
@@ -308,6 +317,11 @@ impl Backend {
         lock(&self.shared.inflight)
             .front()
             .is_some_and(|p| p.sent_at.elapsed() >= stall)
+    }
+
+    /// True the first time it is called on this connection (to count a stall once).
+    pub fn first_stall_report(&self) -> bool {
+        !self.shared.stall_reported.swap(true, Ordering::AcqRel)
     }
 
     /// Requests accepted and not yet answered.
@@ -519,10 +533,15 @@ async fn run(
     }
 }
 
-/// Lets the requests on the wire of a retired connection finish: up to `drain_grace`, but no
-/// longer than it takes to see that the node has stopped answering (the oldest request
-/// unanswered for `stall`), so that a frozen old master does not hold its clients' errors
-/// back for the whole grace period.
+/// Lets the requests on the wire of a retired connection finish, up to `drain_grace`.
+///
+/// A node whose oldest request has been unanswered for `stall` is either frozen (a stopped
+/// process, a partition: its requests will never be answered) or holding writes back
+/// (`CLIENT PAUSE WRITE`, as a planned failover does: they will be answered, with
+/// `-READONLY` once the node is a replica, and then retried elsewhere). A probe on a fresh
+/// connection tells them apart: a node that answers it is alive, and the drain keeps
+/// waiting; one that doesn't is frozen, and its requests fail at once rather than at the
+/// end of the grace period.
 async fn drain(
     shared: &Shared,
     reader: &mut (impl std::future::Future<Output = End> + Unpin),
@@ -530,15 +549,27 @@ async fn drain(
 ) -> End {
     let deadline = tokio::time::Instant::now() + opts.drain_grace;
     let tick = (opts.stall / 4).max(Duration::from_millis(5));
+    let mut alive: Option<bool> = None;
     loop {
         let oldest = lock(&shared.inflight).front().map(|p| p.sent_at.elapsed());
         match oldest {
             None => return End::Closed,
             Some(age) if age >= opts.stall => {
-                return End::Failed(
-                    BackendFailure::DrainTimeout,
-                    format!("no reply for {} ms", age.as_millis()),
-                );
+                if alive.is_none() {
+                    let probe =
+                        answers_probe(&shared.key.addr, opts.stall.min(Duration::from_millis(100)));
+                    let outcome = tokio::select! {
+                        end = &mut *reader => return end,
+                        ok = probe => ok,
+                    };
+                    alive = Some(outcome);
+                }
+                if alive == Some(false) {
+                    return End::Failed(
+                        BackendFailure::DrainTimeout,
+                        format!("no reply for {} ms", age.as_millis()),
+                    );
+                }
             }
             Some(_) => {}
         }
@@ -556,6 +587,23 @@ async fn drain(
             _ = tokio::time::sleep(tick) => {}
         }
     }
+}
+
+/// True when `addr` answers a `PING` on a new connection within `timeout` (any reply
+/// counts, `-NOAUTH` included: the node is processing commands).
+pub(crate) async fn answers_probe(addr: &NodeAddr, timeout: Duration) -> bool {
+    let probe = async {
+        let mut s = TcpStream::connect((&*addr.host, addr.port)).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.ok()?;
+        (n > 0).then_some(())
+    };
+    tokio::time::timeout(timeout, probe)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 /// Largest batch the writer copies into one buffer before writing.
@@ -630,8 +678,11 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
             match scanner.scan(&buf) {
                 Ok(Some(frame)) => {
                     let bytes = buf.split_to(frame.len).freeze();
+                    // On a connection with a sink, out-of-band frames go there, and so
+                    // does anything that answers no request: the stream `MONITOR` starts.
                     if let Some(sink) = &shared.sink
-                        && crate::resp::is_out_of_band(&bytes)
+                        && (crate::resp::is_out_of_band(&bytes)
+                            || lock(&shared.inflight).is_empty())
                     {
                         if sink.send(bytes).await.is_err() {
                             // The client that took the messages is gone.

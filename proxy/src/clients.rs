@@ -171,7 +171,9 @@ impl Client {
             self.output.load(Ordering::Relaxed),
             v.user
                 .as_ref()
-                .map_or(std::borrow::Cow::Borrowed("default"), |u| String::from_utf8_lossy(u)),
+                .map_or(std::borrow::Cow::Borrowed("default"), |u| {
+                    String::from_utf8_lossy(u)
+                }),
             if v.resp3 { 3 } else { 2 },
         );
         out
@@ -238,6 +240,23 @@ impl Registry {
     }
 
     /// Clients connected now.
+    /// Closes every client authenticated as a user that is not in `users`; returns how
+    /// many.
+    pub fn kill_users_not_in<V>(&self, users: &HashMap<Box<[u8]>, V>) -> usize {
+        let mut killed = 0;
+        for c in self.list() {
+            let gone = lock(&c.visible)
+                .user
+                .as_ref()
+                .is_some_and(|u| !users.contains_key(u.as_ref()));
+            if gone {
+                c.kill.cancel();
+                killed += 1;
+            }
+        }
+        killed
+    }
+
     pub fn len(&self) -> usize {
         lock(&self.clients).len()
     }

@@ -96,6 +96,27 @@ pub struct Config {
     #[arg(long, env = "PIVOT_FAILOVER_HOLD", default_value = "10s", value_parser = humantime::parse_duration)]
     pub failover_hold: Duration,
 
+    /// For a service with `write_ack = replicas(N)`: how long a write's reply waits for N
+    /// replicas to have the write; past it the client gets `-NOREPLICAS` (the write ran on
+    /// the master, but a failover could lose it).
+    #[arg(long, env = "PIVOT_WRITE_ACK_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub write_ack_timeout: Duration,
+    /// Directory where the proxy keeps the last config it runs (one file per service,
+    /// written atomically on every change), so that a proxy started while the control
+    /// plane is unreachable serves from it at once. Unset: no cache.
+    #[arg(long, env = "PIVOT_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
+
+    /// How long the config stream may be down (or open without delivering a config) before
+    /// the proxy follows the service's Sentinels itself, with the control plane's majority
+    /// rule, until the control plane is back.
+    #[arg(long, env = "PIVOT_SENTINEL_FOLLOW_AFTER", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sentinel_follow_after: Duration,
+
+    /// Poll period per Sentinel while following them (their events trigger polls too).
+    #[arg(long, env = "PIVOT_SENTINEL_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sentinel_poll_interval: Duration,
+
     /// Dedicated backend connections (transactions, blocking commands) one worker may have
     /// open; past it such commands get an error.
     #[arg(long, env = "PIVOT_MAX_DEDICATED_CONNECTIONS", default_value_t = 4096)]
@@ -134,6 +155,9 @@ impl Config {
         if self.max_reply_bytes < 1024 {
             return Err("--max-reply-bytes must be at least 1k".into());
         }
+        if self.sentinel_poll_interval < Duration::from_millis(10) {
+            return Err("--sentinel-poll-interval must be at least 10ms".into());
+        }
         if !(self.control_plane.starts_with("http://")
             || self.control_plane.starts_with("https://"))
         {
@@ -165,6 +189,10 @@ impl Config {
             backend_stall: Duration::from_millis(250),
             max_dedicated_connections: 4096,
             failover_hold: Duration::from_secs(10),
+            write_ack_timeout: Duration::from_secs(1),
+            cache_dir: None,
+            sentinel_follow_after: Duration::from_secs(1),
+            sentinel_poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(5),
             log_format: LogFormat::Text,
         }
@@ -210,7 +238,21 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:6379");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9121");
         assert_eq!(c.control_plane, "http://127.0.0.1:50051");
+        assert_eq!(c.cache_dir, None);
+        assert_eq!(c.sentinel_follow_after, Duration::from_secs(1));
         c.validate().unwrap();
+        let c = Config::try_parse_from([
+            "pivot-proxy",
+            "--service",
+            "m",
+            "--cache-dir",
+            "/var/cache/pivot",
+            "--sentinel-follow-after",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(c.cache_dir.unwrap().to_str(), Some("/var/cache/pivot"));
+        assert_eq!(c.sentinel_follow_after, Duration::from_millis(250));
         assert!(Config::try_parse_from(["pivot-proxy"]).is_err());
         let bad = Config::try_parse_from([
             "pivot-proxy",

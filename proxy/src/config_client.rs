@@ -5,19 +5,96 @@
 //! with an ACK (applied) or a NACK with the reason (rejected; the last good table stays).
 //! When the stream fails the proxy keeps serving with its last table and reconnects with
 //! capped exponential backoff and jitter.
+//!
+//! The stream's state and the last config applied are published in the [`Feed`]: the
+//! Sentinel follower (`follower`) takes over routing changes while the stream is down
+//! (I6). With a cache (`cache`), every applied update is written to disk, and a proxy
+//! whose first stream attempt fails starts from the cached one (I7).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pivot_proto::v1::{self, proxy_discovery_client::ProxyDiscoveryClient, proxy_message::Msg};
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::cache::Cache;
 use crate::routing::RoutingTable;
 use crate::server::Shared;
+
+/// The config stream as the rest of the proxy sees it.
+#[derive(Debug, Clone)]
+pub struct StreamStatus {
+    /// The stream to the control plane is open.
+    pub connected: bool,
+    /// A config arrived on the stream now open.
+    pub received: bool,
+    /// When `connected` last changed (or when the proxy started).
+    pub since: Instant,
+    /// The last config applied from the control plane (or loaded from the cache).
+    pub last: Option<Arc<v1::ConfigUpdate>>,
+    /// `last` came from the on-disk cache, not from this process's stream.
+    pub from_cache: bool,
+}
+
+impl StreamStatus {
+    /// The control plane is in charge: the stream is open and has delivered a config.
+    pub fn live(&self) -> bool {
+        self.connected && self.received
+    }
+}
+
+/// What the config client shares with the Sentinel follower.
+#[derive(Debug)]
+pub struct Feed {
+    /// Written by the config client only.
+    pub status: watch::Sender<StreamStatus>,
+    /// Held while a routing table is installed, so that the follower, which checks under
+    /// it that the stream is still down and the table unchanged, never replaces a fresher
+    /// table from the control plane.
+    pub swap: Mutex<()>,
+}
+
+impl Feed {
+    /// A feed for a proxy that has not heard from its control plane yet.
+    pub fn new() -> Feed {
+        Feed {
+            status: watch::Sender::new(StreamStatus {
+                connected: false,
+                received: false,
+                since: Instant::now(),
+                last: None,
+                from_cache: false,
+            }),
+            swap: Mutex::new(()),
+        }
+    }
+
+    /// Takes the install lock (a panic while holding it leaves nothing half-done: the
+    /// table swap is one store).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.swap.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.status.send_modify(|s| {
+            if s.connected != connected {
+                s.connected = connected;
+                s.since = Instant::now();
+            }
+            s.received = false;
+        });
+    }
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// Who this proxy is and where the control plane is.
 #[derive(Debug, Clone)]
@@ -28,6 +105,10 @@ pub struct Settings {
     pub proxy_id: String,
     /// Client address, reported to the control plane.
     pub listen_addr: String,
+    /// Stream state for the Sentinel follower.
+    pub feed: Arc<Feed>,
+    /// Where applied updates are kept on disk, if anywhere.
+    pub cache: Option<Arc<Cache>>,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -36,6 +117,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Runs until `shutdown`: keeps a config stream open, reconnecting after every failure.
 pub async fn run(shared: Arc<Shared>, settings: Settings, shutdown: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
+    let mut first = true;
     loop {
         let session = stream_once(&shared, &settings);
         let outcome = tokio::select! {
@@ -43,6 +125,10 @@ pub async fn run(shared: Arc<Shared>, settings: Settings, shutdown: Cancellation
             r = session => r,
         };
         shared.metrics.control_plane_connected.set(0);
+        settings.feed.set_connected(false);
+        if std::mem::take(&mut first) && shared.table.load().version == 0 {
+            start_from_cache(&shared, &settings).await;
+        }
         match outcome {
             // The stream worked for a while: start the backoff over.
             Ok(true) => backoff = MIN_BACKOFF,
@@ -81,7 +167,7 @@ async fn stream_once(shared: &Shared, settings: &Settings) -> Result<bool, Strin
             listen_addr: settings.listen_addr.clone(),
             build_version: env!("CARGO_PKG_VERSION").to_string(),
             services: vec![shared.service.clone()],
-            running_version: shared.table.load().version,
+            running_version: shared.table.load().config_version,
         })),
     };
     tx.send(hello)
@@ -93,6 +179,7 @@ async fn stream_once(shared: &Shared, settings: &Settings) -> Result<bool, Strin
         .map_err(|e| format!("subscribe: {e}"))?
         .into_inner();
     shared.metrics.control_plane_connected.set(1);
+    settings.feed.set_connected(true);
     info!(endpoint = %settings.endpoint, "config stream open");
     let mut received = false;
     // Versions must grow within a stream; a new stream (perhaps from another control plane,
@@ -116,14 +203,28 @@ async fn stream_once(shared: &Shared, settings: &Settings) -> Result<bool, Strin
             }
         };
         received = true;
-        let answer = match apply(shared, &update, last_version) {
+        let applied = {
+            let _installing = settings.feed.lock();
+            apply(shared, &update, last_version)
+        };
+        let mut keep = None;
+        let answer = match applied {
             Ok(()) => {
                 last_version = update.version;
                 shared.metrics.config_acks.inc();
-                Msg::Ack(v1::Ack {
+                let answer = Msg::Ack(v1::Ack {
                     version: update.version,
                     nonce: update.nonce.clone(),
-                })
+                });
+                shared.metrics.outage.cache_loaded.set(0);
+                let update = Arc::new(update);
+                settings.feed.status.send_modify(|s| {
+                    s.received = true;
+                    s.last = Some(update.clone());
+                    s.from_cache = false;
+                });
+                keep = Some(update);
+                answer
             }
             Err(reason) => {
                 shared.metrics.config_nacks.inc();
@@ -141,6 +242,66 @@ async fn stream_once(shared: &Shared, settings: &Settings) -> Result<bool, Strin
             .is_err()
         {
             return Ok(true);
+        }
+        // After the ACK: the disk must not delay the control plane's view of this proxy.
+        if let (Some(cache), Some(update)) = (&settings.cache, keep) {
+            write_cache(shared, cache, (*update).clone()).await;
+        }
+    }
+}
+
+/// Writes `update` to the cache; a failure is logged and counted, and changes nothing else
+/// (the config is applied either way).
+pub(crate) async fn write_cache(shared: &Shared, cache: &Arc<Cache>, update: v1::ConfigUpdate) {
+    let version = update.version;
+    match cache.store_async(update).await {
+        Ok(()) => {
+            shared.metrics.outage.cache_writes.inc();
+            debug!(version, path = %cache.path().display(), "config cached");
+        }
+        Err(e) => {
+            shared.metrics.outage.cache_write_errors.inc();
+            warn!(version, error = %e, "cannot write the config cache; the next restart without a control plane cannot use it");
+        }
+    }
+}
+
+/// The first stream attempt failed before the proxy had any config: serve the cached one,
+/// if there is a valid one.
+async fn start_from_cache(shared: &Shared, settings: &Settings) {
+    let Some(cache) = &settings.cache else { return };
+    let update = match cache.load_async().await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            info!(path = %cache.path().display(), "control plane unreachable and no cached config yet");
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "control plane unreachable and the cached config is unusable");
+            return;
+        }
+    };
+    let applied = {
+        let _installing = settings.feed.lock();
+        if shared.table.load().version != 0 {
+            // The stream delivered meanwhile (not possible today: one task does both).
+            return;
+        }
+        apply(shared, &update, 0)
+    };
+    match applied {
+        Ok(()) => {
+            shared.metrics.outage.cache_loaded.set(1);
+            warn!(version = update.version, path = %cache.path().display(),
+                "control plane unreachable: serving the cached config, and following the Sentinels");
+            let update = Arc::new(update);
+            settings.feed.status.send_modify(|s| {
+                s.last = Some(update);
+                s.from_cache = true;
+            });
+        }
+        Err(e) => {
+            warn!(error = %e, path = %cache.path().display(), "the cached config is invalid; ignoring it");
         }
     }
 }
@@ -166,23 +327,62 @@ pub fn apply(shared: &Shared, update: &v1::ConfigUpdate, last_version: u64) -> R
             update.version, last_version
         ));
     }
+    if shared.table.load().master != table.master
+        && table.master.is_some()
+        && let Some(at) = svc
+            .topology
+            .as_ref()
+            .and_then(|t| t.changed_at)
+            .and_then(|t| std::time::SystemTime::try_from(t).ok())
+        && let Ok(lag) = std::time::SystemTime::now().duration_since(at)
+    {
+        // How long after the control plane decided the proxy switched (the control
+        // plane's clock: meaningful when clocks are synchronised, as on one host).
+        shared
+            .metrics
+            .master_switch_seconds
+            .observe(lag.as_secs_f64());
+    }
+    install(shared, table, "control plane");
+    Ok(())
+}
+
+/// Swaps the routing table (the caller holds [`Feed::lock`]): logs a master change,
+/// disconnects clients of deleted users, and wakes the workers (which retire connections to
+/// nodes that left the table) and held requests. `source` names where the table came from.
+pub(crate) fn install(shared: &Shared, table: RoutingTable, source: &'static str) {
     let current = shared.table.load();
     if current.master != table.master {
         info!(
             old = ?current.master.as_ref().map(ToString::to_string),
             new = ?table.master.as_ref().map(ToString::to_string),
-            version = update.version,
+            version = table.version,
+            source,
             "master changed"
         );
     }
     debug!(
-        version = update.version,
+        version = table.version,
         replicas = table.readable.len(),
+        source,
         "config applied"
     );
-    let version = table.version;
-    shared.table.store(Arc::new(table));
+    let version = table.config_version;
+    let users_changed = current.users != table.users;
+    let table = Arc::new(table);
+    crate::server::install(shared, table.clone());
+    if users_changed {
+        // As Redis does for a deleted user's clients: they are disconnected.
+        let dropped = shared.clients.kill_users_not_in(&table.users);
+        if dropped > 0 {
+            info!(
+                clients = dropped,
+                "disconnected the clients of deleted users"
+            );
+        }
+    }
     shared.metrics.config_version.set(version as i64);
+    // The control plane's version, also for a table the proxy changed on its own (then it
+    // is the same as before): receivers see a change either way.
     shared.applied.send_replace(version);
-    Ok(())
 }

@@ -40,7 +40,7 @@ use tracing::debug;
 use crate::backend::{Backend, BackendError, PoolKey, Reply, Request, reserve_with};
 use crate::clients::{Client, Visible};
 use crate::command::{Class, Lookup, Lower, Special};
-use crate::metrics::Target;
+use crate::metrics::{RetryReason, Target};
 use crate::reply;
 use crate::resp::{self, FrameError, Mode, Scanner};
 use crate::routing::{ClientState, NodeAddr, Route, RoutingTable, RuleTarget, route, rule_for};
@@ -62,9 +62,173 @@ enum Slot {
         then: Option<Box<Then>>,
         /// `CLIENT REPLY OFF|SKIP`: wait for the reply (order, accounting) but don't write it.
         silent: bool,
+        /// How to send it again if the reply says it did not run (or, for a read, failed).
+        retry: Option<Retry>,
     },
     /// Write everything before this, then close the connection (QUIT, protocol error).
     Close,
+}
+
+/// Attempts per request, the first included, when replies say it did not run.
+const MAX_ATTEMPTS: usize = 4;
+
+/// A request over a shared connection that may have to be sent again (I2, I3, I5). Kept
+/// with its reply slot (two reference counts, no copy) until the reply shows whether:
+///
+/// - `-READONLY`, `-LOADING`, `-MASTERDOWN`: the node did not run it (it is a replica now,
+///   loading, or cut off from its master): a topology signal. It goes to the node the
+///   routing table names once that is another node (or the table changed), within
+///   `--failover-hold`.
+/// - the request never reached its node ([`BackendError::NotSent`]): the same.
+/// - a read whose node failed after receiving it: reads are safe to run twice, so it goes to
+///   another healthy node. A write in that case may have run, and is never sent again (I4).
+///
+/// The retried request runs after anything the client pipelined behind it to *other*
+/// nodes; requests behind it to the same failing node fail the same way and are retried in
+/// order after it.
+struct Retry {
+    frame: Bytes,
+    /// A read (class Read or Neutral).
+    read: bool,
+    /// Where it went first.
+    backend: Backend,
+}
+
+impl Retry {
+    /// Why `reply` calls for sending the request again, if it does.
+    fn reason(&self, reply: &Option<Reply>) -> Option<RetryReason> {
+        match reply {
+            Some(Ok(b)) if b.first() == Some(&b'-') => {
+                if b.starts_with(b"-READONLY") {
+                    Some(RetryReason::Readonly)
+                } else if b.starts_with(b"-LOADING") {
+                    Some(RetryReason::Loading)
+                } else if b.starts_with(b"-MASTERDOWN") {
+                    Some(RetryReason::Masterdown)
+                } else {
+                    None
+                }
+            }
+            Some(Err(e @ BackendError::NotSent { .. })) if !e.is_refusal() => {
+                Some(RetryReason::NotSent)
+            }
+            Some(Err(BackendError::Lost { .. })) if self.read => Some(RetryReason::ReadFailed),
+            _ => None,
+        }
+    }
+
+    /// The reply to give the client: `first`, or what sending the request again brought.
+    async fn resolve(this: Option<Retry>, first: Option<Reply>, worker: &Worker) -> Option<Reply> {
+        let Some(this) = this else { return first };
+        if this.reason(&first).is_none() {
+            return first;
+        }
+        this.run(first, worker).await
+    }
+
+    async fn run(self, first: Option<Reply>, worker: &Worker) -> Option<Reply> {
+        let shared = &worker.shared;
+        let hold = shared
+            .table
+            .load()
+            .failover_hold
+            .unwrap_or(shared.limits.failover_hold);
+        let deadline = tokio::time::Instant::now() + hold;
+        let mut applied = shared.applied.subscribe();
+        let mut reply = first;
+        let mut failed = self.backend.addr().clone();
+        let mut failed_version = shared.table.load().version;
+        let key = self.backend.key();
+        for _ in 1..MAX_ATTEMPTS {
+            let Some(reason) = self.reason(&reply) else {
+                return reply;
+            };
+            shared.metrics.retry(reason);
+            if matches!(reason, RetryReason::ReadFailed | RetryReason::NotSent) {
+                // A replica that failed a read leaves the read pool for a while.
+                crate::server::eject(shared, &failed);
+            }
+            // Wait for a node to send it to.
+            let backend = loop {
+                let table = shared.table.load_full();
+                let moved_on = table.version != failed_version;
+                let candidate = if self.read {
+                    table
+                        .readable
+                        .iter()
+                        .chain(table.master.iter())
+                        .find(|a| **a != failed || moved_on)
+                } else {
+                    table
+                        .master
+                        .as_ref()
+                        .filter(|m| **m != failed || moved_on || reason == RetryReason::NotSent)
+                };
+                if let Some(addr) = candidate {
+                    let b = worker.pool.get(&PoolKey {
+                        addr: addr.clone(),
+                        db: key.db,
+                        resp3: key.resp3,
+                    });
+                    if b.is_alive() && !b.stalled(shared.limits.backend_stall) {
+                        failed_version = table.version;
+                        break b;
+                    }
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return self.exhausted(reply, worker);
+                }
+                let tick =
+                    (shared.limits.backend_stall / 10).max(std::time::Duration::from_millis(2));
+                tokio::select! {
+                    _ = applied.changed() => {}
+                    _ = tokio::time::sleep(tick) => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            };
+            failed = backend.addr().clone();
+            let (tx, rx) = oneshot::channel();
+            backend.send(Request::new(self.frame.clone(), tx)).await;
+            reply = rx.await.ok();
+        }
+        match self.reason(&reply) {
+            None => reply,
+            Some(_) => self.exhausted(reply, worker),
+        }
+    }
+
+    /// Out of attempts or time: a write that did not run gets `-TRYAGAIN` (it may be sent
+    /// again safely); anything else keeps its last reply.
+    fn exhausted(&self, last: Option<Reply>, worker: &Worker) -> Option<Reply> {
+        worker.shared.metrics.retries_exhausted.inc();
+        let ran_nowhere = matches!(
+            self.reason(&last),
+            Some(
+                RetryReason::Readonly
+                    | RetryReason::Loading
+                    | RetryReason::Masterdown
+                    | RetryReason::NotSent
+            )
+        );
+        if ran_nowhere {
+            let table = worker.shared.table.load();
+            let last_error = match &last {
+                Some(Ok(b)) => String::from_utf8_lossy(b.strip_prefix(b"-").unwrap_or(b))
+                    .trim_end()
+                    .to_string(),
+                Some(Err(e)) => e.to_string(),
+                None => "no reply".into(),
+            };
+            return Some(Ok(reply::error(&format!(
+                "TRYAGAIN pivot: no node of service '{}' could run the command within {:?} (a failover is in progress or the nodes are unreachable); it did not run. Last error: {last_error}",
+                table.service,
+                table
+                    .failover_hold
+                    .unwrap_or(worker.shared.limits.failover_hold)
+            ))));
+        }
+        last
+    }
 }
 
 /// What happens to a reply before the client gets it.
@@ -75,13 +239,30 @@ enum Then {
     NoScriptOnMaster { backend: Backend, frame: Bytes },
     /// `INFO`: the master's reply with this `# Proxy` section appended.
     ProxySection(Bytes),
+    /// `write_ack = replicas(N)`: a successful write's reply waits until N replicas have
+    /// the write (see `ack.rs`).
+    AwaitReplicas(u32),
 }
 
 impl Then {
     /// The reply to give the client.
-    async fn resolve(this: Option<Box<Then>>, first: Option<Reply>) -> Option<Reply> {
+    async fn resolve(
+        this: Option<Box<Then>>,
+        first: Option<Reply>,
+        worker: &Worker,
+    ) -> Option<Reply> {
         let Some(this) = this else { return first };
         match (*this, first) {
+            (Then::AwaitReplicas(n), Some(Ok(bytes))) if !bytes.starts_with(b"-") => {
+                let timeout = worker.shared.limits.write_ack_timeout;
+                match worker.acker.wait(worker, n, timeout).await {
+                    Ok(()) => Some(Ok(bytes)),
+                    Err(e) => {
+                        worker.shared.metrics.write_ack_failures.inc();
+                        Some(Ok(reply::error(&e)))
+                    }
+                }
+            }
             (Then::NoScriptOnMaster { backend, frame }, Some(Ok(bytes)))
                 if bytes.starts_with(b"-NOSCRIPT") =>
             {
@@ -89,9 +270,10 @@ impl Then {
                 backend.send(Request::new(frame, tx)).await;
                 rx.await.ok()
             }
-            (Then::ProxySection(section), Some(Ok(bytes))) => {
-                Some(Ok(reply::append_info_section(&bytes, &section).unwrap_or(bytes)))
-            }
+            (Then::ProxySection(section), Some(Ok(bytes))) => Some(Ok(reply::append_info_section(
+                &bytes, &section,
+            )
+            .unwrap_or(bytes))),
             (_, first) => first,
         }
     }
@@ -262,6 +444,7 @@ impl Session {
 /// so that the pool's map is consulted once per change rather than once per request.
 struct Resolved {
     version: u64,
+    generation: u64,
     db: u32,
     resp3: bool,
     master: Option<Backend>,
@@ -271,6 +454,7 @@ struct Resolved {
 impl Resolved {
     fn refresh(&mut self, table: &RoutingTable, session: &Session, worker: &Worker) {
         if self.version == table.version
+            && self.generation == table.generation
             && self.version != 0
             && self.db == session.db
             && self.resp3 == session.resp3
@@ -278,6 +462,7 @@ impl Resolved {
             return;
         }
         self.version = table.version;
+        self.generation = table.generation;
         self.db = session.db;
         self.resp3 = session.resp3;
         self.master = table
@@ -425,6 +610,7 @@ async fn read_loop(
     let mut scanner = Scanner::new(Mode::Request, shared.limits.max_request_bytes);
     let mut resolved = Resolved {
         version: u64::MAX,
+        generation: 0,
         db: 0,
         resp3: false,
         master: None,
@@ -539,7 +725,8 @@ async fn read_loop(
                         worker.shared.metrics.rejected.inc();
                         let msg = format!(
                             "TRYAGAIN pivot: no usable master for service '{}' within {:?} (a failover is in progress or the master is unreachable)",
-                            table.service, shared.limits.failover_hold
+                            table.service,
+                            table.failover_hold.unwrap_or(shared.limits.failover_hold)
                         );
                         if !queue(tx, Slot::Ready(reply::error(&msg)), session, skip).await {
                             return;
@@ -583,6 +770,7 @@ async fn queue(tx: &mpsc::Sender<Slot>, slot: Slot, session: &Session, skip: boo
                 pubsub,
                 then,
                 silent: _,
+                retry,
             } => Slot::Pending {
                 rx,
                 started,
@@ -590,6 +778,7 @@ async fn queue(tx: &mpsc::Sender<Slot>, slot: Slot, session: &Session, skip: boo
                 pubsub,
                 then,
                 silent: true,
+                retry,
             },
             Slot::Close => Slot::Close,
         }
@@ -615,7 +804,11 @@ fn gate(req: &Req, table: &RoutingTable, session: &mut Session, worker: &Worker)
     if !table.rules.is_empty() && rule(table, req) == Some(RuleTarget::Deny) {
         worker.shared.metrics.rejected.inc();
         if let Some(Pinned {
-            kind: PinKind::Transaction { in_multi: true, aborted },
+            kind:
+                PinKind::Transaction {
+                    in_multi: true,
+                    aborted,
+                },
             ..
         }) = session.pinned.as_mut()
         {
@@ -657,7 +850,14 @@ fn master_usable(table: &RoutingTable, resolved: &mut Resolved, worker: &Worker)
         return false;
     }
     match resolved.backend(Route::Master, worker) {
-        Some(b) => b.is_alive() && !b.stalled(worker.shared.limits.backend_stall),
+        Some(b) if b.stalled(worker.shared.limits.backend_stall) => {
+            if b.first_stall_report() {
+                worker.shared.metrics.stall_detections.inc();
+                debug!(master = %b.addr(), "master stalled: holding requests for it");
+            }
+            false
+        }
+        Some(b) => b.is_alive(),
         None => false,
     }
 }
@@ -673,7 +873,12 @@ async fn hold_for_master(
     let shared = &worker.shared;
     shared.metrics.held.inc();
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + shared.limits.failover_hold;
+    let hold = shared
+        .table
+        .load()
+        .failover_hold
+        .unwrap_or(shared.limits.failover_hold);
+    let deadline = tokio::time::Instant::now() + hold;
     let mut applied = shared.applied.subscribe();
     loop {
         let table = shared.table.load_full();
@@ -888,8 +1093,8 @@ fn subcommand_is(req: &Req, sub: &[u8]) -> bool {
         .is_some_and(|a| a.eq_ignore_ascii_case(sub))
 }
 
-/// Channel the proxy publishes to before `WAIT` (see [`wait`]); nobody subscribes to it.
-const WAIT_FENCE: &[u8] = b"*3\r\n$7\r\nPUBLISH\r\n$19\r\n__pivot__:wait-fence\r\n$0\r\n\r\n";
+/// Published before `WAIT` (see [`wait`]); nobody subscribes to its channel.
+use crate::ack::WAIT_FENCE;
 
 /// `WAIT numreplicas timeout` (and `WAITAOF`): waits for the replicas to acknowledge this
 /// client's writes. Redis counts the writes of the connection `WAIT` runs on, and this
@@ -1007,8 +1212,12 @@ fn proxy_section(table: &RoutingTable, worker: &Worker) -> Bytes {
         shared.proxy_id,
         table.service,
         shared.started.elapsed().as_secs(),
-        table.version,
-        table.master.as_ref().map(ToString::to_string).unwrap_or_default(),
+        table.config_version,
+        table
+            .master
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         table.replicas.len(),
         table.readable.len(),
         match table.read_policy {
@@ -1163,9 +1372,7 @@ async fn tracking(req: Req, table: &RoutingTable, session: &mut Session, worker:
                 req.lower_name()
             ),
         ),
-        Some(special @ Special::Reset) => {
-            answer_local(special, &req, session, worker)
-        }
+        Some(special @ Special::Reset) => answer_local(special, &req, session, worker),
         Some(Special::Transaction | Special::StreamRead) | None => forward(req).await,
         Some(special) => answer_local(special, &req, session, worker),
     }
@@ -1324,9 +1531,12 @@ async fn subscribed(
             )
         }
         _ if session.resp3
-            && (req.lookup.blocking
-                || (req.lookup.special == Some(Special::StreamRead)
-                    && has_block_arg(&req.frame))) =>
+            && if req.lookup.special == Some(Special::StreamRead) {
+                // XREAD carries the `blocking` flag, but only blocks with BLOCK.
+                has_block_arg(&req.frame)
+            } else {
+                req.lookup.blocking
+            } =>
         {
             reject(
                 worker,
@@ -1335,6 +1545,37 @@ async fn subscribed(
                     req.lower_name()
                 ),
             )
+        }
+        // The subscriber connection speaks the client's protocol: switch it too (a RESP2
+        // subscriber is back to RESP2's subscriber-mode rules).
+        Some(Special::Hello) if session.resp3 => {
+            let step = answer_local(Special::Hello, &req, session, worker);
+            if !session.resp3 {
+                let (tx, _ignored) = oneshot::channel();
+                backend
+                    .send(Request::new(
+                        Bytes::from_static(b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n"),
+                        tx,
+                    ))
+                    .await;
+            }
+            step
+        }
+        // Publishing on the master from the subscriber connection keeps Redis's order (the
+        // message to this very client comes before the reply); a PUBLISH over a shared
+        // connection would race with the message on this one.
+        _ if session.resp3 && target == Target::Master && req.is(b"PUBLISH") => {
+            send_n(
+                &backend,
+                req.frame,
+                req.lookup.class,
+                target,
+                worker,
+                1,
+                true,
+                &session.client,
+            )
+            .await
         }
         _ if session.resp3 => unpinned(req, table, resolved, session, worker).await,
         _ => subscribed_send(req, target, session, worker).await,
@@ -1511,9 +1752,9 @@ async fn in_transaction(
     }
     match req.lookup.special {
         Some(Special::Transaction) => {
-            let ends = req.is(b"EXEC")
-                || (req.is(b"DISCARD") && in_multi)
-                || (req.is(b"UNWATCH") && !in_multi);
+            let exec = req.is(b"EXEC");
+            let ends =
+                exec || (req.is(b"DISCARD") && in_multi) || (req.is(b"UNWATCH") && !in_multi);
             if req.is(b"MULTI")
                 && let Some(p) = session.pinned.as_mut()
             {
@@ -1537,7 +1778,8 @@ async fn in_transaction(
                     "EXECABORT Transaction discarded because of previous errors.",
                 )
             } else {
-                send(
+                let write_ack = worker.shared.table.load().write_ack;
+                let mut step = send(
                     &backend,
                     req.frame,
                     Class::Admin,
@@ -1545,7 +1787,15 @@ async fn in_transaction(
                     worker,
                     &session.client,
                 )
-                .await
+                .await;
+                if exec
+                    && write_ack > 0
+                    && let Step::Slot(Slot::Pending { then, .. }) = &mut step
+                {
+                    // The transaction's writes are acknowledged as one.
+                    *then = Some(Box::new(Then::AwaitReplicas(write_ack)));
+                }
+                step
             };
             if ends && let Some(p) = session.pinned.take() {
                 // Clean again: the next client may use it (behind this reply).
@@ -1670,9 +1920,20 @@ async fn forward(
     } else {
         None
     };
+    let retry = Retry {
+        frame: req.frame.clone(),
+        read: matches!(class, Class::Read | Class::Neutral),
+        backend: backend.clone(),
+    };
     let mut step = send(&backend, req.frame, class, target, worker, &session.client).await;
-    if let Step::Slot(Slot::Pending { then, .. }) = &mut step {
-        *then = fallback;
+    let then_after = if target == Target::Master && table.write_ack > 0 && writes(class) {
+        Some(Box::new(Then::AwaitReplicas(table.write_ack)))
+    } else {
+        fallback
+    };
+    if let Step::Slot(Slot::Pending { then, retry: r, .. }) = &mut step {
+        *then = then_after;
+        *r = Some(retry);
     }
     step
 }
@@ -1737,6 +1998,7 @@ async fn send_n(
         pubsub,
         then: None,
         silent: false,
+        retry: None,
     })
 }
 
@@ -1785,6 +2047,7 @@ async fn write_replies(
                 pubsub,
                 then,
                 silent,
+                retry,
             } => {
                 let r = loop {
                     if !pubsub {
@@ -1794,19 +2057,24 @@ async fn write_replies(
                             r = &mut reply_rx => break r,
                         }
                     }
+                    // Messages first: the backend queues a message before it completes a
+                    // reply that came after it on the connection, so this keeps Redis's
+                    // order (a subscriber publishing to itself gets the message, then the
+                    // reply).
                     tokio::select! {
                         biased;
                         _ = kill.cancelled() => return,
-                        r = &mut reply_rx => break r,
                         Some(m) = messages.recv() => {
                             if !write_messages(&mut wr, &mut out, m, &mut messages).await {
                                 rx.close();
                                 return;
                             }
                         }
+                        r = &mut reply_rx => break r,
                     }
                 };
-                let r = Then::resolve(then, r.ok()).await;
+                let r = Retry::resolve(retry, r.ok(), worker).await;
+                let r = Then::resolve(then, r, worker).await;
                 metrics.latency(target, started.elapsed().as_secs_f64());
                 counted += append(&mut out, r, silent);
             }
@@ -1823,9 +2091,11 @@ async fn write_replies(
                     pubsub,
                     then,
                     silent,
+                    retry,
                 } => match reply_rx.try_recv() {
                     Ok(r) => {
-                        let r = Then::resolve(then, Some(r)).await;
+                        let r = Retry::resolve(retry, Some(r), worker).await;
+                        let r = Then::resolve(then, r, worker).await;
                         metrics.latency(target, started.elapsed().as_secs_f64());
                         counted += append(&mut out, r, silent);
                     }
@@ -1837,6 +2107,7 @@ async fn write_replies(
                             pubsub,
                             then,
                             silent,
+                            retry,
                         });
                         break;
                     }
@@ -2358,20 +2629,69 @@ fn client(args: &[&[u8]], name: &[u8], session: &mut Session, worker: &Worker) -
         {
             local(worker, class, reply::ok())
         }
-        (b"setname" | b"getname" | b"id" | b"reply" | b"no-evict" | b"caching" | b"getredir"
-        | b"trackinginfo", _) => reject(
+        (
+            b"setname" | b"getname" | b"id" | b"reply" | b"no-evict" | b"caching" | b"getredir"
+            | b"trackinginfo",
+            _,
+        ) => reject(
             worker,
             &format!(
                 "ERR wrong number of arguments for 'client|{}' command",
                 String::from_utf8_lossy(&lower)
             ),
         ),
-        _ => reject(
+        (b"help", 2) => {
+            use redis_protocol::resp2::types::BytesFrame as F;
+            let lines = [
+                "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are (answered by the Pivot proxy for its own clients):",
+                "CACHING (YES|NO)",
+                "GETNAME",
+                "GETREDIR",
+                "ID",
+                "INFO",
+                "KILL <ip:port> | <option> <value> [<option> <value> [...]]",
+                "LIST [TYPE (NORMAL|PUBSUB)] [ID <client-id> [<client-id> ...]]",
+                "NO-EVICT (ON|OFF)",
+                "REPLY (ON|OFF|SKIP)",
+                "SETINFO (LIB-NAME|LIB-VER) <value>",
+                "SETNAME <name>",
+                "TRACKING (ON|OFF) [BCAST] [PREFIX <prefix> [...]] [OPTIN] [OPTOUT] [NOLOOP]",
+                "TRACKINGINFO",
+                "HELP",
+            ];
+            let items = lines
+                .iter()
+                .map(|l| F::SimpleString(Bytes::from_static(l.as_bytes())))
+                .collect();
+            local(worker, class, reply::array(items))
+        }
+        (b"pause" | b"unpause" | b"unblock", _) => reject(
             worker,
             &format!(
-                "ERR pivot: 'client {}' is not supported by this proxy yet",
+                "ERR pivot: 'client {}' is not supported by this proxy (it would act on the proxy's shared connections to Redis)",
                 String::from_utf8_lossy(&lower)
             ),
         ),
+        _ => reject(
+            worker,
+            &format!(
+                "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(sub)
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_fence_is_one_publish() {
+        let mut scanner = Scanner::new(Mode::Request, 1024);
+        let frame = scanner.scan(WAIT_FENCE).ok().flatten();
+        assert_eq!(frame.map(|f| (f.len, f.argc)), Some((WAIT_FENCE.len(), 3)));
+        let args: Vec<&[u8]> = resp::args(WAIT_FENCE).collect();
+        assert_eq!(args, [&b"PUBLISH"[..], b"__pivot__:wait-fence", b""]);
     }
 }

@@ -10,17 +10,24 @@
 //! - [`backend`]: multiplexed, pipelined connections to Redis nodes and their pool.
 //! - [`clients`]: the proxy's own clients (`CLIENT LIST`/`KILL`, `--max-clients`).
 //! - [`config_client`]: the gRPC config stream; swaps the routing table atomically.
+//! - [`follower`]: while the control plane is unreachable, follows the Sentinels with the
+//!   control plane's own decision code (`pivot-sentinel`), invariant I6.
+//! - [`cache`]: the last config on disk (`--cache-dir`), to start without the control
+//!   plane, invariant I7.
 //! - [`admin`], [`metrics`]: health, readiness, Prometheus.
 //! - [`reply`]: replies the proxy writes itself.
 
+mod ack;
 pub mod admin;
 pub mod backend;
+pub mod cache;
 pub mod clients;
 pub mod command;
 pub mod config;
 pub mod config_client;
 mod connection;
 pub mod error;
+pub mod follower;
 pub mod metrics;
 pub mod reply;
 pub mod resp;

@@ -64,6 +64,45 @@ impl BackendFailure {
     ];
 }
 
+/// Why a request was sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// `-READONLY`: the node is a replica now.
+    Readonly,
+    /// `-LOADING`: the node is loading its dataset.
+    Loading,
+    /// `-MASTERDOWN`: a replica that lost its master and serves no stale data.
+    Masterdown,
+    /// The request never reached its node.
+    NotSent,
+    /// A read whose node failed (reads are safe to run twice).
+    ReadFailed,
+}
+
+impl RetryReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Readonly => "readonly",
+            RetryReason::Loading => "loading",
+            RetryReason::Masterdown => "masterdown",
+            RetryReason::NotSent => "not_sent",
+            RetryReason::ReadFailed => "read_failed",
+        }
+    }
+    const ALL: [RetryReason; 5] = [
+        RetryReason::Readonly,
+        RetryReason::Loading,
+        RetryReason::Masterdown,
+        RetryReason::NotSent,
+        RetryReason::ReadFailed,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
     class: &'static str,
@@ -92,6 +131,11 @@ pub struct Metrics {
     commands: Vec<Counter>,
     latency: Vec<Histogram>,
     backend_failures: Vec<Counter>,
+    retries: Vec<Counter>,
+    /// Requests whose retries ran out (the client got the last error).
+    pub retries_exhausted: Counter,
+    /// Writes whose replicas did not acknowledge them in time (`write_ack`).
+    pub write_ack_failures: Counter,
     /// Commands refused by the proxy (unsupported, no master, bad arguments).
     pub rejected: Counter,
     /// Client protocol errors (connection closed).
@@ -116,6 +160,17 @@ pub struct Metrics {
     pub held: Counter,
     /// How long held requests waited before a usable master was there.
     pub hold_seconds: Histogram,
+    /// From the control plane's decision of a new master to this proxy using it.
+    pub master_switch_seconds: Histogram,
+    /// Masters found stalled (oldest request unanswered for `--backend-stall`), once per
+    /// backend connection.
+    pub stall_detections: Counter,
+    /// Replicas taken out of the read pool after a failed read.
+    pub ejections: Counter,
+    /// Ejected replicas put back after answering a probe.
+    pub readmissions: Counter,
+    /// Following the Sentinels without the control plane, and the snapshot cache.
+    pub outage: OutageMetrics,
 }
 
 impl Metrics {
@@ -173,6 +228,20 @@ impl Metrics {
                     .clone()
             })
             .collect();
+        let retries_family = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "retries",
+            "Requests sent again because their first node did not run them (or, for reads, failed)",
+            retries_family.clone(),
+        );
+        let retries = RetryReason::ALL
+            .iter()
+            .map(|r| {
+                retries_family
+                    .get_or_create(&ReasonLabel { reason: r.as_str() })
+                    .clone()
+            })
+            .collect();
         let updates = Family::<ResultLabel, Counter>::default();
         registry.register(
             "config_updates",
@@ -191,6 +260,9 @@ impl Metrics {
             commands,
             latency,
             backend_failures,
+            retries,
+            retries_exhausted: Counter::default(),
+            write_ack_failures: Counter::default(),
             rejected: Counter::default(),
             protocol_errors: Counter::default(),
             auth_failures: Counter::default(),
@@ -203,8 +275,16 @@ impl Metrics {
             control_plane_connected: Gauge::default(),
             held: Counter::default(),
             hold_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            master_switch_seconds: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            stall_detections: Counter::default(),
+            ejections: Counter::default(),
+            readmissions: Counter::default(),
+            outage: OutageMetrics::default(),
             registry,
         };
+        m.outage.register(&mut m.registry);
         m.registry.register(
             "rejected_commands",
             "Commands the proxy refused (unsupported, no master, bad arguments)",
@@ -241,9 +321,39 @@ impl Metrics {
             m.config_version.clone(),
         );
         m.registry.register(
+            "write_ack_failures",
+            "Writes answered -NOREPLICAS: too few replicas acknowledged them in time (write_ack)",
+            m.write_ack_failures.clone(),
+        );
+        m.registry.register(
+            "retries_exhausted",
+            "Requests still failing after their retries (the client got the error)",
+            m.retries_exhausted.clone(),
+        );
+        m.registry.register(
             "held_requests",
             "Requests that waited for a usable master (none known, lost, or stalled)",
             m.held.clone(),
+        );
+        m.registry.register(
+            "master_switch_seconds",
+            "From the control plane deciding on a new master to this proxy routing to it",
+            m.master_switch_seconds.clone(),
+        );
+        m.registry.register(
+            "replica_ejections",
+            "Replicas taken out of the read pool after a failed read",
+            m.ejections.clone(),
+        );
+        m.registry.register(
+            "replica_readmissions",
+            "Ejected replicas put back in the read pool after answering a probe",
+            m.readmissions.clone(),
+        );
+        m.registry.register(
+            "stall_detections",
+            "Master connections found stalled (oldest request unanswered for --backend-stall)",
+            m.stall_detections.clone(),
         );
         m.registry.register(
             "hold_duration_seconds",
@@ -282,6 +392,18 @@ impl Metrics {
         }
     }
 
+    /// Counts a retry.
+    pub fn retry(&self, reason: RetryReason) {
+        if let Some(c) = self.retries.get(reason as usize) {
+            c.inc();
+        }
+    }
+
+    /// Retries so far for `reason`.
+    pub fn retries(&self, reason: RetryReason) -> u64 {
+        self.retries.get(reason as usize).map_or(0, Counter::get)
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -295,6 +417,60 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Metrics of the control-plane outage paths: following the Sentinels directly (I6) and
+/// the on-disk snapshot cache (I7).
+#[derive(Debug, Default)]
+pub struct OutageMetrics {
+    /// 1 while the proxy follows the Sentinels itself (config stream down or stale).
+    pub following: Gauge,
+    /// Configured Sentinels answering the proxy while it follows them.
+    pub sentinels_reachable: Gauge,
+    /// Routing tables the proxy built from its own Sentinel decision.
+    pub switches: Counter,
+    /// Config snapshots written to the cache.
+    pub cache_writes: Counter,
+    /// Cache writes that failed.
+    pub cache_write_errors: Counter,
+    /// 1 when the running config was loaded from the cache at start (until the control
+    /// plane sends one).
+    pub cache_loaded: Gauge,
+}
+
+impl OutageMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sentinel_following",
+            "1 while the proxy follows the Sentinels itself because the control plane is unreachable",
+            self.following.clone(),
+        );
+        registry.register(
+            "sentinel_reachable",
+            "Configured Sentinels answering the proxy while it follows them",
+            self.sentinels_reachable.clone(),
+        );
+        registry.register(
+            "sentinel_switches",
+            "Routing tables the proxy changed on its own from the Sentinels' decision",
+            self.switches.clone(),
+        );
+        registry.register(
+            "cache_writes",
+            "Config snapshots written to --cache-dir",
+            self.cache_writes.clone(),
+        );
+        registry.register(
+            "cache_write_errors",
+            "Config snapshot writes to --cache-dir that failed",
+            self.cache_write_errors.clone(),
+        );
+        registry.register(
+            "cache_loaded",
+            "1 while the running config is the one loaded from --cache-dir at start",
+            self.cache_loaded.clone(),
+        );
     }
 }
 

@@ -148,7 +148,8 @@ impl Scanner {
             let after = cr + 2;
             match kind {
                 b'$' | b'!' | b'=' => {
-                    let n = parse_int(line)?;
+                    let n = parse_int(line)
+                        .map_err(|_| FrameError::Protocol("invalid bulk length".into()))?;
                     if n == -1 && kind == b'$' {
                         self.pos = after;
                     } else {
@@ -188,14 +189,17 @@ impl Scanner {
                     }
                 }
                 b'*' | b'%' | b'~' | b'>' | b'|' => {
-                    let n = parse_int(line)?;
+                    let n = parse_int(line)
+                        .map_err(|_| FrameError::Protocol("invalid multibulk length".into()))?;
                     self.pos = after;
                     if n == -1 && kind == b'*' && self.mode == Mode::Reply {
                         // Null array: a complete element.
                     } else {
-                        if n < 0 {
+                        if n < 0 && !(self.mode == Mode::Request && self.depth == 0) {
                             return Err(FrameError::Protocol("invalid multibulk length".into()));
                         }
+                        // (A request `*-N`, like `*0`, is empty: Redis ignores both.)
+                        let n = n.max(0);
                         if self.mode == Mode::Request && n > MAX_ARGS {
                             return Err(FrameError::Protocol("invalid multibulk length".into()));
                         }
@@ -659,9 +663,9 @@ mod tests {
         let cases: Vec<(&[u8], &str)> = vec![
             (b"*1\r\n:1\r\n", "expected '$'"),
             (b"$3\r\nfoo\r\n", "expected '*'"),
-            (b"*1\r\n$x\r\n", "invalid length"),
+            (b"*1\r\n$x\r\n", "invalid bulk length"),
+            (b"*x\r\n", "invalid multibulk length"),
             (b"*1\r\n$3\r\nfooXY", "not terminated"),
-            (b"*-5\r\n", "invalid multibulk length"),
             (b"*1\r\n$-2\r\n", "invalid bulk length"),
             (b"*2\r\r", "expected LF"),
         ];
@@ -669,6 +673,9 @@ mod tests {
             let err = Scanner::new(Mode::Request, 1024).scan(input).unwrap_err();
             assert!(err.to_string().contains(want), "{input:?}: {err}");
         }
+        // A negative top-level count is an empty request, as Redis reads it.
+        let empty = Scanner::new(Mode::Request, 1024).scan(b"*-5\r\n").unwrap();
+        assert_eq!(empty.map(|f| (f.len, f.argc)), Some((5, 0)));
         let err = Scanner::new(Mode::Request, 100)
             .scan(b"*1\r\n$200\r\n")
             .unwrap_err();

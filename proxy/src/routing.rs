@@ -143,11 +143,23 @@ pub struct ReplicaRoute {
     pub healthy: bool,
 }
 
+/// Top bit of the [`RoutingTable::version`] of a table the proxy built on its own from the
+/// Sentinels while the control plane was unreachable; control plane versions never have it.
+pub const LOCAL_VERSION_BIT: u64 = 1 << 63;
+
 /// One immutable routing snapshot for the service this proxy serves.
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
-    /// Config version of the control plane this table came from (0: none yet).
+    /// Identity of this table, compared by connections to notice a new one: the control
+    /// plane's config version (0: none yet), or [`LOCAL_VERSION_BIT`] plus a counter for a
+    /// table the proxy built itself while following the Sentinels.
     pub version: u64,
+    /// Bumped when the proxy itself changes the table it serves from (a replica ejected or
+    /// readmitted) without a new version: what connections cache per table checks it too.
+    pub generation: u64,
+    /// The control plane config version this table comes from (equal to `version` unless
+    /// the proxy changed the topology itself): what the proxy reports as running.
+    pub config_version: u64,
     /// Service (Sentinel master name).
     pub service: String,
     /// The master the Sentinels decided on; `None` while there is none.
@@ -168,9 +180,20 @@ pub struct RoutingTable {
     pub backend_auth: Option<Arc<Credentials>>,
     /// Proxy users by name; empty: clients need not authenticate.
     pub users: HashMap<Box<[u8]>, UserEntry>,
+    /// Writes are acknowledged once this many replicas have them; 0: with the master's
+    /// reply.
+    pub write_ack: u32,
+    /// The service's hold for requests while it has no usable master; `None`: the proxy's
+    /// `--failover-hold`.
+    pub failover_hold: Option<std::time::Duration>,
 }
 
 impl RoutingTable {
+    /// Built by the proxy from the Sentinels, not received from the control plane.
+    pub fn is_local(&self) -> bool {
+        self.version & LOCAL_VERSION_BIT != 0
+    }
+
     /// Clients must authenticate before anything else.
     pub fn auth_required(&self) -> bool {
         !self.users.is_empty()
@@ -182,6 +205,8 @@ impl RoutingTable {
     pub fn empty(service: &str) -> Self {
         RoutingTable {
             version: 0,
+            generation: 0,
+            config_version: 0,
             service: service.to_string(),
             master: None,
             replicas: Vec::new(),
@@ -192,11 +217,16 @@ impl RoutingTable {
             sentinels: Vec::new(),
             backend_auth: None,
             users: HashMap::new(),
+            write_ack: 0,
+            failover_hold: None,
         }
     }
 
     /// Builds and validates a table from the control plane's config of one service.
     pub fn from_proto(version: u64, svc: &v1::ServiceConfig) -> Result<Self, String> {
+        if version & LOCAL_VERSION_BIT != 0 {
+            return Err(format!("version {version} is out of range"));
+        }
         let topo = svc
             .topology
             .as_ref()
@@ -306,9 +336,20 @@ impl RoutingTable {
                 return Err(format!("user '{}' is listed twice", u.name));
             }
         }
+        if policy.failover_hold_ms > 600_000 {
+            return Err(format!(
+                "failover hold of {} ms is over 10 minutes",
+                policy.failover_hold_ms
+            ));
+        }
         Ok(RoutingTable {
             version,
+            generation: 0,
+            config_version: version,
             users,
+            write_ack: policy.write_ack_replicas,
+            failover_hold: (policy.failover_hold_ms > 0)
+                .then(|| std::time::Duration::from_millis(policy.failover_hold_ms)),
             service: svc.name.clone(),
             master,
             replicas,
@@ -654,6 +695,8 @@ mod tests {
                     command: "EVALSHA".into(),
                     target: v1::Target::Replica as i32,
                 }],
+                write_ack_replicas: 1,
+                failover_hold_ms: 2500,
             }),
             backend_auth: Some(v1::BackendAuth {
                 username: "pivot".into(),
@@ -681,6 +724,11 @@ mod tests {
         assert_eq!(ok.readable, vec![NodeAddr::new("127.0.0.1", 7001)]);
         assert_eq!(ok.read_policy, ReadPolicy::All);
         assert_eq!(ok.consistency, Consistency::Eventual);
+        assert_eq!(ok.write_ack, 1);
+        assert_eq!(
+            ok.failover_hold,
+            Some(std::time::Duration::from_millis(2500))
+        );
         assert_eq!(
             rule_for(&ok, b"evalsha", Some(b"abc")),
             Some(RuleTarget::Replica)

@@ -6,6 +6,7 @@
 //! per batch) and atomic counters. Control path (config stream, command table, admin HTTP):
 //! the runtime that calls [`Proxy::run`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -22,8 +23,8 @@ use crate::backend::{BackendOptions, Pool};
 use crate::command::CommandTable;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::routing::{Credentials, RoutingTable};
-use crate::{Error, admin, config_client, connection};
+use crate::routing::{Credentials, NodeAddr, RoutingTable};
+use crate::{Error, admin, config_client, connection, follower};
 
 /// Limits applied to every client connection.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct Limits {
     pub failover_hold: Duration,
     /// A master whose oldest request is unanswered this long gets no new requests.
     pub backend_stall: Duration,
+    /// With `write_ack = replicas(N)`: how long a write waits for its replicas.
+    pub write_ack_timeout: Duration,
 }
 
 /// State shared by every worker and the control path.
@@ -49,8 +52,14 @@ pub struct Shared {
     pub proxy_id: String,
     /// When the proxy started.
     pub started: std::time::Instant,
-    /// Current routing snapshot; swapped whole by the config client.
+    /// The routing snapshot requests are routed by: `base` minus the replicas this proxy
+    /// ejected. Swapped whole (no lock on the hot path).
     pub table: ArcSwap<RoutingTable>,
+    /// The last table from the control plane.
+    pub base: ArcSwap<RoutingTable>,
+    /// Replicas taken out of the read pool after failed reads, until a probe finds them
+    /// answering again.
+    pub ejected: std::sync::Mutex<HashMap<NodeAddr, Ejection>>,
     /// Command classification from the master's `COMMAND`.
     pub commands: ArcSwap<CommandTable>,
     /// Version of the applied table; workers watch it to retire connections.
@@ -71,11 +80,99 @@ pub struct Shared {
     pub clients: crate::clients::Registry,
 }
 
+/// A replica out of the read pool.
+#[derive(Debug, Clone, Copy)]
+pub struct Ejection {
+    /// How long until the next probe (doubles while it fails, up to 30 s).
+    pub backoff: Duration,
+}
+
+/// First and longest time a replica stays ejected between probes.
+const EJECT_FIRST: Duration = Duration::from_secs(1);
+const EJECT_MAX: Duration = Duration::from_secs(30);
+
+fn lock_ejected(shared: &Shared) -> std::sync::MutexGuard<'_, HashMap<NodeAddr, Ejection>> {
+    shared
+        .ejected
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Installs a table from the control plane: routing uses it minus the ejected replicas.
+pub fn install(shared: &Shared, table: Arc<RoutingTable>) {
+    let ejected = lock_ejected(shared);
+    shared.base.store(table);
+    publish(shared, &ejected);
+}
+
+/// Recomputes the table requests are routed by from `base` and the ejections. Called with
+/// the ejections' lock held, which serialises every store of `table` but the first.
+fn publish(shared: &Shared, ejected: &HashMap<NodeAddr, Ejection>) {
+    let base = shared.base.load_full();
+    let generation = shared.table.load().generation + 1;
+    let mut t = (*base).clone();
+    t.readable.retain(|a| !ejected.contains_key(a));
+    t.generation = generation;
+    shared.table.store(Arc::new(t));
+}
+
+/// Takes `addr` out of the read pool (if it is a replica there) after a failed read, and
+/// starts probing it; a probe that gets an answer puts it back.
+pub fn eject(shared: &Arc<Shared>, addr: &NodeAddr) {
+    if !shared.table.load().readable.contains(addr) {
+        return;
+    }
+    {
+        let mut ejected = lock_ejected(shared);
+        if ejected.contains_key(addr) {
+            return;
+        }
+        ejected.insert(
+            addr.clone(),
+            Ejection {
+                backoff: EJECT_FIRST,
+            },
+        );
+        publish(shared, &ejected);
+    }
+    shared.metrics.ejections.inc();
+    tracing::warn!(replica = %addr, "replica ejected from the read pool after a failed read");
+    let shared = shared.clone();
+    let addr = addr.clone();
+    tokio::spawn(async move {
+        loop {
+            let Some(wait) = lock_ejected(&shared).get(&addr).map(|e| e.backoff) else {
+                return;
+            };
+            tokio::time::sleep(wait).await;
+            // A node the control plane no longer lists needs no probe.
+            let listed = shared.base.load().replicas.iter().any(|r| r.addr == addr);
+            if !listed || crate::backend::answers_probe(&addr, Duration::from_millis(500)).await {
+                {
+                    let mut ejected = lock_ejected(&shared);
+                    ejected.remove(&addr);
+                    publish(&shared, &ejected);
+                }
+                if listed {
+                    shared.metrics.readmissions.inc();
+                    tracing::info!(replica = %addr, "replica back in the read pool");
+                }
+                return;
+            }
+            if let Some(e) = lock_ejected(&shared).get_mut(&addr) {
+                e.backoff = (e.backoff * 2).min(EJECT_MAX);
+            }
+        }
+    });
+}
+
 /// One worker thread's state.
 #[derive(Debug)]
 pub(crate) struct Worker {
     pub(crate) shared: Arc<Shared>,
     pub(crate) pool: Pool,
+    /// `write_ack = replicas(N)` rounds.
+    pub(crate) acker: crate::ack::Acker,
 }
 
 /// A proxy with its listeners bound, ready to [`run`](Proxy::run).
@@ -87,6 +184,7 @@ pub struct Proxy {
     admin: TcpListener,
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
+    cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl Proxy {
@@ -109,11 +207,19 @@ impl Proxy {
                 source: e,
             })?;
         let admin_addr = admin.local_addr().map_err(Error::Io)?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(Arc::new(
+                crate::cache::Cache::open(dir, &config.service).map_err(Error::Config)?,
+            )),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             service: config.service.clone(),
             proxy_id: config.proxy_id.clone().unwrap_or_else(default_proxy_id),
             started: std::time::Instant::now(),
             table: ArcSwap::from_pointee(RoutingTable::empty(&config.service)),
+            base: ArcSwap::from_pointee(RoutingTable::empty(&config.service)),
+            ejected: std::sync::Mutex::new(HashMap::new()),
             commands: ArcSwap::from_pointee(CommandTable::empty()),
             applied: watch::Sender::new(0),
             metrics: Arc::new(Metrics::new()),
@@ -124,6 +230,7 @@ impl Proxy {
                     .then_some(config.client_idle_timeout),
                 failover_hold: config.failover_hold,
                 backend_stall: config.backend_stall,
+                write_ack_timeout: config.write_ack_timeout,
             },
             next_client_id: AtomicU64::new(1),
             rr: AtomicUsize::new(0),
@@ -138,6 +245,7 @@ impl Proxy {
             admin,
             local_addr,
             admin_addr,
+            cache,
         })
     }
 
@@ -171,10 +279,12 @@ impl Proxy {
             admin,
             local_addr,
             admin_addr,
+            cache,
         } = self;
         info!(%local_addr, %admin_addr, service = %config.service, workers = config.workers, "pivot-proxy listening");
         let proxy_id = shared.proxy_id.clone();
         let tasks = TaskTracker::new();
+        let feed = Arc::new(config_client::Feed::new());
         tasks.spawn(
             config_client::run(
                 shared.clone(),
@@ -182,10 +292,25 @@ impl Proxy {
                     endpoint: config.control_plane.clone(),
                     proxy_id,
                     listen_addr: local_addr.to_string(),
+                    feed: feed.clone(),
+                    cache: cache.clone(),
                 },
                 shutdown.clone(),
             )
             .instrument(info_span!("config_client")),
+        );
+        tasks.spawn(
+            follower::run(
+                shared.clone(),
+                feed,
+                cache,
+                follower::Settings {
+                    after: config.sentinel_follow_after,
+                    poll_interval: config.sentinel_poll_interval,
+                },
+                shutdown.clone(),
+            )
+            .instrument(info_span!("sentinel_follower")),
         );
         tasks.spawn(
             refresh_commands(shared.clone(), shutdown.clone()).instrument(info_span!("commands")),
@@ -281,6 +406,7 @@ fn worker_thread(
             let worker = Arc::new(Worker {
                 pool: Pool::new(opts, shared.metrics.clone()),
                 shared,
+                acker: crate::ack::Acker::default(),
             });
             let tasks = TaskTracker::new();
             tasks.spawn(retire_on_change(worker.clone(), shutdown.clone()));

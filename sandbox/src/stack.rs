@@ -298,6 +298,11 @@ impl Stack {
         self.proxies[index].wait_ready(ready_timeout).await
     }
 
+    /// The control plane's data directory (SQLite store).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
     /// The running control plane's configuration handle.
     pub fn admin(&self) -> Result<Admin> {
         Ok(self

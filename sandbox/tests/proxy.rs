@@ -78,10 +78,13 @@ async fn writes_reach_the_master_and_every_command_works() -> Result<()> {
     );
     let _: () = redis::cmd("SELECT").arg(0).query_async(&mut c).await?;
 
+    // WAIT counts the replicas that have this client's writes (see ack.rs).
+    let replicas: i64 = redis::cmd("WAIT").arg(1).arg(0).query_async(&mut c).await?;
+    assert!(replicas >= 1, "{replicas}");
     // Refused with a clear error, and the connection stays usable.
-    let err = redis::cmd("WAIT")
-        .arg(1)
-        .arg(0)
+    let err = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10)
         .query_async::<()>(&mut c)
         .await
         .unwrap_err();

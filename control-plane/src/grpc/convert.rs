@@ -3,45 +3,17 @@
 
 use pivot_proto::v1 as pb;
 
-use crate::state::{Consistency, Policy, ReadPolicy, ServiceState, Target};
+use crate::state::{Consistency, Policy, ReadPolicy, ServiceState, Target, WriteAck};
 use crate::topology::{NodeAddr, Topology};
 
 /// A node address on the wire.
 pub fn node(a: &NodeAddr) -> pb::Node {
-    pb::Node {
-        host: a.host.clone(),
-        port: u32::from(a.port),
-    }
+    pivot_sentinel::wire::node(a)
 }
 
 /// A topology on the wire.
 pub fn topology(t: &Topology) -> pb::Topology {
-    pb::Topology {
-        master: t.master.as_ref().map(node),
-        replicas: t
-            .replicas
-            .iter()
-            .map(|r| pb::Replica {
-                node: Some(node(&r.addr)),
-                healthy: r.healthy,
-                lag_bytes: r.lag_bytes,
-                link_down_ms: r.link_down_ms,
-                reason: r.reason.clone(),
-            })
-            .collect(),
-        sentinels: t
-            .sentinels
-            .iter()
-            .map(|s| pb::SentinelInfo {
-                node: Some(node(&s.addr)),
-                configured: s.configured,
-                reachable: s.reachable,
-            })
-            .collect(),
-        config_epoch: t.config_epoch,
-        changed_version: t.changed_version,
-        changed_at: t.changed_at.map(prost_types::Timestamp::from),
-    }
+    pivot_sentinel::wire::topology(t)
 }
 
 /// A routing policy on the wire.
@@ -73,6 +45,13 @@ pub fn policy(p: &Policy) -> pb::RoutingPolicy {
                 .into(),
             })
             .collect(),
+        write_ack_replicas: match p.write_ack {
+            WriteAck::Master => 0,
+            WriteAck::Replicas(n) => n,
+        },
+        failover_hold_ms: p
+            .failover_hold
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 

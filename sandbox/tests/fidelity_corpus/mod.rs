@@ -772,8 +772,31 @@ pub const SESSIONS: &[Session] = &[
             &["PUBSUB", "NUMPAT"],
             &["PUBSUB", "CHANNELS", "{p}*"],
             &["PUBLISH", "{p}nobody", "x"],
+            // The message to this very client comes before the reply.
+            &["PUBLISH", "{p}a", "to myself"],
+            // Stream reads without BLOCK are not blocking commands.
+            &["XADD", "{p}x", "1-1", "f", "v"],
+            &["XGROUP", "CREATE", "{p}x", "g", "0"],
+            &["XREAD", "COUNT", "1", "STREAMS", "{p}x", "0"],
+            &["XREADGROUP", "GROUP", "g", "c", "STREAMS", "{p}x", ">"],
+            &["XREAD", "STREAMS", "{p}none", "0"],
             &["UNSUBSCRIBE", "{p}a"],
             &["PUNSUBSCRIBE"],
+            &["GET", "{p}k"],
+        ],
+    ),
+    // Back to RESP2 while subscribed: RESP2's subscriber-mode rules apply again.
+    (
+        "pub/sub, RESP3 then HELLO 2",
+        &[
+            &["SET", "{p}k", "three"],
+            &["HELLO", "3"],
+            &["SUBSCRIBE", "{p}a"],
+            &["HELLO", "2"],
+            &["PING"],
+            &["GET", "{p}k"],
+            &["UNSUBSCRIBE"],
+            &["PING"],
             &["GET", "{p}k"],
         ],
     ),
