@@ -130,6 +130,9 @@ pub struct ChaosOptions {
     /// Interval of each proxy's prober (a `SET` on a pipelined connection whatever the
     /// replies, so that requests are issued during every failover).
     pub probe_interval: Duration,
+    /// The service's write acknowledgement (`None`: the control plane's default,
+    /// `master`); `replicas(N)` acknowledges a write once N replicas have it.
+    pub write_ack: Option<pivot_control_plane::WriteAck>,
     /// The Redis group and its Sentinels (short timings by default).
     pub topology: TopologyOptions,
 }
@@ -144,6 +147,7 @@ impl Default for ChaosOptions {
             rate: None,
             op_timeout: Duration::from_secs(15),
             probe_interval: Duration::from_millis(20),
+            write_ack: None,
             topology: TopologyOptions::default(),
         }
     }
@@ -186,6 +190,7 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
     let mut stack = Stack::start(StackOptions {
         topology: options.topology.clone(),
         proxies: vec![(any, any); PROXIES],
+        write_ack: options.write_ack,
         ..StackOptions::default()
     })
     .await
@@ -304,6 +309,12 @@ async fn drive(stack: &mut Stack, options: &ChaosOptions) -> Result<Report> {
         failover_timeout_ms: millis(topology.failover_timeout),
         consistency: format!("{:?}", table.consistency),
         read_policy: format!("{:?}", table.read_policy),
+        write_ack: format!(
+            "{:?}",
+            options
+                .write_ack
+                .unwrap_or(pivot_control_plane::WriteAck::Master)
+        ),
         // The stack's proxies run with the defaults of `start_proxy`.
         backend_stall_ms: millis(
             pivot_proxy::Config::for_service(stack.topology.master_name(), "http://unused")

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use pivot_control_plane::{
     Admin, BackendAuth, BackendAuthSpec, CommandRule, ControlPlane, ProxyUserSpec, ReadPolicy,
-    ReadPolicySpec, ServiceSetting, ServiceSpec,
+    ReadPolicySpec, ServiceSetting, ServiceSpec, WriteAck,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,6 +33,8 @@ pub struct StackOptions {
     pub proxies: Vec<(SocketAddr, SocketAddr)>,
     /// Read policy of the service (`None`: the control plane's default).
     pub read_policy: Option<ReadPolicy>,
+    /// Write acknowledgement of the service (`None`: the control plane's default).
+    pub write_ack: Option<WriteAck>,
     /// Credentials the proxies use for the Redis nodes (configure the matching ACL user
     /// with `topology.extra_redis_config`).
     pub backend_auth: Option<BackendAuth>,
@@ -53,6 +55,7 @@ impl Default for StackOptions {
             grpc_listen: any,
             proxies: vec![(any, any)],
             read_policy: None,
+            write_ack: None,
             backend_auth: None,
             proxy_users: Vec::new(),
             rules: Vec::new(),
@@ -226,6 +229,15 @@ impl Stack {
             .map(|policy| ReadPolicySpec {
                 service: self.topology.master_name().to_string(),
                 value: policy,
+            })
+            .into_iter()
+            .collect();
+        config.write_ack = self
+            .options
+            .write_ack
+            .map(|value| ServiceSetting {
+                service: self.topology.master_name().to_string(),
+                value,
             })
             .into_iter()
             .collect();

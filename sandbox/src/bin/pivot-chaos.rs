@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use pivot_control_plane::WriteAck;
 use pivot_sandbox::TopologyOptions;
 use pivot_sandbox::chaos::{self, ChaosOptions, Schedule};
 use tracing_subscriber::EnvFilter;
@@ -57,6 +58,10 @@ struct Args {
     /// Sentinel failover-timeout.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     failover_timeout: Duration,
+    /// Write acknowledgement of the service: `master` (the default) or `replicas(N)` (a
+    /// write is acknowledged once N replicas have it).
+    #[arg(long)]
+    write_ack: Option<WriteAck>,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -92,6 +97,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         rate: args.rate,
         op_timeout: args.op_timeout,
         probe_interval: args.probe_interval,
+        write_ack: args.write_ack,
         topology: TopologyOptions {
             down_after: args.down_after,
             failover_timeout: args.failover_timeout,

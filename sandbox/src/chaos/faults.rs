@@ -6,8 +6,10 @@
 //! - `started_at`: the fault. For a freeze, the instant `kill(SIGSTOP)` returned: the
 //!   kernel has stopped the master, nothing sent later can be answered by it. For a
 //!   graceful failover, the instant `SENTINEL FAILOVER` was sent.
-//! - `promoted_at`: the first poll (every [`PROBE_INTERVAL`]) at which another node
-//!   answered `ROLE` with `master`: the promoted replica accepts writes from here on.
+//! - `promoted_at`: the send time of the first `ROLE` (polled every [`PROBE_INTERVAL`] on
+//!   every other node, in a task of its own) answered `master`: the promoted replica
+//!   accepts writes from about here on (the true moment is at most one interval and a
+//!   round trip earlier).
 //! - `sentinels_named_at`: the first poll (every [`SENTINEL_POLL`]) at which a majority of
 //!   the Sentinels' `GET-MASTER-ADDR-BY-NAME` named the new master (`+switch-master` time,
 //!   to within the poll).
@@ -392,14 +394,16 @@ impl<'a> FaultRunner<'a> {
             self.stack.stop_control_plane().await?;
             rec.control_plane_stopped_at = Some(clock.now());
         }
-        let mut probes: Vec<(SocketAddr, Option<MultiplexedConnection>)> = self
+        let candidates: Vec<SocketAddr> = self
             .stack
             .topology
             .nodes()
             .iter()
             .filter(|n| n.addr() != old && n.pid().is_some())
-            .map(|n| (n.addr(), None))
+            .map(|n| n.addr())
             .collect();
+        // Its own task, so that the Sentinel polls below do not delay it.
+        let promotion = PromotionProbe::start(candidates, clock);
         rec.seq_at_start = self.live.seqs();
         match kind {
             FailoverKind::Graceful => {
@@ -420,13 +424,7 @@ impl<'a> FaultRunner<'a> {
         let old_name = old.to_string();
         loop {
             if rec.promoted_at.is_none() {
-                for (addr, conn) in &mut probes {
-                    if role_is_master(*addr, conn).await {
-                        rec.promoted_at = Some(clock.now());
-                        info!(promoted = %addr, "promoted replica answers ROLE master");
-                        break;
-                    }
-                }
+                rec.promoted_at = promotion.seen_at();
             }
             if rec.sentinels_named_at.is_none() && Instant::now() >= next_sentinel_poll {
                 next_sentinel_poll = Instant::now() + SENTINEL_POLL;
@@ -735,6 +733,58 @@ fn node_at(stack: &Stack, addr: SocketAddr) -> Result<&crate::RedisNode> {
         .topology
         .node_by_addr(addr)
         .with_context(|| format!("{addr} is not one of our nodes"))
+}
+
+/// Polls `ROLE` on the candidates every [`PROBE_INTERVAL`] until one answers `master`.
+#[derive(Debug)]
+struct PromotionProbe {
+    /// Send time (µs) of the first `ROLE` answered `master`; 0 until then.
+    seen: Arc<std::sync::atomic::AtomicU64>,
+    /// Cancelled on drop: the probe ends with its step.
+    stop: CancellationToken,
+}
+
+impl PromotionProbe {
+    fn start(candidates: Vec<SocketAddr>, clock: Clock) -> Self {
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let (found, token) = (seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut conns: Vec<Option<MultiplexedConnection>> = vec![None; candidates.len()];
+            // Bounded by the token (cancelled when the step's probe is dropped).
+            while !token.is_cancelled() {
+                for (addr, conn) in candidates.iter().zip(conns.iter_mut()) {
+                    // The node answered for a command it ran after this instant: the
+                    // promotion happened at most one probe interval and round trip
+                    // before it.
+                    let sent = clock.now();
+                    if role_is_master(*addr, conn).await {
+                        found.store(sent.max(1), std::sync::atomic::Ordering::Release);
+                        info!(promoted = %addr, "promoted replica answers ROLE master");
+                        return;
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(PROBE_INTERVAL) => {}
+                    () = token.cancelled() => {}
+                }
+            }
+        });
+        PromotionProbe { seen, stop }
+    }
+
+    fn seen_at(&self) -> Option<u64> {
+        match self.seen.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+}
+
+impl Drop for PromotionProbe {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// Whether the node at `addr` answers `ROLE` with `master`; (re)connects as needed.

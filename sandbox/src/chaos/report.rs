@@ -69,6 +69,8 @@ pub struct Settings {
     pub consistency: String,
     /// The proxies' read policy as they applied it.
     pub read_policy: String,
+    /// The service's write acknowledgement.
+    pub write_ack: String,
     /// The proxies' `--backend-stall`.
     pub backend_stall_ms: u64,
 }
@@ -1221,9 +1223,10 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "consistency {}, read policy {}; run {:.1} s; schedule {}",
+            "consistency {}, read policy {}, write ack {}; run {:.1} s; schedule {}",
             s.consistency,
             s.read_policy,
+            s.write_ack,
             self.duration_s,
             if self.schedule_completed {
                 "completed"
@@ -1506,6 +1509,7 @@ mod tests {
             failover_timeout_ms: 3000,
             consistency: "read-your-writes".into(),
             read_policy: "replicas".into(),
+            write_ack: "Master".into(),
             backend_stall_ms: 250,
         }
     }
