@@ -39,6 +39,9 @@ use super::faults::{FailoverKind, FailoverRecord, Step, StepRecord};
 use super::verify::Verification;
 use super::workload::{ClientLog, Op, OpKind, Outcome, data_key};
 
+/// How close to a freeze a write's acknowledgement must be for its loss to count as
+/// asynchronous replication's (µs, either side: a reply can arrive just after the freeze).
+pub const REPLICATION_LAG_WINDOW_US: u64 = 100_000;
 /// Pivot's share of a failover's write unavailability the issue allows.
 pub const PIVOT_BUDGET_MS: f64 = 100.0;
 /// Examples quoted per finding.
@@ -298,6 +301,9 @@ pub struct Writes {
     /// Lost writes that no stale-master observation accounts for (e.g. acknowledged by
     /// the old master just before the promotion and never replicated).
     pub lost_not_on_stale_master: u64,
+    /// Lost writes acknowledged within [`REPLICATION_LAG_WINDOW_US`] of a freeze: the
+    /// frozen master had not replicated them (allowed with `write_ack = master`).
+    pub lost_to_replication_lag: u64,
 }
 
 /// Counters against the final master.
@@ -313,6 +319,9 @@ pub struct Counters {
     pub excess_increments: u64,
     /// Acknowledged `INCR`s whose value did not exceed the client's previous one.
     pub went_backwards: u64,
+    /// Missing increments beyond the client's `INCR`s acknowledged within
+    /// [`REPLICATION_LAG_WINDOW_US`] of a freeze (summed).
+    pub missing_beyond_replication_lag: u64,
 }
 
 /// Read-your-writes reads.
@@ -322,6 +331,8 @@ pub struct StaleReads {
     pub reads: u64,
     /// Stale ones.
     pub stale: u64,
+    /// ... of a write later lost to asynchronous replication at a freeze.
+    pub of_writes_lost_to_replication_lag: u64,
     /// Per class.
     pub by_class: BTreeMap<ErrorClass, u64>,
     /// A few.
@@ -569,7 +580,23 @@ pub fn build(run: RunRecord<'_>) -> Report {
         }
     }
 
-    // Writes and counters.
+    // Writes and counters. With write_ack = master, a master frozen right after
+    // acknowledging a write may not have sent it to any replica yet: asynchronous
+    // replication loses it. Such losses are counted apart (write_ack = replicas(N) is the
+    // issue's answer to them).
+    let freezes: Vec<u64> = run
+        .steps
+        .iter()
+        .filter_map(|s| s.failover.as_ref())
+        .filter(|f| f.kind != FailoverKind::Graceful)
+        .map(|f| f.started_at)
+        .collect();
+    let near_freeze = |t: u64| {
+        freezes
+            .iter()
+            .any(|f| t + REPLICATION_LAG_WINDOW_US >= *f && t <= f + REPLICATION_LAG_WINDOW_US)
+    };
+    let mut lost_to_lag: std::collections::HashSet<(u32, u64)> = std::collections::HashSet::new();
     let set_ops: HashMap<(u32, u64), &Op> = ops
         .iter()
         .filter(|o| o.kind == OpKind::Set)
@@ -591,6 +618,9 @@ pub fn build(run: RunRecord<'_>) -> Report {
             .count() as u64;
         for key in &v.lost {
             let at = set_ops.get(key).map_or(0, |o| o.end);
+            if near_freeze(at) {
+                lost_to_lag.insert(*key);
+            }
             *writes.lost_by_step.entry(step_of(at)).or_default() += 1;
             if writes.lost_examples.len() < EXAMPLES {
                 writes.lost_examples.push(format!(
@@ -601,8 +631,18 @@ pub fn build(run: RunRecord<'_>) -> Report {
                 ));
             }
         }
+        writes.lost_to_replication_lag = lost_to_lag.len() as u64;
         counters.clients = v.counters.len() as u64;
         for c in &v.counters {
+            let near = ops
+                .iter()
+                .filter(|o| {
+                    o.client == c.client
+                        && matches!(o.outcome, Outcome::Counted(_))
+                        && near_freeze(o.end)
+                })
+                .count() as u64;
+            counters.missing_beyond_replication_lag += c.missing().saturating_sub(near);
             counters.acknowledged += c.acked;
             counters.missing_increments += c.missing();
             counters.excess_increments += c.excess();
@@ -618,6 +658,9 @@ pub fn build(run: RunRecord<'_>) -> Report {
             Outcome::Stale(got) => {
                 stale_reads.reads += 1;
                 stale_reads.stale += 1;
+                if lost_to_lag.contains(&(op.client, op.seq)) {
+                    stale_reads.of_writes_lost_to_replication_lag += 1;
+                }
                 *stale_reads.by_class.entry(classify(op)).or_default() += 1;
                 if stale_reads.examples.len() < EXAMPLES {
                     stale_reads.examples.push(format!(
@@ -845,9 +888,11 @@ fn summarize_failover(
         }
     }
     let mut in_flight_applied = 0;
-    // The old master was frozen from the fault until SIGCONT: a write it holds that was
-    // answered after SIGCONT ran when it resumed, after the promotion. One answered before
-    // SIGCONT ran before the freeze (its reply was merely late): not stale.
+    // The old master was frozen from the fault until SIGCONT. A write it holds that was
+    // issued once the stall was detectable reached it after the promotion (through a
+    // proxy that should have held it). One in flight at the freeze may have run before
+    // it (its reply merely late) or on resume: counted apart; if it was acknowledged and
+    // the new master lacks it, the read-back counts it lost.
     for key in &f.keys_on_old_master {
         let Some(op) = set_by_key.get(key) else {
             continue;
@@ -855,15 +900,12 @@ fn summarize_failover(
         if op.end <= fault || !counted.insert(format!("SET {}", data_key(key.0, key.1))) {
             continue;
         }
-        if op.acknowledged_write() {
-            if f.resumed_at.is_some_and(|r| op.end >= r) {
-                // Its client was told OK by a master that had been replaced.
-                acked += 1;
-                acked_keys.push(*key);
-            }
-        } else if in_flight_at(op, fault, detectable(op)) {
-            // In flight at the freeze, answered with an error: allowed (I4).
+        if in_flight_at(op, fault, detectable(op)) {
             in_flight_applied += 1;
+        } else if op.acknowledged_write() {
+            // Its client was told OK by a master that had been replaced.
+            acked += 1;
+            acked_keys.push(*key);
         } else {
             unacked += 1;
         }
@@ -1041,7 +1083,27 @@ fn invariants(report: &Report, in_flight_errors: &[&Op], verified: bool) -> Vec<
             w.acknowledged, w.lost, w.wrong_value
         ),
     );
+    add(
+        "lost-writes-beyond-replication-lag",
+        "zero acknowledged writes lost other than those a freeze cut off from replication (write_ack = master allows those)",
+        verified && w.lost == w.lost_to_replication_lag && w.wrong_value == 0,
+        format!(
+            "{} lost, {} of them acknowledged within {} ms of a freeze",
+            w.lost,
+            w.lost_to_replication_lag,
+            REPLICATION_LAG_WINDOW_US / 1000
+        ),
+    );
     let c = &report.counters;
+    add(
+        "counters-beyond-replication-lag",
+        "INCR counters miss no increment other than those a freeze cut off from replication, and have none in excess",
+        verified && c.missing_beyond_replication_lag == 0 && c.excess_increments == 0,
+        format!(
+            "{} missing ({} beyond the INCRs acknowledged near a freeze), {} in excess",
+            c.missing_increments, c.missing_beyond_replication_lag, c.excess_increments
+        ),
+    );
     add(
         "counters",
         "INCR counters end between acknowledged and acknowledged + ambiguous errors, and never go backwards",
@@ -1067,6 +1129,15 @@ fn invariants(report: &Report, in_flight_errors: &[&Op], verified: bool) -> Vec<
         "zero stale reads in read-your-writes mode",
         sr.stale == 0,
         format!("{} of {} reads stale", sr.stale, sr.reads),
+    );
+    add(
+        "stale-reads-beyond-lost-writes",
+        "zero stale reads other than reads of a write a freeze cut off from replication",
+        sr.stale == sr.of_writes_lost_to_replication_lag,
+        format!(
+            "{} stale reads, {} of them of writes lost at a freeze",
+            sr.stale, sr.of_writes_lost_to_replication_lag
+        ),
     );
     let count_class = |class: ErrorClass| -> u64 {
         report
@@ -1096,13 +1167,15 @@ fn invariants(report: &Report, in_flight_errors: &[&Op], verified: bool) -> Vec<
     let unclear = in_flight_errors
         .iter()
         .filter(|o| {
-            o.failed()
-                .is_some_and(|e| !e.message.contains("may or may not have been applied"))
+            o.failed().is_some_and(|e| {
+                !e.message.contains("may or may not have been applied")
+                    && !e.message.starts_with("NOREPLICAS")
+            })
         })
         .count();
     add(
         "in-flight-errors-are-clear",
-        "every error for a request in flight at a fault says it may or may not have been applied",
+        "every error for a request in flight at a fault says it may or may not have been applied (or, with write_ack replicas(N), that its replication is unconfirmed)",
         unclear == 0,
         format!(
             "{unclear} of {} in-flight errors say something else",
@@ -1404,6 +1477,12 @@ impl fmt::Display for Report {
             w.acknowledged, w.lost, w.wrong_value, w.failed, w.failed_but_applied
         )?;
         if w.lost > 0 {
+            writeln!(
+                f,
+                "      of which acknowledged within {} ms of a freeze (cut off from replication): {}",
+                REPLICATION_LAG_WINDOW_US / 1000,
+                w.lost_to_replication_lag
+            )?;
             let by_step: Vec<String> = w
                 .lost_by_step
                 .iter()
@@ -1422,14 +1501,19 @@ impl fmt::Display for Report {
         let c = &self.counters;
         writeln!(
             f,
-            "  INCR: {} acknowledged over {} counters; {} missing, {} in excess, {} went backwards",
-            c.acknowledged, c.clients, c.missing_increments, c.excess_increments, c.went_backwards
+            "  INCR: {} acknowledged over {} counters; {} missing ({} beyond those acknowledged near a freeze), {} in excess, {} went backwards",
+            c.acknowledged,
+            c.clients,
+            c.missing_increments,
+            c.missing_beyond_replication_lag,
+            c.excess_increments,
+            c.went_backwards
         )?;
         let sr = &self.stale_reads;
         writeln!(
             f,
-            "  stale reads (read-your-writes): {} of {}",
-            sr.stale, sr.reads
+            "  stale reads (read-your-writes): {} of {} ({} of writes lost at a freeze)",
+            sr.stale, sr.reads, sr.of_writes_lost_to_replication_lag
         )?;
         for e in &sr.examples {
             writeln!(f, "      {e}")?;
@@ -1733,14 +1817,15 @@ mod tests {
     }
 
     #[test]
-    fn late_replies_are_not_stale_but_answers_after_sigcont_are() {
+    fn in_flight_writes_are_not_stale_but_later_ones_are() {
         let (mut logs, mut steps) = freeze_run();
         logs.push(ClientLog {
             ops: vec![
-                // Ran before the freeze, reply delivered just after it.
+                // In flight at the freeze: ran before it, reply delivered just after.
                 op(5, OpKind::Set, 1, 990_000, 1_100_000, Outcome::Written),
-                // Answered after SIGCONT (3.2 s): the old master ran it when it resumed.
-                op(5, OpKind::Set, 2, 1_100_000, 3_300_000, Outcome::Written),
+                // Issued once the stall was visible (1.27 s), answered after SIGCONT
+                // (3.2 s): the resumed old master ran it.
+                op(5, OpKind::Set, 2, 1_300_000, 3_300_000, Outcome::Written),
             ],
             ..ClientLog::default()
         });
@@ -1759,6 +1844,51 @@ mod tests {
         });
         assert_eq!(report.stale_master.acknowledged, 1);
         assert_eq!(report.stale_master.unacknowledged, 0);
+        assert_eq!(report.failovers[0].in_flight_applied_on_old_master, 1);
+    }
+
+    #[test]
+    fn losses_at_the_freeze_are_told_apart_from_later_ones() {
+        let (mut logs, steps) = freeze_run();
+        logs.push(ClientLog {
+            ops: vec![
+                // Acknowledged 5 ms before the freeze at 1 s: a replica may not have it.
+                op(7, OpKind::Set, 1, 990_000, 995_000, Outcome::Written),
+                op(
+                    7,
+                    OpKind::Get,
+                    1,
+                    3_100_000,
+                    3_101_000,
+                    Outcome::Stale(None),
+                ),
+                // Acknowledged well after the failover: its loss is Pivot's.
+                op(7, OpKind::Set, 2, 4_000_000, 4_001_000, Outcome::Written),
+            ],
+            ..ClientLog::default()
+        });
+        let verification = Verification {
+            master: Some(addr(7001)),
+            acked_sets: 3,
+            lost: vec![(7, 1), (7, 2)],
+            ..Verification::default()
+        };
+        let report = build(RunRecord {
+            settings: settings(),
+            logs: &logs,
+            steps: &steps,
+            schedule_completed: true,
+            problems: Vec::new(),
+            verification: Some(verification),
+            unix_at_start_us: 0,
+            proxies: 2,
+        });
+        assert_eq!(report.writes.lost, 2);
+        assert_eq!(report.writes.lost_to_replication_lag, 1);
+        assert_eq!(report.stale_reads.of_writes_lost_to_replication_lag, 1);
+        let holds = |id: &str| report.invariant(id).expect(id).holds;
+        assert!(!holds("lost-writes"));
+        assert!(!holds("lost-writes-beyond-replication-lag"));
     }
 
     #[test]
