@@ -8,7 +8,12 @@
 //!
 //! [`stack`] adds Pivot itself: the control plane and proxies, run in-process on top of a
 //! topology. The `pivot-sandbox` binary is that stack for a person to try.
+//!
+//! [`chaos`] runs a workload through the stack's proxies while injecting faults (master
+//! freezes, a control-plane outage, Sentinel, replica and proxy restarts) and reports
+//! against the failover invariants; the `pivot-chaos` binary is its command.
 
+pub mod chaos;
 pub mod process;
 pub mod stack;
 

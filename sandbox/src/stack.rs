@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use pivot_control_plane::{
     Admin, BackendAuth, BackendAuthSpec, CommandRule, ControlPlane, ProxyUserSpec, ReadPolicy,
-    ReadPolicySpec, ServiceSetting, ServiceSpec,
+    ReadPolicySpec, ServiceSetting, ServiceSpec, WriteAck,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,6 +33,8 @@ pub struct StackOptions {
     pub proxies: Vec<(SocketAddr, SocketAddr)>,
     /// Read policy of the service (`None`: the control plane's default).
     pub read_policy: Option<ReadPolicy>,
+    /// Write acknowledgement of the service (`None`: the control plane's default).
+    pub write_ack: Option<WriteAck>,
     /// Credentials the proxies use for the Redis nodes (configure the matching ACL user
     /// with `topology.extra_redis_config`).
     pub backend_auth: Option<BackendAuth>,
@@ -53,6 +55,7 @@ impl Default for StackOptions {
             grpc_listen: any,
             proxies: vec![(any, any)],
             read_policy: None,
+            write_ack: None,
             backend_auth: None,
             proxy_users: Vec::new(),
             rules: Vec::new(),
@@ -229,6 +232,15 @@ impl Stack {
             })
             .into_iter()
             .collect();
+        config.write_ack = self
+            .options
+            .write_ack
+            .map(|value| ServiceSetting {
+                service: self.topology.master_name().to_string(),
+                value,
+            })
+            .into_iter()
+            .collect();
         config.backend_auth = self
             .options
             .backend_auth
@@ -280,6 +292,22 @@ impl Stack {
             Some(cp) => cp.stop().await,
             None => bail!("the control plane is not running"),
         }
+    }
+
+    /// Stops proxy `index` and starts a new one on the same client and admin addresses
+    /// (clients reconnect to the address they know), then waits until it is ready.
+    pub async fn restart_proxy(&mut self, index: usize, ready_timeout: Duration) -> Result<()> {
+        if index >= self.proxies.len() {
+            bail!("no proxy {index} (there are {})", self.proxies.len());
+        }
+        let old = self.proxies.remove(index);
+        let (listen, admin) = (old.addr, old.admin_addr);
+        old.stop().await?;
+        // The control plane's last bound address, even while it is stopped.
+        let grpc = self.options.grpc_listen;
+        let proxy = start_proxy(self.topology.master_name(), grpc, listen, admin).await?;
+        self.proxies.insert(index, proxy);
+        self.proxies[index].wait_ready(ready_timeout).await
     }
 
     /// The control plane's data directory (SQLite store).
