@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use crate::backend::{Backend, PoolKey, Request};
+use crate::routing::NodeAddr;
 use crate::server::Worker;
 
 /// `PUBLISH __pivot__:wait-fence ""`.
@@ -31,6 +32,8 @@ pub(crate) const WAIT_FENCE: &[u8] =
 struct Done {
     /// The last round that finished.
     round: u64,
+    /// The master it ran on.
+    master: Option<NodeAddr>,
     /// Replicas it counted, or why it failed.
     outcome: Result<u32, String>,
 }
@@ -57,6 +60,7 @@ impl Default for Acker {
             inner: Mutex::new(Inner::default()),
             done: watch::Sender::new(Done {
                 round: 0,
+                master: None,
                 outcome: Ok(0),
             }),
         }
@@ -68,20 +72,29 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
 }
 
 impl Acker {
-    /// Waits until `n` replicas have every write whose reply arrived before this call.
-    /// `Err` says why not (too few replicas within `timeout`, no master, ...).
+    /// Waits until `n` replicas of `master` (where the caller's write ran) have every write
+    /// whose reply arrived before this call. `Err` says why not: too few replicas within
+    /// `timeout`, or the master changed first (a round on another master proves nothing
+    /// about a write that may not have reached it).
     pub(crate) async fn wait(
         &self,
         worker: &Worker,
         n: u32,
         timeout: Duration,
+        master: &NodeAddr,
     ) -> Result<(), String> {
+        if worker.shared.table.load().master.as_ref() != Some(master) {
+            return Err(master_changed(master));
+        }
         let mut done = self.done.subscribe();
         // A round that starts from now on covers the caller's write.
         let need = lock(&self.inner).started + 1;
         loop {
             let finished = done.borrow_and_update().clone();
             if finished.round >= need {
+                if finished.master.as_ref() != Some(master) {
+                    return Err(master_changed(master));
+                }
                 return match finished.outcome {
                     Ok(k) if k >= n => Ok(()),
                     Ok(k) => Err(format!(
@@ -105,12 +118,17 @@ impl Acker {
             match lead {
                 Some((round, conn)) => {
                     let (outcome, conn) = run_round(worker, conn, n, timeout).await;
+                    let master = conn.as_ref().map(|c| c.addr().clone());
                     {
                         let mut inner = lock(&self.inner);
                         inner.running = false;
                         inner.conn = conn;
                     }
-                    self.done.send_replace(Done { round, outcome });
+                    self.done.send_replace(Done {
+                        round,
+                        master,
+                        outcome,
+                    });
                 }
                 None => {
                     if done.changed().await.is_err() {
@@ -120,6 +138,12 @@ impl Acker {
             }
         }
     }
+}
+
+fn master_changed(master: &NodeAddr) -> String {
+    format!(
+        "NOREPLICAS pivot: the write ran on {master}, which stopped being the master before its replication could be confirmed; it may be lost in the failover"
+    )
 }
 
 /// One round: the fence and `WAIT n timeout` on the dedicated connection (opened, or

@@ -239,9 +239,9 @@ enum Then {
     NoScriptOnMaster { backend: Backend, frame: Bytes },
     /// `INFO`: the master's reply with this `# Proxy` section appended.
     ProxySection(Bytes),
-    /// `write_ack = replicas(N)`: a successful write's reply waits until N replicas have
-    /// the write (see `ack.rs`).
-    AwaitReplicas(u32),
+    /// `write_ack = replicas(N)`: a successful write's reply waits until N replicas of the
+    /// master it ran on have the write (see `ack.rs`).
+    AwaitReplicas(u32, NodeAddr),
 }
 
 impl Then {
@@ -253,9 +253,9 @@ impl Then {
     ) -> Option<Reply> {
         let Some(this) = this else { return first };
         match (*this, first) {
-            (Then::AwaitReplicas(n), Some(Ok(bytes))) if !bytes.starts_with(b"-") => {
+            (Then::AwaitReplicas(n, master), Some(Ok(bytes))) if !bytes.starts_with(b"-") => {
                 let timeout = worker.shared.limits.write_ack_timeout;
-                match worker.acker.wait(worker, n, timeout).await {
+                match worker.acker.wait(worker, n, timeout, &master).await {
                     Ok(()) => Some(Ok(bytes)),
                     Err(e) => {
                         worker.shared.metrics.write_ack_failures.inc();
@@ -1793,7 +1793,10 @@ async fn in_transaction(
                     && let Step::Slot(Slot::Pending { then, .. }) = &mut step
                 {
                     // The transaction's writes are acknowledged as one.
-                    *then = Some(Box::new(Then::AwaitReplicas(write_ack)));
+                    *then = Some(Box::new(Then::AwaitReplicas(
+                        write_ack,
+                        backend.addr().clone(),
+                    )));
                 }
                 step
             };
@@ -1922,16 +1925,19 @@ async fn forward(
     };
     let frame = req.frame.clone();
     let mut step = send(&backend, req.frame, class, target, worker, &session.client).await;
+    let then_after = if target == Target::Master && table.write_ack > 0 && writes(class) {
+        Some(Box::new(Then::AwaitReplicas(
+            table.write_ack,
+            backend.addr().clone(),
+        )))
+    } else {
+        fallback
+    };
     // The handle this request was sent on moves into its retry: no extra clone.
     let retry = Retry {
         frame,
         read: matches!(class, Class::Read | Class::Neutral),
         backend,
-    };
-    let then_after = if target == Target::Master && table.write_ack > 0 && writes(class) {
-        Some(Box::new(Then::AwaitReplicas(table.write_ack)))
-    } else {
-        fallback
     };
     if let Step::Slot(Slot::Pending { then, retry: r, .. }) = &mut step {
         *then = then_after;
