@@ -62,6 +62,16 @@ pub struct Config {
     #[arg(long, env = "PIVOT_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: usize,
 
+    /// Accept queue length of the client listener, like Redis's `tcp-backlog` (the kernel
+    /// caps it at net.core.somaxconn).
+    #[arg(long, env = "PIVOT_TCP_BACKLOG", default_value_t = 4096)]
+    pub tcp_backlog: u32,
+
+    /// TCP keepalive of client connections (0: off), like Redis's `tcp-keepalive`: a
+    /// client that vanished without closing is found and its connection closed.
+    #[arg(long, env = "PIVOT_CLIENT_TCP_KEEPALIVE", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub client_tcp_keepalive: Duration,
+
     /// Close a client connection idle this long (0: never), like Redis's `timeout`.
     /// Clients in a transaction, blocked, or subscribed are not closed.
     #[arg(long, env = "PIVOT_CLIENT_IDLE_TIMEOUT", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -190,6 +200,8 @@ impl Config {
             max_dedicated_connections: 4096,
             failover_hold: Duration::from_secs(10),
             write_ack_timeout: Duration::from_secs(1),
+            tcp_backlog: 4096,
+            client_tcp_keepalive: Duration::from_secs(300),
             cache_dir: None,
             sentinel_follow_after: Duration::from_secs(1),
             sentinel_poll_interval: Duration::from_secs(1),

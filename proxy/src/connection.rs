@@ -493,6 +493,7 @@ impl Resolved {
 /// shuts down (then requests already read are answered before the connection closes).
 pub(crate) async fn serve(mut stream: TcpStream, worker: Arc<Worker>, shutdown: CancellationToken) {
     let _ = stream.set_nodelay(true);
+    crate::server::set_keepalive(&stream, worker.shared.limits.client_tcp_keepalive);
     let id = worker.shared.next_client_id.fetch_add(1, Ordering::Relaxed);
     let (Ok(addr), Ok(laddr)) = (stream.peer_addr(), stream.local_addr()) else {
         return;

@@ -41,6 +41,8 @@ pub struct Limits {
     pub backend_stall: Duration,
     /// With `write_ack = replicas(N)`: how long a write waits for its replicas.
     pub write_ack_timeout: Duration,
+    /// TCP keepalive idle time of client connections (zero: off).
+    pub client_tcp_keepalive: Duration,
 }
 
 /// State shared by every worker and the control path.
@@ -192,12 +194,12 @@ impl Proxy {
     /// naming the flag that moves it.
     pub async fn bind(config: Config) -> Result<Proxy, Error> {
         config.validate().map_err(Error::Config)?;
-        let listener = std::net::TcpListener::bind(config.listen).map_err(|e| Error::Bind {
-            flag: "--listen",
-            addr: config.listen,
-            source: e,
-        })?;
-        listener.set_nonblocking(true).map_err(Error::Io)?;
+        let listener =
+            bind_listener(config.listen, config.tcp_backlog).map_err(|e| Error::Bind {
+                flag: "--listen",
+                addr: config.listen,
+                source: e,
+            })?;
         let local_addr = listener.local_addr().map_err(Error::Io)?;
         let admin = TcpListener::bind(config.admin_listen)
             .await
@@ -231,6 +233,7 @@ impl Proxy {
                 failover_hold: config.failover_hold,
                 backend_stall: config.backend_stall,
                 write_ack_timeout: config.write_ack_timeout,
+                client_tcp_keepalive: config.client_tcp_keepalive,
             },
             next_client_id: AtomicU64::new(1),
             rr: AtomicUsize::new(0),
@@ -359,6 +362,34 @@ impl Proxy {
 /// Binds and runs a proxy: what `main` calls.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     Proxy::bind(config).await?.run(shutdown).await
+}
+
+/// The client listener, with `backlog` (as Redis's `tcp-backlog`; the kernel caps it at
+/// `net.core.somaxconn`): a burst of connections larger than the accept queue would leave
+/// clients whose handshake the kernel dropped, some half-open.
+fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// TCP keepalive on a client connection (as Redis's `tcp-keepalive`), so that a peer that
+/// vanished without a FIN (a crashed host, a dropped handshake) is found and closed.
+pub(crate) fn set_keepalive(stream: &tokio::net::TcpStream, idle: Duration) {
+    if idle.is_zero() {
+        return;
+    }
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(idle / 3)
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
 }
 
 fn default_proxy_id() -> String {
@@ -560,4 +591,28 @@ async fn load_commands(
         .map(|v| v.trim().to_string())
         .unwrap_or_else(|| "unknown".into());
     Ok((table, MasterFacts { databases, version }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn client_sockets_get_keepalive_and_the_listener_a_backlog() {
+        let std_listener = bind_listener("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let listener = TcpListener::from_std(std_listener).unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server_side, _) = listener.accept().await.unwrap();
+        set_keepalive(&server_side, Duration::from_secs(300));
+        let sock = socket2::SockRef::from(&server_side);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(300));
+        // Zero turns it off (left as the OS default: off).
+        let _c2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (s2, _) = listener.accept().await.unwrap();
+        set_keepalive(&s2, Duration::ZERO);
+        assert!(!socket2::SockRef::from(&s2).keepalive().unwrap());
+    }
 }

@@ -31,6 +31,7 @@ async fn a_planned_failover_loses_no_write_and_fails_no_request() -> Result<()> 
             let mut acked = Vec::new();
             let mut errors = Vec::new();
             let mut slowest = Duration::ZERO;
+            let mut done_at = Vec::new();
             // Bounded: at most 100,000 writes per task.
             for seq in 0..100_000u64 {
                 if stop.load(Ordering::Relaxed) {
@@ -41,11 +42,14 @@ async fn a_planned_failover_loses_no_write_and_fails_no_request() -> Result<()> 
                 let r: redis::RedisResult<()> = c.set(&key, seq).await;
                 slowest = slowest.max(started.elapsed());
                 match r {
-                    Ok(()) => acked.push((key, seq)),
+                    Ok(()) => {
+                        acked.push((key, seq));
+                        done_at.push(Instant::now());
+                    }
                     Err(e) => errors.push(e.to_string()),
                 }
             }
-            anyhow::Ok((acked, errors, slowest))
+            anyhow::Ok((acked, errors, slowest, done_at))
         }));
     }
     // Some writes before, then the failover, then some after.
@@ -68,8 +72,10 @@ async fn a_planned_failover_loses_no_write_and_fails_no_request() -> Result<()> 
         .connection()
         .await?;
     let (mut total, mut lost, mut errors, mut slowest) = (0, 0, Vec::new(), Duration::ZERO);
+    let mut completions = Vec::new();
     for w in writers {
-        let (acked, errs, slow) = w.await??;
+        let (acked, errs, slow, done_at) = w.await??;
+        completions.extend(done_at);
         slowest = slowest.max(slow);
         errors.extend(errs);
         for (key, seq) in acked {
@@ -79,12 +85,27 @@ async fn a_planned_failover_loses_no_write_and_fails_no_request() -> Result<()> 
             }
         }
     }
+    // Write unavailability: the longest time no write completed, minus the time the
+    // master's writes were paused (catch-up and promotion) = Pivot's own part.
+    completions.sort();
+    let gap = completions
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let paused = Duration::from_millis(report.paused_ms);
     eprintln!(
-        "{total} acknowledged writes, {lost} lost, {} errors, slowest write {slowest:?}",
-        errors.len()
+        "{total} acknowledged writes, {lost} lost, {} errors, slowest write {slowest:?}; no write completed for {gap:?}, of which {paused:?} paused (catch-up + promotion), Pivot's part {:?}",
+        errors.len(),
+        gap.saturating_sub(paused)
     );
     assert!(total > 100, "{total}");
     assert_eq!(lost, 0, "acknowledged writes lost");
     assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        gap.saturating_sub(paused) < Duration::from_millis(250),
+        "writes resumed {:?} after the promotion",
+        gap.saturating_sub(paused)
+    );
     stack.shutdown().await
 }
