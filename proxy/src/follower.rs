@@ -14,8 +14,14 @@
 //! the stream delivers a config again, that config replaces the local one and the links
 //! are closed.
 //!
-//! What it does not do: follow a failover leader ahead of the majority (only the control
-//! plane does, see `pivot_sentinel::promotion`). A master the control plane published at
+//! It also follows a failover's elected leader ahead of the majority, with the control
+//! plane's code ([`LeaderFollower`] over `pivot_sentinel::promotion`): on the leader's
+//! `+failover-state-send-slaveof-noone` for a newer epoch it installs a table without a
+//! master (writes are held), polls the announced replica's `ROLE` with the service's
+//! backend credentials, installs it as master once it answers so, and returns to the
+//! majority's decision on an abort or when the promotion expires.
+//!
+//! A master the control plane published at
 //! a newer epoch than the majority names (a leader promotion not yet confirmed when the
 //! control plane went away) is kept for up to [`KEEP_NEWER_EPOCH_FOR`] rather than
 //! replaced by the older one.
@@ -26,7 +32,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pivot_proto::v1;
+use pivot_sentinel::leader::{self, LeaderFollower};
 use pivot_sentinel::link::{Link, Report};
+use pivot_sentinel::query::NodeAuth;
 use pivot_sentinel::topology::{self, NodeAddr, SentinelView, Topology};
 use pivot_sentinel::wire;
 use tokio::sync::{Notify, mpsc, watch};
@@ -83,6 +91,9 @@ pub async fn run(
                     base,
                 };
                 f.follow(&mut status, &shutdown).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
                 continue;
             }
             (d, _) => d,
@@ -186,8 +197,10 @@ impl Follower<'_> {
         let mut decided = false;
         let first = tokio::time::sleep(FIRST_DECISION_DEADLINE);
         tokio::pin!(first);
+        // The failover leader's promotion, followed as the control plane does.
+        let mut leader = LeaderFollower::new(links.clone(), stop.clone());
         loop {
-            tokio::select! {
+            let signal = tokio::select! {
                 () = shutdown.cancelled() => break,
                 r = status.changed() => {
                     if r.is_err() || status.borrow_and_update().live() {
@@ -195,10 +208,20 @@ impl Follower<'_> {
                     }
                     continue;
                 }
-                () = &mut first, if !decided => {}
+                () = &mut first, if !decided => None,
                 report = rx.recv() => match report {
                     None => break,
-                    Some(Report::Leader { .. }) => continue,
+                    // No decision yet to follow a leader from.
+                    Some(Report::Leader { .. }) if !decided => continue,
+                    Some(Report::Leader { sentinel, event, at }) => {
+                        match leader::leader_signal(&sentinel, event, &majority) {
+                            Ok(signal) => Some((signal, tokio::time::Instant::from_std(at))),
+                            Err(why) => {
+                                info!(leader = %sentinel, %why, "leader event not followed");
+                                continue;
+                            }
+                        }
+                    }
                     Some(Report::View { view, .. }) => {
                         for s in &view.sentinels {
                             if !views.contains_key(s) {
@@ -212,26 +235,46 @@ impl Follower<'_> {
                         if !decided && !configured.iter().all(|s| reported.contains(s)) {
                             continue;
                         }
+                        None
                     }
                 },
-            }
+                signal = leader.next_signal() => Some(signal),
+            };
             decided = true;
             let all: Vec<SentinelView> = views.values().cloned().collect();
             let reachable = all.iter().filter(|v| v.configured && v.reachable).count();
             metrics.sentinels_reachable.set(reachable as i64);
             let decision = topology::decide(&majority, &all, configured.len());
-            if !accept(&known, &decision, started.elapsed()) {
+            if accept(&known, &decision, started.elapsed()) {
+                majority = decision;
+            } else {
                 debug!(
                     named = ?decision.master.as_ref().map(ToString::to_string),
                     epoch = decision.config_epoch,
                     published_epoch = known.config_epoch,
                     "the majority names an older epoch than the control plane published; keeping its master for now"
                 );
-                continue;
+                if signal.is_none() {
+                    continue;
+                }
             }
-            majority = decision;
-            self.apply(&majority).await;
+            let step = leader.step(&majority, signal, &views, || self.backend_auth());
+            if let Some(result) = step.ended {
+                info!(
+                    result,
+                    "leader promotion ended while following the Sentinels"
+                );
+            }
+            let published = leader.overlay(&majority);
+            self.apply(&published, leader.promotion().is_some()).await;
+            if let Some(elapsed) = step.promoted_after {
+                info!(
+                    elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                    "promoted replica installed as master without the control plane (time from the leader's announcement)"
+                );
+            }
         }
+        drop(leader);
         stop.cancel();
         links.close();
         drop(rx);
@@ -250,9 +293,21 @@ impl Follower<'_> {
         }
     }
 
+    /// The service's backend credentials from the last table (for the `ROLE` poller).
+    fn backend_auth(&self) -> Option<NodeAuth> {
+        let table = self.shared.table.load();
+        let a = table.backend_auth.as_ref()?;
+        Some(NodeAuth {
+            username: a.username.clone(),
+            password: a.password.clone(),
+        })
+    }
+
     /// Installs a table for `decided` when it routes differently from the running one.
-    async fn apply(&self, decided: &Topology) {
-        if decided.master.is_none() {
+    /// `promoting`: a leader promotion is in progress (a topology without a master holds
+    /// writes until the promoted replica answers as master).
+    async fn apply(&self, decided: &Topology, promoting: bool) {
+        if decided.master.is_none() && !promoting {
             // Never give up a master for none: the majority has not named one.
             return;
         }
@@ -276,7 +331,13 @@ impl Follower<'_> {
             return;
         }
         self.shared.metrics.outage.switches.inc();
-        if current.master != table.master {
+        if table.master.is_none() {
+            info!(
+                old = ?current.master.as_ref().map(ToString::to_string),
+                reason = %decided.master_reason,
+                "following the Sentinels without the control plane: holding writes for a leader promotion"
+            );
+        } else if current.master != table.master {
             info!(
                 old = ?current.master.as_ref().map(ToString::to_string),
                 new = ?table.master.as_ref().map(ToString::to_string),
@@ -290,7 +351,8 @@ impl Follower<'_> {
                 "following the Sentinels without the control plane: replicas changed"
             );
         }
-        if let Some(cache) = self.cache {
+        // A table holding writes is not worth restarting from.
+        if let Some(cache) = self.cache.filter(|_| table.master.is_some()) {
             config_client::write_cache(self.shared, cache, update).await;
         }
     }

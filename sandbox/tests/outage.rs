@@ -274,3 +274,242 @@ async fn a_proxy_started_without_the_control_plane_serves_from_its_cache() -> Re
     second.stop().await?;
     stack.shutdown().await
 }
+
+/// Client tasks writing unique keys in the graceful failover case.
+const WRITERS: u64 = 4;
+/// Upper bound on writes per task (the load stops long before).
+const MAX_WRITES_PER_TASK: u64 = 1_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_following_proxy_follows_the_failover_leader_without_the_control_plane() -> Result<()> {
+    common::init_tracing();
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let old = stack.topology.node(0).addr();
+    let shared = stack.proxies[0].shared.clone();
+    let client = stack.proxies[0].client();
+
+    stack.stop_control_plane().await?;
+    wait_until("the proxy to follow the Sentinels", T, || {
+        let shared = shared.clone();
+        async move { (shared.metrics.outage.following.get() == 1).then_some(()) }
+    })
+    .await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // The proxy's routing table over time (polled every millisecond): (when, master).
+    type TableChange = (Instant, Option<String>);
+    let table_watch = {
+        let (shared, stop) = (shared.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut log: Vec<TableChange> = Vec::new();
+            let mut last = None;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let table = shared.table.load_full();
+                if last != Some(table.version) {
+                    last = Some(table.version);
+                    log.push((
+                        Instant::now(),
+                        table.master.as_ref().map(ToString::to_string),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            log
+        })
+    };
+    // When a replica first answers ROLE master, asked directly every millisecond
+    // (reconnecting: the promotion kills the replica's client connections).
+    let role_watch = {
+        let stop = stop.clone();
+        let clients: Vec<(std::net::SocketAddr, redis::Client)> = stack.topology.nodes()[1..]
+            .iter()
+            .map(|n| (n.addr(), n.client()))
+            .collect();
+        tokio::spawn(async move {
+            let mut conns: Vec<Option<redis::aio::MultiplexedConnection>> =
+                clients.iter().map(|_| None).collect();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                for ((addr, client), conn) in clients.iter().zip(conns.iter_mut()) {
+                    if conn.is_none() {
+                        *conn = connect(client, Duration::from_secs(1)).await.ok();
+                    }
+                    let Some(c) = conn.as_mut() else { continue };
+                    let role: redis::RedisResult<Vec<redis::Value>> =
+                        redis::cmd("ROLE").query_async(c).await;
+                    match role {
+                        Ok(r) if matches!(r.first(), Some(redis::Value::BulkString(b)) if b == b"master") =>
+                        {
+                            return Some((*addr, Instant::now()));
+                        }
+                        Ok(_) => {}
+                        Err(_) => *conn = None,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            None
+        })
+    };
+
+    // The load: a few tasks, one connection each, unique keys `f:{task}:{i}` = i.
+    type Entry = (Instant, Instant, u64, Result<(), String>);
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for task in 0..WRITERS {
+        let mut c = connect(&client, Duration::from_secs(30)).await?;
+        let (stop, acked) = (stop.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            let mut log: Vec<Entry> = Vec::new();
+            for i in 0..MAX_WRITES_PER_TASK {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let sent = Instant::now();
+                let r: redis::RedisResult<()> = c.set(format!("f:{task}:{i}"), i).await;
+                if r.is_ok() {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                log.push((sent, Instant::now(), i, r.map_err(|e| e.to_string())));
+            }
+            log
+        }));
+    }
+    wait_until("writes flowing", T, || {
+        let acked = acked.clone();
+        async move { (acked.load(Ordering::Relaxed) > 300).then_some(()) }
+    })
+    .await?;
+
+    let failover_at = Instant::now();
+    stack.topology.sentinel_failover().await?;
+    let new = stack
+        .topology
+        .wait_for_new_master(old, Duration::from_secs(20))
+        .await?;
+    let majority_after = failover_at.elapsed();
+    let (promoted, promoted_at) = role_watch
+        .await?
+        .context("no replica answered ROLE master")?;
+    assert_eq!(
+        promoted, new,
+        "the replica that answered master is the one the majority named"
+    );
+    let at_promotion = acked.load(Ordering::Relaxed);
+    wait_until("writes on the new master", T, || {
+        let acked = acked.clone();
+        async move { (acked.load(Ordering::Relaxed) > at_promotion + 500).then_some(()) }
+    })
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    let mut logs = Vec::new();
+    for w in writers {
+        logs.push(w.await?);
+    }
+    let table = table_watch.await?;
+
+    // Every acknowledged write is on the final master, with its value.
+    let mut direct = stack
+        .topology
+        .node_by_addr(new)
+        .context("new master is a node")?
+        .connection()
+        .await?;
+    let mut acknowledged = 0usize;
+    let mut lost: Vec<String> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for (task, log) in logs.iter().enumerate() {
+        let ok: Vec<u64> = log
+            .iter()
+            .filter(|(_, _, _, r)| r.is_ok())
+            .map(|(_, _, i, _)| *i)
+            .collect();
+        errors.extend(
+            log.iter()
+                .filter_map(|(_, _, _, r)| r.as_ref().err().cloned()),
+        );
+        acknowledged += ok.len();
+        for chunk in ok.chunks(1000) {
+            let keys: Vec<String> = chunk.iter().map(|i| format!("f:{task}:{i}")).collect();
+            let values: Vec<Option<u64>> = direct.mget(&keys).await?;
+            for ((k, i), v) in keys.iter().zip(chunk).zip(values) {
+                if v != Some(*i) {
+                    lost.push(k.clone());
+                }
+            }
+        }
+    }
+    let mut acks: Vec<Instant> = logs
+        .iter()
+        .flatten()
+        .filter(|(_, _, _, r)| r.is_ok())
+        .map(|(_, a, _, _)| *a)
+        .collect();
+    acks.sort();
+    let first_after = acks
+        .iter()
+        .find(|a| **a > promoted_at)
+        .context("no write acknowledged after the promotion")?;
+    let resumed_after_promotion = *first_after - promoted_at;
+    let longest_pause = acks
+        .windows(2)
+        .filter(|w| w[1] > failover_at)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let held_at = table
+        .iter()
+        .find(|(t, m)| *t > failover_at && m.is_none())
+        .map(|(t, _)| *t);
+    let switched_at = table
+        .iter()
+        .find(|(_, m)| m.as_deref() == Some(&new.to_string()))
+        .map(|(t, _)| *t);
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    let rel = |t: Option<Instant>, from: Instant| {
+        t.map(|t| {
+            if t >= from {
+                format!("+{}", ms(t - from))
+            } else {
+                format!("-{}", ms(from - t))
+            }
+        })
+        .unwrap_or_else(|| "never".into())
+    };
+    eprintln!(
+        "graceful failover {old} -> {new} with the control plane down: {acknowledged} writes \
+         acknowledged by {WRITERS} clients, {} lost, {} errors {:?}\n  \
+         from SENTINEL FAILOVER: proxy holds writes {}, {new} answers ROLE master {}, \
+         majority names it {}\n  \
+         from ROLE master: proxy routes to {new} {}, first write acknowledged +{}\n  \
+         longest pause between acknowledgements during the failover: {}",
+        lost.len(),
+        errors.len(),
+        errors.iter().take(3).collect::<Vec<_>>(),
+        rel(held_at, failover_at),
+        rel(Some(promoted_at), failover_at),
+        ms(majority_after),
+        rel(switched_at, promoted_at),
+        ms(resumed_after_promotion),
+        ms(longest_pause),
+    );
+    assert!(
+        lost.is_empty(),
+        "{} of {acknowledged} acknowledged writes are not on the final master {new}: {:?}",
+        lost.len(),
+        lost.iter().take(10).collect::<Vec<_>>()
+    );
+    assert!(
+        errors.is_empty(),
+        "writes failed during a graceful failover: {errors:?}"
+    );
+    assert!(held_at.is_some(), "the proxy never held writes: {table:?}");
+    assert!(shared.table.load().is_local(), "the proxy's own table");
+    // Pivot's share of the write unavailability: under 100 ms from the promotion.
+    assert!(
+        resumed_after_promotion < Duration::from_millis(100),
+        "writes resumed {resumed_after_promotion:?} after the promotion"
+    );
+    stack.shutdown().await
+}
