@@ -22,11 +22,11 @@
 
 use std::time::{Duration, Instant};
 
+use pivot_sentinel::query::{self, NodeAuth, connect};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo};
 
 use crate::error::Error;
-use crate::state::{BackendAuth, State};
+use crate::state::State;
 use crate::topology::NodeAddr;
 
 /// Bounds of a planned failover.
@@ -67,34 +67,8 @@ pub struct FailoverReport {
     pub total_ms: u64,
 }
 
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
-
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-async fn connect(
-    addr: &NodeAddr,
-    auth: Option<&BackendAuth>,
-) -> Result<MultiplexedConnection, String> {
-    let mut info = ConnectionAddr::Tcp(addr.host.clone(), addr.port)
-        .into_connection_info()
-        .map_err(|e| e.to_string())?;
-    if let Some(a) = auth {
-        let mut settings = info.redis_settings().clone().set_password(&a.password);
-        if let Some(u) = &a.username {
-            settings = settings.set_username(u);
-        }
-        info = info.set_redis_settings(settings);
-    }
-    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(IO_TIMEOUT))
-        .set_response_timeout(Some(IO_TIMEOUT));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| format!("{addr}: {e}"))
 }
 
 /// A field of an `INFO` reply.
@@ -112,18 +86,11 @@ async fn info_replication(conn: &mut MultiplexedConnection) -> Result<String, St
         .map_err(|e| e.to_string())
 }
 
-async fn is_master(addr: &NodeAddr, auth: Option<&BackendAuth>) -> bool {
+async fn is_master(addr: &NodeAddr, auth: Option<&NodeAuth>) -> bool {
     let Ok(mut c) = connect(addr, auth).await else {
         return false;
     };
-    let role: redis::RedisResult<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await;
-    match role {
-        Ok(redis::Value::Array(items)) => matches!(
-            items.first(),
-            Some(redis::Value::BulkString(b)) if b == b"master"
-        ),
-        _ => false,
-    }
+    query::role(&mut c).await.is_ok_and(|r| r == "master")
 }
 
 /// Runs a planned failover of `service` (see the module docs).
@@ -169,7 +136,10 @@ pub async fn run(
             .map(|s| s.addr.clone())
             .collect();
     }
-    let auth = svc.backend_auth.clone();
+    let auth = svc.backend_auth.as_ref().map(|a| NodeAuth {
+        username: a.username.clone(),
+        password: a.password.clone(),
+    });
     let invalid = |what: String| Error::Invalid(format!("failover of `{service}`: {what}"));
 
     let mut m = connect(&master, auth.as_ref()).await.map_err(invalid)?;
@@ -248,7 +218,7 @@ async fn promote(
     master: &NodeAddr,
     replicas: &[NodeAddr],
     sentinels: &[NodeAddr],
-    auth: Option<&BackendAuth>,
+    auth: Option<&NodeAuth>,
     opts: FailoverOptions,
     m: &mut MultiplexedConnection,
 ) -> Result<(NodeAddr, Duration, Duration), String> {

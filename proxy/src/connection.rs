@@ -1271,6 +1271,29 @@ async fn start_tracking(
             "ERR pivot: CLIENT TRACKING with REDIRECT is not supported (client ids differ between the proxy and Redis); use RESP3 (HELLO 3), whose invalidation messages come on the same connection",
         );
     }
+    // Whatever this client writes from now on is on the master.
+    session.route.has_written = true;
+    pin_master_stream(
+        req,
+        Class::Unknown,
+        PinKind::Tracking,
+        table,
+        session,
+        worker,
+    )
+    .await
+}
+
+/// Pins the client to a new master connection whose out-of-band frames (invalidations,
+/// the `MONITOR` stream) go to its writer, and sends `req` there.
+async fn pin_master_stream(
+    req: Req,
+    class: Class,
+    kind: PinKind,
+    table: &RoutingTable,
+    session: &mut Session,
+    worker: &Worker,
+) -> Step {
     let Some(master) = &table.master else {
         return no_master(worker, table);
     };
@@ -1281,16 +1304,14 @@ async fn start_tracking(
         Ok(b) => b,
         Err(e) => return reject(worker, &format!("ERR pivot: {e}")),
     };
-    // Whatever this client writes from now on is on the master.
-    session.route.has_written = true;
     session.pinned = Some(Pinned {
         backend: backend.clone(),
-        kind: PinKind::Tracking,
+        kind,
     });
     send_n(
         &backend,
         req.frame,
-        Class::Unknown,
+        class,
         Target::Master,
         worker,
         1,
@@ -1397,31 +1418,7 @@ async fn start_monitor(
             "ERR pivot: MONITOR while subscribed is not supported; unsubscribe first",
         );
     }
-    let Some(master) = &table.master else {
-        return no_master(worker, table);
-    };
-    let backend = match worker
-        .pool
-        .subscriber(&session.key(master), session.messages.clone())
-    {
-        Ok(b) => b,
-        Err(e) => return reject(worker, &format!("ERR pivot: {e}")),
-    };
-    session.pinned = Some(Pinned {
-        backend: backend.clone(),
-        kind: PinKind::Monitor,
-    });
-    send_n(
-        &backend,
-        req.frame,
-        Class::Admin,
-        Target::Master,
-        worker,
-        1,
-        true,
-        &session.client,
-    )
-    .await
+    pin_master_stream(req, Class::Admin, PinKind::Monitor, table, session, worker).await
 }
 
 /// In `MONITOR` mode: `PING`, `QUIT` and `RESET` (which ends it), as on Redis; other
