@@ -314,14 +314,16 @@ impl Follower<'_> {
         let Some((update, table)) = local_config(&self.base, &self.shared.service, decided) else {
             return;
         };
-        let current = self.shared.table.load_full();
+        // The installed table (`base`), not the routed one: that one also changes when a
+        // replica is ejected or readmitted, which is no reason to skip this install.
+        let current = self.shared.base.load_full();
         if current.master == table.master && current.replicas == table.replicas {
             return;
         }
         let installed = {
             let _installing = self.feed.lock();
             let still_ours = !self.feed.status.borrow().live()
-                && Arc::ptr_eq(&current, &self.shared.table.load_full());
+                && Arc::ptr_eq(&current, &self.shared.base.load_full());
             if still_ours {
                 config_client::install(self.shared, table.clone(), "sentinels");
             }
