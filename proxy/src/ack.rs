@@ -175,9 +175,7 @@ async fn run_round(
             }
         }
     };
-    let (fence_tx, _ignored) = oneshot::channel();
-    conn.send(Request::new(Bytes::from_static(WAIT_FENCE), fence_tx))
-        .await;
+    send_fence(&conn).await;
     let ms = timeout.as_millis().max(1);
     let wait = format!(
         "*3\r\n$4\r\nWAIT\r\n${}\r\n{n}\r\n${}\r\n{ms}\r\n",
@@ -194,6 +192,14 @@ async fn run_round(
         Err(_) => Err("the connection to the master ended".into()),
     };
     (outcome, Some(conn))
+}
+
+/// Queues the fence on `conn`: its replication offset then covers every write the master
+/// had answered (its reply is not needed).
+pub(crate) async fn send_fence(conn: &Backend) {
+    let (tx, _ignored) = oneshot::channel();
+    conn.send(Request::new(Bytes::from_static(WAIT_FENCE), tx))
+        .await;
 }
 
 /// `:N\r\n` -> N.

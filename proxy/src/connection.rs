@@ -704,11 +704,13 @@ async fn read_loop(
             }
             let lookup = commands.lookup(info.name(&bytes).unwrap_or_default(), info.arg1(&bytes));
             resolved.refresh(&table, session, worker);
-            let req = Req {
+            let mut req = Req {
                 frame: bytes,
                 info,
                 lookup,
+                rule: None,
             };
+            req.rule = rule(&table, &req);
             // `CLIENT REPLY SKIP` before this request silences its reply.
             let skip = std::mem::take(&mut session.skip_next);
             if let Some(refusal) = gate(&req, &table, session, worker) {
@@ -721,7 +723,11 @@ async fn read_loop(
             if needs_master(&req, &table, session) && !master_usable(&table, &mut resolved, worker)
             {
                 match hold_for_master(&mut resolved, session, worker).await {
-                    Some(t) => table = t,
+                    Some(t) => {
+                        // The rules may have changed with the table.
+                        req.rule = rule(&t, &req);
+                        table = t;
+                    }
                     None => {
                         worker.shared.metrics.rejected.inc();
                         let msg = format!(
@@ -760,32 +766,14 @@ async fn read_loop(
 
 /// Queues a reply slot, silenced under `CLIENT REPLY OFF` or a `SKIP` (`skip`). False when
 /// the writer is gone.
-async fn queue(tx: &mpsc::Sender<Slot>, slot: Slot, session: &Session, skip: bool) -> bool {
-    let slot = if skip || session.reply_off {
-        match slot {
+async fn queue(tx: &mpsc::Sender<Slot>, mut slot: Slot, session: &Session, skip: bool) -> bool {
+    if skip || session.reply_off {
+        match &mut slot {
             Slot::Ready(_) => return true,
-            Slot::Pending {
-                rx,
-                started,
-                target,
-                pubsub,
-                then,
-                silent: _,
-                retry,
-            } => Slot::Pending {
-                rx,
-                started,
-                target,
-                pubsub,
-                then,
-                silent: true,
-                retry,
-            },
-            Slot::Close => Slot::Close,
+            Slot::Pending { silent, .. } => *silent = true,
+            Slot::Close => {}
         }
-    } else {
-        slot
-    };
+    }
     tx.send(slot).await.is_ok()
 }
 
@@ -802,7 +790,7 @@ fn gate(req: &Req, table: &RoutingTable, session: &mut Session, worker: &Worker)
         worker.shared.metrics.rejected.inc();
         return Some(reply::error("NOAUTH Authentication required."));
     }
-    if !table.rules.is_empty() && rule(table, req) == Some(RuleTarget::Deny) {
+    if req.rule == Some(RuleTarget::Deny) {
         worker.shared.metrics.rejected.inc();
         if let Some(Pinned {
             kind:
@@ -837,10 +825,9 @@ fn needs_master(req: &Req, table: &RoutingTable, session: &Session) -> bool {
         Some(Special::Transaction) => return true,
         _ => return false,
     }
-    let rule = rule(table, req);
     let dummy = std::sync::atomic::AtomicUsize::new(0);
     matches!(
-        route(table, req.lookup.class, rule, &session.route, &dummy),
+        route(table, req.lookup.class, req.rule, &session.route, &dummy),
         Route::Master | Route::NoMaster
     )
 }
@@ -928,6 +915,8 @@ struct Req {
     frame: Bytes,
     info: resp::Frame,
     lookup: Lookup,
+    /// The table's rule for this command, looked up once (most tables have none).
+    rule: Option<RuleTarget>,
 }
 
 impl Req {
@@ -1094,9 +1083,6 @@ fn subcommand_is(req: &Req, sub: &[u8]) -> bool {
         .is_some_and(|a| a.eq_ignore_ascii_case(sub))
 }
 
-/// Published before `WAIT` (see [`wait`]); nobody subscribes to its channel.
-use crate::ack::WAIT_FENCE;
-
 /// `WAIT numreplicas timeout` (and `WAITAOF`): waits for the replicas to acknowledge this
 /// client's writes. Redis counts the writes of the connection `WAIT` runs on, and this
 /// client's writes went over shared connections; so the proxy runs, on a dedicated master
@@ -1121,10 +1107,7 @@ async fn wait(req: Req, table: &RoutingTable, session: &mut Session, worker: &Wo
         Ok(b) => b,
         Err(e) => return reject(worker, &format!("ERR pivot: {e}")),
     };
-    let (fence_tx, _ignored) = oneshot::channel();
-    backend
-        .send(Request::new(Bytes::from_static(WAIT_FENCE), fence_tx))
-        .await;
+    crate::ack::send_fence(&backend).await;
     // Like a blocking command: the connection is this client's until `WAIT` answers.
     session.pinned = Some(Pinned {
         backend: backend.clone(),
@@ -1150,26 +1133,14 @@ async fn info(
     session: &mut Session,
     worker: &Worker,
 ) -> Step {
-    let wants_proxy = resp::args(&req.frame).skip(1).all(|a| {
-        !(a.eq_ignore_ascii_case(b"server")
-            || a.eq_ignore_ascii_case(b"clients")
-            || a.eq_ignore_ascii_case(b"memory")
-            || a.eq_ignore_ascii_case(b"persistence")
-            || a.eq_ignore_ascii_case(b"stats")
-            || a.eq_ignore_ascii_case(b"replication")
-            || a.eq_ignore_ascii_case(b"cpu")
-            || a.eq_ignore_ascii_case(b"commandstats")
-            || a.eq_ignore_ascii_case(b"latencystats")
-            || a.eq_ignore_ascii_case(b"cluster")
-            || a.eq_ignore_ascii_case(b"modules")
-            || a.eq_ignore_ascii_case(b"keyspace")
-            || a.eq_ignore_ascii_case(b"errorstats"))
-    }) || resp::args(&req.frame).skip(1).any(|a| {
-        a.eq_ignore_ascii_case(b"proxy")
-            || a.eq_ignore_ascii_case(b"all")
-            || a.eq_ignore_ascii_case(b"everything")
-            || a.eq_ignore_ascii_case(b"default")
-    });
+    // As Redis's own sections: `INFO` alone, `default`, `all` and `everything` include it.
+    let wants_proxy = req.info.argc == 1
+        || resp::args(&req.frame).skip(1).any(|a| {
+            a.eq_ignore_ascii_case(b"proxy")
+                || a.eq_ignore_ascii_case(b"all")
+                || a.eq_ignore_ascii_case(b"everything")
+                || a.eq_ignore_ascii_case(b"default")
+        });
     let Some(backend) = resolved.backend(Route::Master, worker).cloned() else {
         return no_master(worker, table);
     };
@@ -1381,10 +1352,7 @@ async fn tracking(req: Req, table: &RoutingTable, session: &mut Session, worker:
             step
         }
         Some(Special::Wait) => {
-            let (fence_tx, _ignored) = oneshot::channel();
-            backend
-                .send(Request::new(Bytes::from_static(WAIT_FENCE), fence_tx))
-                .await;
+            crate::ack::send_fence(&backend).await;
             forward(req).await
         }
         Some(Special::Hello | Special::Subscribe | Special::Takeover) => reject(
@@ -1613,8 +1581,7 @@ async fn subscribed_send(req: Req, target: Target, session: &mut Session, worker
 /// A blocking command: on a dedicated connection to the node routing picks.
 async fn blocking(req: Req, table: &RoutingTable, session: &mut Session, worker: &Worker) -> Step {
     let class = req.lookup.class;
-    let rule = rule(table, &req);
-    let decision = route(table, class, rule, &session.route, &worker.shared.rr);
+    let decision = route(table, class, req.rule, &session.route, &worker.shared.rr);
     let (addr, target) = match decision {
         Route::Master => match &table.master {
             Some(m) => (m, Target::Master),
@@ -1885,13 +1852,7 @@ async fn forward(
     session: &mut Session,
     worker: &Worker,
 ) -> Step {
-    let mut decision = route(
-        table,
-        class,
-        rule(table, &req),
-        &session.route,
-        &worker.shared.rr,
-    );
+    let mut decision = route(table, class, req.rule, &session.route, &worker.shared.rr);
     // A SCAN cursor is only valid on the node that returned it: one client's SCAN-family
     // commands all go to the same replica (while the set of healthy replicas stays).
     if let Route::Replica(_) = decision
@@ -2685,19 +2646,5 @@ fn client(args: &[&[u8]], name: &[u8], session: &mut Session, worker: &Worker) -
                 String::from_utf8_lossy(sub)
             ),
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wait_fence_is_one_publish() {
-        let mut scanner = Scanner::new(Mode::Request, 1024);
-        let frame = scanner.scan(WAIT_FENCE).ok().flatten();
-        assert_eq!(frame.map(|f| (f.len, f.argc)), Some((WAIT_FENCE.len(), 3)));
-        let args: Vec<&[u8]> = resp::args(WAIT_FENCE).collect();
-        assert_eq!(args, [&b"PUBLISH"[..], b"__pivot__:wait-fence", b""]);
     }
 }
