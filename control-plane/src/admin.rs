@@ -33,16 +33,7 @@ impl Admin {
     /// Replaces the policy of `service`; returns the config version that carries it
     /// (`None`: nothing changed).
     pub async fn set_policy(&self, service: &str, policy: Policy) -> Result<Option<u64>, Error> {
-        let mut seen = std::collections::HashSet::new();
-        for r in &policy.rules {
-            CommandRule::new(&r.command, r.target).map_err(Error::Invalid)?;
-            if !seen.insert(r.command.as_str()) {
-                return Err(Error::Invalid(format!(
-                    "more than one rule for `{}`",
-                    r.command
-                )));
-            }
-        }
+        policy.validate().map_err(Error::Invalid)?;
         if !self.store.set_policy(service, &policy).await? {
             return Err(Error::UnknownService(service.to_string()));
         }

@@ -312,15 +312,11 @@ async fn apply_policy_flags(
             .map(|r| r.value.clone())
             .collect();
         if !rules.is_empty() {
-            let mut seen = std::collections::HashSet::new();
-            if let Some(dup) = rules.iter().find(|r| !seen.insert(r.command.as_str())) {
-                return Err(Error::Config(format!(
-                    "--rule: more than one rule for `{}` of service `{}`",
-                    dup.command, s.name
-                )));
-            }
             policy.rules = rules;
         }
+        policy
+            .validate()
+            .map_err(|e| Error::Config(format!("--rule for service `{}`: {e}", s.name)))?;
         if policy != s.policy {
             store.set_policy(&s.name, &policy).await?;
         }

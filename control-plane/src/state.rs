@@ -277,6 +277,19 @@ mod humantime_serde_opt {
 }
 
 impl Policy {
+    /// Checks what the store and the proxies rely on: valid rule commands, one rule per
+    /// command.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for r in &self.rules {
+            CommandRule::new(&r.command, r.target)?;
+            if !seen.insert(r.command.as_str()) {
+                return Err(format!("more than one rule for `{}`", r.command));
+            }
+        }
+        Ok(())
+    }
+
     /// Takes replicas whose lag is over `max_replica_lag` out of the read pool.
     pub fn enforce(&self, topology: &mut Topology) {
         let Some(max) = self.max_replica_lag else {
