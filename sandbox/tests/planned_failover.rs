@@ -4,11 +4,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use common::connect;
+use common::{connect, wait_until};
 use pivot_control_plane::failover::FailoverOptions;
 use pivot_sandbox::{Stack, StackOptions};
 use redis::AsyncCommands;
@@ -22,10 +22,12 @@ async fn a_planned_failover_loses_no_write_and_fails_no_request() -> Result<()> 
     let stack = Stack::start(StackOptions::default()).await?;
     let old = stack.topology.node(0).addr();
     let stop = Arc::new(AtomicBool::new(false));
+    let acked_total = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let client = stack.proxies[0].client();
         let stop = stop.clone();
+        let acked_total = acked_total.clone();
         writers.push(tokio::spawn(async move {
             let mut c = connect(&client, T).await?;
             let mut acked = Vec::new();
@@ -45,6 +47,7 @@ async fn a_planned_failover_loses_no_write_and_fails_no_request() -> Result<()> 
                     Ok(()) => {
                         acked.push((key, seq));
                         done_at.push(Instant::now());
+                        acked_total.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => errors.push(e.to_string()),
                 }
@@ -53,7 +56,16 @@ async fn a_planned_failover_loses_no_write_and_fails_no_request() -> Result<()> 
         }));
     }
     // Some writes before, then the failover, then some after.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked_after = |n: u64| {
+        let acked_total = acked_total.clone();
+        async move {
+            wait_until("writes to be acknowledged", T, || async {
+                (acked_total.load(Ordering::Relaxed) >= n).then_some(())
+            })
+            .await
+        }
+    };
+    acked_after(500).await?;
     let service = stack.topology.master_name().to_string();
     let report = stack
         .admin()?
@@ -62,7 +74,7 @@ async fn a_planned_failover_loses_no_write_and_fails_no_request() -> Result<()> 
     eprintln!("{report:?}");
     let new = stack.topology.wait_for_new_master(old, T).await?;
     assert_eq!(report.new_master, format!("{}:{}", new.ip(), new.port()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    acked_after(acked_total.load(Ordering::Relaxed) + 500).await?;
     stop.store(true, Ordering::Relaxed);
 
     let mut on_new = stack
@@ -103,7 +115,7 @@ async fn a_planned_failover_loses_no_write_and_fails_no_request() -> Result<()> 
     assert_eq!(lost, 0, "acknowledged writes lost");
     assert!(errors.is_empty(), "{errors:?}");
     assert!(
-        gap.saturating_sub(paused) < Duration::from_millis(250),
+        gap.saturating_sub(paused) < Duration::from_millis(100),
         "writes resumed {:?} after the promotion",
         gap.saturating_sub(paused)
     );

@@ -114,6 +114,8 @@ async fn reads_on_a_replica_that_dies_are_retried_elsewhere() -> Result<()> {
     })
     .await?;
     let stop_at = Instant::now() + Duration::from_secs(4);
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = progress.clone();
     let reads = tokio::spawn(async move {
         let (mut ok, mut errors) = (0u64, Vec::new());
         // Bounded by time and count.
@@ -127,14 +129,21 @@ async fn reads_on_a_replica_that_dies_are_retried_elsewhere() -> Result<()> {
                 pipe.get(format!("r:{}", (i * 16 + k) % 32));
             }
             match pipe.query_async::<Vec<i64>>(&mut reader).await {
-                Ok(v) if v.len() == 16 => ok += 1,
+                Ok(v) if v.len() == 16 => {
+                    ok += 1;
+                    seen.store(ok, std::sync::atomic::Ordering::Relaxed);
+                }
                 Ok(v) => errors.push(format!("{} replies", v.len())),
                 Err(e) => errors.push(e.to_string()),
             }
         }
         (ok, errors)
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Kill the replica once reads are flowing.
+    wait_until("reads to be flowing", T, || async {
+        (progress.load(std::sync::atomic::Ordering::Relaxed) >= 100).then_some(())
+    })
+    .await?;
     stack.topology.node(1).kill()?;
     let (ok, errors) = reads.await?;
     let failed = stack.proxies[0]
