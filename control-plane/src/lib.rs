@@ -462,7 +462,11 @@ mod tests {
         let names: Vec<&str> = first.iter().map(|a| a.action.as_str()).collect();
         assert_eq!(names, ["policy.set", "service.update", "service.create"]);
         assert!(first.iter().all(|a| a.actor == "config"));
-        assert!(!serde_json::to_string(&first).unwrap().contains("backend-secret"));
+        assert!(
+            !serde_json::to_string(&first)
+                .unwrap()
+                .contains("backend-secret")
+        );
         cp.store.close().await;
         drop(cp);
 
