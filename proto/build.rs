@@ -1,7 +1,7 @@
 //! Compiles `proto/pivot/v1/*.proto` with protox (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/pivot/v1/pivot.proto"];
+    let files = ["proto/pivot/v1/pivot.proto", "proto/pivot/v1/admin.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
