@@ -12,8 +12,14 @@
 //! [`chaos`] runs a workload through the stack's proxies while injecting faults (master
 //! freezes, a control-plane outage, Sentinel, replica and proxy restarts) and reports
 //! against the failover invariants; the `pivot-chaos` binary is its command.
+//!
+//! [`fleet`] is the control plane at fleet scale: the real `pivot-control-plane` binary as
+//! a child process, thousands of simulated proxy config streams, a rule change timed until
+//! every one has ACKed it, memory per stream and a restart; the `pivot-fleet-bench` binary
+//! is its command.
 
 pub mod chaos;
+pub mod fleet;
 pub mod process;
 pub mod stack;
 

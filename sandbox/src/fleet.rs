@@ -1,0 +1,336 @@
+//! The fleet scale benchmark (issue 6, "Scale"): one real control plane serving thousands of
+//! proxy config streams.
+//!
+//! - `control_plane`: the `pivot-control-plane` binary as a child process ([`ControlPlaneProcess`]),
+//!   so that the memory and CPU measured are its own.
+//! - `sim`: simulated proxies ([`Fleet`]), each with its own connection and stream, ACKing
+//!   and reconnecting like the real proxy's config client.
+//! - `api`: the REST calls (a rule change, the proxies' view).
+//! - `report`: the numbers and their markdown form.
+//!
+//! [`run`] starts a [`Topology`] (a master, two replicas, three Sentinels), the control
+//! plane, opens the streams, changes a command rule through the REST API several times,
+//! restarts the control plane, and tears everything down (also on error: every process is
+//! owned and killed on drop).
+
+mod api;
+mod control_plane;
+mod report;
+mod sim;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use tokio::time::Instant;
+use tracing::info;
+
+pub use api::Api;
+pub use control_plane::{CONTROL_PLANE_BIN_ENV, ControlPlaneProcess, ControlPlaneSpec, find_binary};
+pub use report::{DOCS_BEGIN, DOCS_END, Report, Restart, Round, update_docs};
+pub use sim::{AckTimes, Fleet, FleetSettings};
+
+use crate::{Topology, TopologyOptions};
+
+/// File descriptors each process needs besides one per stream (Redis and Sentinel links,
+/// the store, listeners, the HTTP client).
+const FD_HEADROOM: u64 = 256;
+/// The rule the rounds change; its target alternates so that every round is a change.
+const RULE_COMMAND: &str = "flushall";
+const RULE_TARGETS: [&str; 2] = ["deny", "master"];
+/// How often the control plane's proxy list is read while waiting for it to show the ACKs.
+const API_POLL: Duration = Duration::from_millis(10);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct FleetBenchOptions {
+    /// Simulated proxy streams.
+    pub proxies: usize,
+    /// How many streams are being opened at a time at the start.
+    pub connect_concurrency: usize,
+    /// Rule changes to time (0: only memory and the restart).
+    pub rounds: usize,
+    /// Pause after each change (lets the control plane's store writer catch up, so that
+    /// rounds do not overlap).
+    pub pause: Duration,
+    /// Also time a control-plane restart.
+    pub restart: bool,
+    /// Bound on every wait.
+    pub timeout: Duration,
+    /// Quiet time before each memory sample.
+    pub settle: Duration,
+    /// The control plane binary.
+    pub control_plane_bin: PathBuf,
+    /// The control plane's `RUST_LOG`.
+    pub control_plane_log: String,
+    /// The Redis group and its Sentinels.
+    pub topology: TopologyOptions,
+}
+
+impl FleetBenchOptions {
+    /// Defaults of the benchmark (2,000 streams, 5 changes, a restart) for `binary`.
+    pub fn new(control_plane_bin: PathBuf) -> FleetBenchOptions {
+        FleetBenchOptions {
+            proxies: 2000,
+            connect_concurrency: 64,
+            rounds: 5,
+            pause: Duration::from_secs(1),
+            restart: true,
+            timeout: Duration::from_secs(60),
+            settle: Duration::from_secs(1),
+            control_plane_bin,
+            control_plane_log: "info".into(),
+            topology: TopologyOptions::default(),
+        }
+    }
+
+    /// Checks the numbers before anything starts.
+    pub fn validate(&self) -> Result<()> {
+        if self.proxies == 0 {
+            bail!("--proxies must be at least 1");
+        }
+        if self.connect_concurrency == 0 {
+            bail!("--connect-concurrency must be at least 1");
+        }
+        if self.timeout.is_zero() {
+            bail!("--timeout must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Makes sure this process (and so the control plane it starts, which inherits the limit)
+/// may open a socket per stream: raises the soft `RLIMIT_NOFILE` up to the hard one if
+/// needed, and fails with what to do when even that is too low.
+pub fn ensure_fd_limit(streams: usize) -> Result<()> {
+    let needed = u64::try_from(streams).unwrap_or(u64::MAX) + FD_HEADROOM;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading RLIMIT_NOFILE")?;
+    if soft >= needed {
+        return Ok(());
+    }
+    if hard < needed {
+        bail!(
+            "{streams} streams need about {needed} open files per process, but the limit is \
+             {soft} (hard {hard}); raise it (e.g. `ulimit -n {needed}` as root, or \
+             `LimitNOFILE=` / limits.conf) or pass a smaller --proxies"
+        );
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, needed, hard).context("raising RLIMIT_NOFILE")?;
+    info!(from = soft, to = needed, "raised the open-files limit");
+    Ok(())
+}
+
+/// Runs the benchmark and returns its numbers. Every process it starts is stopped before
+/// it returns, also on error.
+pub async fn run(options: FleetBenchOptions) -> Result<Report> {
+    options.validate()?;
+    ensure_fd_limit(options.proxies)?;
+    let topology = Topology::start(options.topology.clone())
+        .await
+        .context("starting Redis and the Sentinels")?;
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let service = topology.master_name().to_string();
+    let token = format!("fleet-bench-{:032x}", rand::random::<u128>());
+    let spec = ControlPlaneSpec {
+        binary: options.control_plane_bin.clone(),
+        data_dir: dir.path().join("data"),
+        log_path: dir.path().join("control-plane.log"),
+        service: (service.clone(), topology.sentinel_addrs()),
+        admin_token: token.clone(),
+        log_filter: options.control_plane_log.clone(),
+    };
+    let mut cp = ControlPlaneProcess::start(spec, options.timeout).await?;
+    let outcome = measure(&options, &mut cp, &service, &token).await;
+    if outcome.is_err() {
+        eprintln!(
+            "pivot-fleet-bench: the control plane's log ends with:\n{}",
+            cp.log_tail()
+        );
+    }
+    // Fleet first (inside `measure`), then the control plane, then Redis: drop order.
+    drop(cp);
+    drop(topology);
+    outcome
+}
+
+async fn measure(
+    options: &FleetBenchOptions,
+    cp: &mut ControlPlaneProcess,
+    service: &str,
+    token: &str,
+) -> Result<Report> {
+    cp.wait_ready(options.timeout).await?;
+    let api = Api::new(format!("http://{}", cp.http_addr()), token.to_string())?;
+    tokio::time::sleep(options.settle).await;
+    let rss_idle_kib = cp.rss_kib()?;
+
+    let id_prefix = format!("bench-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let settings = FleetSettings {
+        endpoint: format!("http://{}", cp.grpc_addr()),
+        service: service.to_string(),
+        id_prefix: id_prefix.clone(),
+    };
+    let n = options.proxies;
+    let opened = Instant::now();
+    let fleet = Fleet::open(n, options.connect_concurrency, settings, options.timeout).await?;
+    let open = opened.elapsed();
+    info!(streams = n, ?open, "every stream has its first config");
+    let version = api.proxies().await?.version;
+    wait_api_acked(&api, &id_prefix, n, version, opened, options.timeout).await?;
+    tokio::time::sleep(options.settle).await;
+    let rss_streams_kib = cp.rss_kib()?;
+
+    let mut rounds = Vec::with_capacity(options.rounds);
+    for round in 0..options.rounds {
+        let target = RULE_TARGETS[round % RULE_TARGETS.len()];
+        let r = change_rule(cp, &api, &fleet, service, &id_prefix, target, options).await?;
+        info!(round, ?r, "rule change timed");
+        rounds.push(r);
+    }
+    tokio::time::sleep(options.settle).await;
+    let rss_after_changes_kib = cp.rss_kib()?;
+
+    let restart = if options.restart {
+        Some(restart(cp, &api, &fleet, &id_prefix, options).await?)
+    } else {
+        None
+    };
+    let nacks = fleet.nacks();
+    fleet.stop().await;
+    Ok(Report {
+        proxies: n,
+        connect_concurrency: options.connect_concurrency,
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+        open,
+        rss_idle_kib,
+        rss_streams_kib,
+        rss_after_changes_kib,
+        rounds,
+        restart,
+        nacks,
+    })
+}
+
+/// One timed change: `PUT` the rule, wait for every stream's ACK, then for the control
+/// plane's proxy list to show them.
+async fn change_rule(
+    cp: &ControlPlaneProcess,
+    api: &Api,
+    fleet: &Fleet,
+    service: &str,
+    id_prefix: &str,
+    target: &str,
+    options: &FleetBenchOptions,
+) -> Result<Round> {
+    let cpu_before = cp.cpu_time()?;
+    let start = Instant::now();
+    let version = api.put_rule(service, RULE_COMMAND, target).await?;
+    let put = start.elapsed();
+    let acks = fleet
+        .wait_acked(version, start.into_std(), options.timeout)
+        .await?;
+    let cpu_to_acked = cp.cpu_time()?.saturating_sub(cpu_before);
+    let api_acked = wait_api_acked(api, id_prefix, fleet.len(), version, start, options.timeout)
+        .await?;
+    check_probe(fleet, version, target)?;
+    tokio::time::sleep(options.pause).await;
+    Ok(Round {
+        version,
+        put,
+        all_received: acks.all_received,
+        all_acked: acks.all_acked,
+        api_acked,
+        cpu_to_acked,
+        cpu_round: cp.cpu_time()?.saturating_sub(cpu_before),
+    })
+}
+
+/// The fleet must have been sent the rule, not just some new version.
+fn check_probe(fleet: &Fleet, version: u64, target: &str) -> Result<()> {
+    let probe = fleet.probe().context("proxy 0 has accepted no update")?;
+    let found = probe
+        .services
+        .iter()
+        .filter_map(|s| s.policy.as_ref())
+        .flat_map(|p| p.rules.iter())
+        .find(|r| r.command == RULE_COMMAND)
+        .map(|r| r.target().as_str_name().to_ascii_lowercase());
+    let expected = format!("target_{target}");
+    if probe.version < version || found.as_deref() != Some(expected.as_str()) {
+        bail!(
+            "proxy 0's update (version {}) has rule {RULE_COMMAND} -> {found:?}, expected {expected} in version {version} or later",
+            probe.version
+        );
+    }
+    Ok(())
+}
+
+/// Waits until the control plane's `GET /api/v1/proxies` shows `n` proxies of this run
+/// connected with `version` ACKed; returns the time from `start` to the response that did.
+async fn wait_api_acked(
+    api: &Api,
+    id_prefix: &str,
+    n: usize,
+    version: u64,
+    start: Instant,
+    timeout: Duration,
+) -> Result<Duration> {
+    let deadline = start + timeout;
+    loop {
+        let acked = api.acked(id_prefix, version).await?;
+        if acked >= n {
+            return Ok(start.elapsed());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {timeout:?}: the control plane shows {acked} of {n} proxies with version {version} ACKed"
+            );
+        }
+        tokio::time::sleep(API_POLL).await;
+    }
+}
+
+/// `SIGTERM`, wait for the exit, start again on the same ports and data directory, and
+/// time the fleet's return.
+async fn restart(
+    cp: &mut ControlPlaneProcess,
+    api: &Api,
+    fleet: &Fleet,
+    id_prefix: &str,
+    options: &FleetBenchOptions,
+) -> Result<Restart> {
+    let before = fleet.streams_served();
+    let connects_before = fleet.connects();
+    let version = api.proxies().await?.version;
+    let term = Instant::now();
+    let status = cp.terminate(options.timeout).await?;
+    let drain = term.elapsed();
+    let started = Instant::now();
+    cp.restart()?;
+    let (serving, resubscribed) = tokio::join!(
+        async {
+            cp.wait_serving(options.timeout).await?;
+            let serving = started.elapsed();
+            cp.wait_ready(options.timeout).await?;
+            anyhow::Ok((serving, started.elapsed()))
+        },
+        fleet.wait_resubscribed(&before, started.into_std(), options.timeout),
+    );
+    let (serving, ready) = serving?;
+    let resubscribed = resubscribed?;
+    let connects = fleet.connects() - connects_before;
+    let api_acked =
+        wait_api_acked(api, id_prefix, fleet.len(), version, started, options.timeout).await?;
+    tokio::time::sleep(options.settle).await;
+    Ok(Restart {
+        exit: status.to_string(),
+        drain,
+        serving,
+        ready,
+        resubscribed,
+        api_acked,
+        connects,
+        rss_kib: cp.rss_kib()?,
+    })
+}

@@ -1,0 +1,319 @@
+//! The real `pivot-control-plane` binary as a child process, so that its memory and CPU
+//! are its own: found, started on fixed loopback ports with a data directory, stopped with
+//! `SIGTERM`, started again on the same ports, and killed on drop.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// Environment variable naming the `pivot-control-plane` binary to run.
+pub const CONTROL_PLANE_BIN_ENV: &str = "PIVOT_CONTROL_PLANE_BIN";
+/// The binary's file name.
+const BINARY: &str = "pivot-control-plane";
+/// Start attempts with fresh ports (another process may take a port between our probe and
+/// the child's bind).
+const START_ATTEMPTS: usize = 5;
+/// How often readiness and exit are polled.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Finds the control plane binary: `explicit`, else `$PIVOT_CONTROL_PLANE_BIN`, else next
+/// to the running executable, else one directory up (where Cargo puts binaries when the
+/// running executable is a test in `deps/`).
+pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        return existing(path.to_path_buf(), "--control-plane-bin");
+    }
+    if let Some(path) = std::env::var_os(CONTROL_PLANE_BIN_ENV) {
+        return existing(PathBuf::from(path), CONTROL_PLANE_BIN_ENV);
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(BINARY))
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "{BINARY} not found (looked in {}); build it with the same profile, e.g. \
+                 `cargo build --release -p pivot-control-plane`, or name it with \
+                 --control-plane-bin or ${CONTROL_PLANE_BIN_ENV}",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+fn existing(path: PathBuf, source: &str) -> Result<PathBuf> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        bail!("{source} names {}, which is not a file", path.display())
+    }
+}
+
+/// How to start the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneSpec {
+    /// The binary.
+    pub binary: PathBuf,
+    /// Its data directory (SQLite store), kept across restarts.
+    pub data_dir: PathBuf,
+    /// Where its output goes (appended to across restarts).
+    pub log_path: PathBuf,
+    /// The service it watches: (Sentinel master name, Sentinel addresses).
+    pub service: (String, Vec<SocketAddr>),
+    /// The first admin token (`PIVOT_ADMIN_TOKEN`).
+    pub admin_token: String,
+    /// Its `RUST_LOG`.
+    pub log_filter: String,
+}
+
+/// A running (or stopped) control plane child process. Dropping it kills the child
+/// (`SIGKILL`, then reaps it).
+#[derive(Debug)]
+pub struct ControlPlaneProcess {
+    spec: ControlPlaneSpec,
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl ControlPlaneProcess {
+    /// Starts the control plane on two free loopback ports and waits until its HTTP
+    /// server answers (not until the topology is decided: see [`Self::wait_ready`]).
+    pub async fn start(spec: ControlPlaneSpec, timeout: Duration) -> Result<ControlPlaneProcess> {
+        let mut last_error = None;
+        for attempt in 1..=START_ATTEMPTS {
+            let mut cp = ControlPlaneProcess {
+                spec: spec.clone(),
+                http_addr: free_port()?,
+                grpc_addr: free_port()?,
+                child: None,
+            };
+            cp.spawn()?;
+            match cp.wait_serving(timeout).await {
+                Ok(()) => return Ok(cp),
+                Err(e) if cp.exited()? => {
+                    // Most likely a port taken since we probed it: try others.
+                    warn!(attempt, error = %e, "control plane start failed; retrying on other ports");
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("control plane did not start")))
+    }
+
+    /// Starts it again on the same ports and data directory (after [`Self::terminate`]) and
+    /// returns as soon as the process is spawned; the caller times what follows.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() && !self.exited()? {
+            bail!("the control plane is still running");
+        }
+        self.spawn()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.spec.log_path)
+            .with_context(|| format!("opening {}", self.spec.log_path.display()))?;
+        let err = log.try_clone().context("duplicating the log file handle")?;
+        let (name, sentinels) = &self.spec.service;
+        let sentinels: Vec<String> = sentinels.iter().map(ToString::to_string).collect();
+        let child = Command::new(&self.spec.binary)
+            .arg("--data-dir")
+            .arg(&self.spec.data_dir)
+            .arg("--http-listen")
+            .arg(self.http_addr.to_string())
+            .arg("--grpc-listen")
+            .arg(self.grpc_addr.to_string())
+            .arg("--service")
+            .arg(format!("{name}={}", sentinels.join(",")))
+            .env("PIVOT_ADMIN_TOKEN", &self.spec.admin_token)
+            .env("RUST_LOG", &self.spec.log_filter)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", self.spec.binary.display()))?;
+        info!(pid = child.id(), http = %self.http_addr, grpc = %self.grpc_addr, "control plane started");
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The HTTP address (REST API).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The gRPC address (proxy config streams).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The child's PID while it has not been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True when the child has exited (or was never started); reaps it.
+    fn exited(&mut self) -> Result<bool> {
+        match &mut self.child {
+            None => Ok(true),
+            Some(c) => Ok(c.try_wait().context("polling the control plane")?.is_some()),
+        }
+    }
+
+    /// Polls `GET /healthz` until it answers 200, failing early if the child exits.
+    pub async fn wait_serving(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_http("/healthz", timeout).await
+    }
+
+    /// Polls `GET /readyz` until the control plane has decided every service's topology.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_http("/readyz", timeout).await
+    }
+
+    async fn wait_http(&mut self, path: &str, timeout: Duration) -> Result<()> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .context("HTTP client")?;
+        let url = format!("http://{}{path}", self.http_addr);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.exited()? {
+                bail!(
+                    "the control plane exited while waiting for {path}; its log ends with:\n{}",
+                    self.log_tail()
+                );
+            }
+            if let Ok(r) = http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the control plane did not answer {path} with 200 within {timeout:?}; its log ends with:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Sends `SIGTERM` and waits for the child to exit (it drains its streams); after
+    /// `timeout` it is killed. Returns how it exited.
+    pub async fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let Some(child) = &mut self.child else {
+            bail!("the control plane is not running");
+        };
+        if let Some(status) = child.try_wait().context("polling the control plane")? {
+            bail!("the control plane had already exited ({status})");
+        }
+        // Not reaped yet, so the PID is still our child's.
+        let pid = Pid::from_raw(i32::try_from(child.id()).context("PID out of range")?);
+        kill(pid, Signal::SIGTERM).context("sending SIGTERM to the control plane")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().context("polling the control plane")? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                warn!(?timeout, "the control plane did not stop after SIGTERM; killing it");
+                child.kill().context("killing the control plane")?;
+                return child.wait().context("reaping the control plane");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Resident memory (`VmRSS`) of the running child, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self.pid().context("the control plane is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc/PID/status")
+    }
+
+    /// CPU time (user + system) the running child has used so far. `/proc` counts it in
+    /// clock ticks of 10 ms.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        const TICK: Duration = Duration::from_millis(10);
+        let pid = self.pid().context("the control plane is not running")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat"))?;
+        // The command name (field 2) may hold spaces; count fields after its `)`.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("malformed /proc/PID/stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after `)`.
+        let ticks = |i: usize| -> Result<u32> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u32>().ok())
+                .context("malformed /proc/PID/stat")
+        };
+        Ok(TICK * (ticks(11)? + ticks(12)?))
+    }
+
+    /// The last lines of its output.
+    pub fn log_tail(&self) -> String {
+        match std::fs::read_to_string(&self.spec.log_path) {
+            Ok(s) => {
+                let lines: Vec<&str> = s.lines().collect();
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            }
+            Err(e) => format!("(cannot read {}: {e})", self.spec.log_path.display()),
+        }
+    }
+
+    /// Where its output goes.
+    pub fn log_path(&self) -> &Path {
+        &self.spec.log_path
+    }
+}
+
+impl Drop for ControlPlaneProcess {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child
+            && matches!(child.try_wait(), Ok(None))
+        {
+            // Our own unreaped child: the PID cannot have been reused.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A port the kernel just reported free on 127.0.0.1 (racy: [`ControlPlaneProcess::start`]
+/// retries).
+fn free_port() -> Result<SocketAddr> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0")?;
+    l.local_addr().context("local address of a probe listener")
+}
