@@ -27,7 +27,9 @@ use tokio::time::Instant;
 use tracing::info;
 
 pub use api::Api;
-pub use control_plane::{CONTROL_PLANE_BIN_ENV, ControlPlaneProcess, ControlPlaneSpec, find_binary};
+pub use control_plane::{
+    CONTROL_PLANE_BIN_ENV, ControlPlaneProcess, ControlPlaneSpec, find_binary,
+};
 pub use report::{DOCS_BEGIN, DOCS_END, Report, Restart, Round, update_docs};
 pub use sim::{AckTimes, Fleet, FleetSettings};
 
@@ -141,13 +143,15 @@ pub async fn run(options: FleetBenchOptions) -> Result<Report> {
         log_filter: options.control_plane_log.clone(),
     };
     let mut cp = ControlPlaneProcess::start(spec, options.timeout).await?;
-    let outcome = measure(&options, &mut cp, &service, &token).await;
-    if outcome.is_err() {
-        eprintln!(
-            "pivot-fleet-bench: the control plane's log ends with:\n{}",
-            cp.log_tail()
-        );
-    }
+    let outcome = measure(&options, &mut cp, &service, &token)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\nthe control plane's log ({}) ends with:\n{}",
+                cp.log_path().display(),
+                cp.log_tail()
+            )
+        });
     // Fleet first (inside `measure`), then the control plane, then Redis: drop order.
     drop(cp);
     drop(topology);
@@ -231,8 +235,8 @@ async fn change_rule(
         .wait_acked(version, start.into_std(), options.timeout)
         .await?;
     let cpu_to_acked = cp.cpu_time()?.saturating_sub(cpu_before);
-    let api_acked = wait_api_acked(api, id_prefix, fleet.len(), version, start, options.timeout)
-        .await?;
+    let api_acked =
+        wait_api_acked(api, id_prefix, fleet.len(), version, start, options.timeout).await?;
     check_probe(fleet, version, target)?;
     tokio::time::sleep(options.pause).await;
     Ok(Round {
@@ -320,8 +324,15 @@ async fn restart(
     let (serving, ready) = serving?;
     let resubscribed = resubscribed?;
     let connects = fleet.connects() - connects_before;
-    let api_acked =
-        wait_api_acked(api, id_prefix, fleet.len(), version, started, options.timeout).await?;
+    let api_acked = wait_api_acked(
+        api,
+        id_prefix,
+        fleet.len(),
+        version,
+        started,
+        options.timeout,
+    )
+    .await?;
     tokio::time::sleep(options.settle).await;
     Ok(Restart {
         exit: status.to_string(),

@@ -149,6 +149,8 @@ impl ControlPlaneProcess {
             .arg(format!("{name}={}", sentinels.join(",")))
             .env("PIVOT_ADMIN_TOKEN", &self.spec.admin_token)
             .env("RUST_LOG", &self.spec.log_filter)
+            // A file, not a terminal: no colour codes.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -239,7 +241,10 @@ impl ControlPlaneProcess {
                 return Ok(status);
             }
             if Instant::now() >= deadline {
-                warn!(?timeout, "the control plane did not stop after SIGTERM; killing it");
+                warn!(
+                    ?timeout,
+                    "the control plane did not stop after SIGTERM; killing it"
+                );
                 child.kill().context("killing the control plane")?;
                 return child.wait().context("reaping the control plane");
             }

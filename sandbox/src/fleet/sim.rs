@@ -180,9 +180,7 @@ impl Fleet {
             "every proxy's config on a new stream",
             start,
             timeout,
-            |i, r| {
-                r.streams_served.load(Ordering::Acquire) > before.get(i).copied().unwrap_or(0)
-            },
+            |i, r| r.streams_served.load(Ordering::Acquire) > before.get(i).copied().unwrap_or(0),
         )
         .await?;
         Ok(self.since(start, self.latest(|r| &r.served_at)))
@@ -200,10 +198,7 @@ impl Fleet {
 
     /// The last update proxy 0 accepted.
     pub fn probe(&self) -> Option<v1::ConfigUpdate> {
-        self.probe
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.probe.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Stops every proxy (their connections close), waiting a bounded time.
