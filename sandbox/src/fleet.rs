@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::resource::{Resource, UsageWho, getrlimit, getrusage, setrlimit};
 use tokio::time::Instant;
 use tracing::info;
 
@@ -228,6 +228,7 @@ async fn change_rule(
     options: &FleetBenchOptions,
 ) -> Result<Round> {
     let cpu_before = cp.cpu_time()?;
+    let own_before = own_cpu_time()?;
     let start = Instant::now();
     let version = api.put_rule(service, RULE_COMMAND, target).await?;
     let put = start.elapsed();
@@ -235,6 +236,7 @@ async fn change_rule(
         .wait_acked(version, start.into_std(), options.timeout)
         .await?;
     let cpu_to_acked = cp.cpu_time()?.saturating_sub(cpu_before);
+    let fleet_cpu_to_acked = own_cpu_time()?.saturating_sub(own_before);
     let api_acked =
         wait_api_acked(api, id_prefix, fleet.len(), version, start, options.timeout).await?;
     check_probe(fleet, version, target)?;
@@ -246,8 +248,21 @@ async fn change_rule(
         all_acked: acks.all_acked,
         api_acked,
         cpu_to_acked,
+        fleet_cpu_to_acked,
         cpu_round: cp.cpu_time()?.saturating_sub(cpu_before),
     })
+}
+
+/// CPU time (user + system) this process has used: the simulated fleet's, mostly.
+fn own_cpu_time() -> Result<Duration> {
+    let usage = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
+    let micros = |t: nix::sys::time::TimeVal| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
+            + u64::try_from(t.tv_usec()).unwrap_or(0)
+    };
+    Ok(Duration::from_micros(
+        micros(usage.user_time()) + micros(usage.system_time()),
+    ))
 }
 
 /// The fleet must have been sent the rule, not just some new version.

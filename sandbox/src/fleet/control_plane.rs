@@ -264,27 +264,27 @@ impl ControlPlaneProcess {
             .context("no VmRSS in /proc/PID/status")
     }
 
-    /// CPU time (user + system) the running child has used so far. `/proc` counts it in
-    /// clock ticks of 10 ms.
+    /// CPU time the running child's threads have used so far: the sum of their
+    /// `/proc/PID/task/TID/schedstat` run times (nanoseconds; threads that have exited are
+    /// not counted, which is fine for differences over a few seconds: the control plane's
+    /// threads live as long as it does).
     pub fn cpu_time(&self) -> Result<Duration> {
-        const TICK: Duration = Duration::from_millis(10);
         let pid = self.pid().context("the control plane is not running")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("reading /proc/{pid}/stat"))?;
-        // The command name (field 2) may hold spaces; count fields after its `)`.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .context("malformed /proc/PID/stat")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after `)`.
-        let ticks = |i: usize| -> Result<u32> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u32>().ok())
-                .context("malformed /proc/PID/stat")
-        };
-        Ok(TICK * (ticks(11)? + ticks(12)?))
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("listing /proc/{pid}/task"))?;
+        let mut total = 0u64;
+        for task in tasks.filter_map(Result::ok) {
+            // A thread may exit between the listing and the read: skip it.
+            let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .context("malformed /proc/PID/task/TID/schedstat")?;
+        }
+        Ok(Duration::from_nanos(total))
     }
 
     /// The last lines of its output.

@@ -30,8 +30,10 @@ pub struct Round {
     /// Until `GET /api/v1/proxies` showed every proxy with it ACKed (read every 10 ms once
     /// the streams have ACKed).
     pub api_acked: Duration,
-    /// Control-plane CPU from the `PUT` until every ACK (10 ms resolution).
+    /// Control-plane CPU from the `PUT` until every ACK.
     pub cpu_to_acked: Duration,
+    /// The bench's own CPU (the simulated fleet's) over the same time.
+    pub fleet_cpu_to_acked: Duration,
     /// Control-plane CPU from the `PUT` until the end of the pause after it (store writes
     /// and the API reads included).
     pub cpu_round: Duration,
@@ -150,12 +152,15 @@ impl fmt::Display for Report {
             )?;
             writeln!(f, "|---|---|---|")?;
             type Measure = fn(&Round) -> Duration;
-            let rows: [(&str, Measure); 6] = [
+            let rows: [(&str, Measure); 7] = [
                 ("`PUT` answered", |r| r.put),
                 ("every stream received the new version", |r| r.all_received),
                 ("every stream ACKed it", |r| r.all_acked),
                 ("`GET /api/v1/proxies` shows every ACK", |r| r.api_acked),
                 ("control-plane CPU until every ACK", |r| r.cpu_to_acked),
+                ("simulated fleet's CPU (one thread) until every ACK", |r| {
+                    r.fleet_cpu_to_acked
+                }),
                 ("control-plane CPU for the whole change", |r| r.cpu_round),
             ];
             for (name, get) in rows {
@@ -270,6 +275,7 @@ mod tests {
             all_acked: d,
             api_acked: d,
             cpu_to_acked: d,
+            fleet_cpu_to_acked: d,
             cpu_round: d,
         }
     }
