@@ -59,14 +59,22 @@ pub fn parse<C: Parser>(args: Vec<OsString>, file_arg: &str) -> Result<C, clap::
     let file = FileArgs::from_toml(&cmd, &first, file_arg, &path, &text)
         .map_err(|e| cmd.error(e.kind, e.message))?;
 
+    // Each file value alone through its flag's parser first, so that an error is pinned to
+    // its line whatever the parser's error says (a custom parser's may name no flag).
+    let bin = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| cmd.get_name().into());
+    for (g, arg) in file.given.iter().zip(&file.argv) {
+        if let Err(e) = lenient.try_get_matches_from_mut([bin.clone(), arg.clone()]) {
+            return Err(file.explain_value(&mut cmd, g, &e));
+        }
+    }
+
     // Second pass: the file's flags first (after the binary name), then the real ones; a
     // file flag is never one the command line or the environment set, so order is moot.
     let mut merged = Vec::with_capacity(args.len() + file.argv.len() + 1);
-    merged.push(
-        args.first()
-            .cloned()
-            .unwrap_or_else(|| cmd.get_name().into()),
-    );
+    merged.push(bin);
     merged.extend(file.argv.iter().cloned());
     merged.extend(args.iter().skip(1).cloned());
     let matches = cmd
@@ -217,19 +225,29 @@ impl FileArgs {
             _ => None,
         };
         let mine = self.given.iter().filter(|g| g.key == key);
-        let Some(g) = mine
+        match mine
             .clone()
             .find(|g| bad.is_some_and(|b| g.holds(b)))
             .or_else(|| mine.clone().next())
-        else {
-            return e;
+        {
+            Some(g) => self.explain_value(cmd, g, &e),
+            None => e,
+        }
+    }
+
+    /// The error for value `g` from the file, which clap rejected with `e`: file, line, key,
+    /// the value unless it is a secret, and the parser's reason (secrets cut out).
+    fn explain_value(&self, cmd: &mut Command, g: &Given, e: &clap::Error) -> clap::Error {
+        let bad = match e.get(ContextKind::InvalidValue) {
+            Some(ContextValue::String(v)) => Some(v.as_str()),
+            _ => g.value.as_deref(),
         };
         let value = match bad {
             Some(_) if g.secret => " (value hidden)".to_string(),
             Some(b) => format!(" \"{}\"", b.escape_debug()),
             None => String::new(),
         };
-        let reason = match (e.kind(), std::error::Error::source(&e)) {
+        let reason = match (e.kind(), std::error::Error::source(e)) {
             (_, Some(source)) => source.to_string(),
             (ErrorKind::InvalidValue, None) => match e.get(ContextKind::ValidValue) {
                 Some(ContextValue::Strings(valid)) => {
@@ -237,18 +255,28 @@ impl FileArgs {
                 }
                 _ => "not one of the possible values".to_string(),
             },
-            (kind, None) => kind.as_str().unwrap_or("not accepted").to_string(),
+            // A parser's own `clap::Error`: its message, without clap's decoration.
+            (_, None) => {
+                let text = e.to_string();
+                let text = text.strip_prefix("error: ").unwrap_or(&text);
+                text.split("\n\n")
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            }
         };
-        let reason = match bad {
-            Some(b) if g.secret => redact(&reason, b),
+        let reason = match (bad, &g.value) {
+            (Some(b), Some(whole)) if g.secret => redact(&redact(&reason, b), whole),
             _ => reason,
         };
         cmd.error(
             e.kind(),
             format!(
-                "{}:{}: `{key}`: invalid value{value}: {reason}",
+                "{}:{}: `{}`: invalid value{value}: {reason}",
                 self.path.display(),
-                g.line
+                g.line,
+                g.key
             ),
         )
     }
@@ -424,6 +452,28 @@ mod tests {
         tag: Vec<String>,
         #[arg(long, hide_env_values = true, value_parser = token)]
         token: Option<String>,
+        #[arg(long, value_parser = RawParser)]
+        raw: Option<u32>,
+    }
+
+    /// A parser that reports with its own `clap::Error`, naming no flag in its context.
+    #[derive(Debug, Clone, Copy)]
+    struct RawParser;
+
+    impl clap::builder::TypedValueParser for RawParser {
+        type Value = u32;
+
+        fn parse_ref(
+            &self,
+            _cmd: &Command,
+            _arg: Option<&Arg>,
+            value: &std::ffi::OsStr,
+        ) -> Result<u32, clap::Error> {
+            value
+                .to_str()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| clap::Error::raw(ErrorKind::ValueValidation, "not a count\n"))
+        }
     }
 
     fn token(s: &str) -> Result<String, String> {
@@ -488,6 +538,13 @@ mod tests {
             "{e}"
         );
         assert!(!e.to_string().contains("short"), "{e}");
+        let e = demo("name = \"n\"\n\nraw = \"many\"", &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(":3: `raw`: invalid value \"many\": not a count"),
+            "{e}"
+        );
+        assert_eq!(demo("name = \"n\"\nraw = 7", &[]).unwrap().raw, Some(7));
         let e = demo("name = \"n\"\nhelp = true", &[]).unwrap_err();
         assert!(e.to_string().contains("unknown key `help`"), "{e}");
         // A bad value on the command line is clap's own error, untouched.
