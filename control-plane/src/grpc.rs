@@ -107,7 +107,9 @@ pub struct ProxyInfo {
 }
 
 impl ProxyInfo {
-    fn new(proxy_id: &str, now: SystemTime) -> ProxyInfo {
+    /// A proxy known by its id only, as first seen at `now` (no `Hello` fields, no status
+    /// yet); with struct update syntax, a base for tests.
+    pub fn new(proxy_id: &str, now: SystemTime) -> ProxyInfo {
         ProxyInfo {
             proxy_id: proxy_id.to_string(),
             listen_addr: String::new(),
