@@ -329,6 +329,15 @@ impl Stack {
             .clone())
     }
 
+    /// Control plane HTTP base URL.
+    pub fn http_url(&self) -> Result<String> {
+        let cp = self
+            .control_plane
+            .as_ref()
+            .context("control plane not running")?;
+        Ok(format!("http://{}", cp.http_addr))
+    }
+
     /// The running control plane's registry of proxies.
     pub fn registry(&self) -> Result<std::sync::Arc<ProxyRegistry>> {
         Ok(self
@@ -337,15 +346,6 @@ impl Stack {
             .context("control plane not running")?
             .registry
             .clone())
-    }
-
-    /// Control plane HTTP base URL.
-    pub fn http_url(&self) -> Result<String> {
-        let cp = self
-            .control_plane
-            .as_ref()
-            .context("control plane not running")?;
-        Ok(format!("http://{}", cp.http_addr))
     }
 
     /// Stops proxies, then the control plane; the processes die when `self` drops.
