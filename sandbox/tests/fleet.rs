@@ -109,6 +109,12 @@ async fn registry_shows_connections_ops_errors_and_held_requests() -> Result<()>
             && p.errors_total.is_some_and(|e| e >= 1)
     })
     .await?;
+    tracing::info!(
+        ops_per_sec = ?p.ops_per_sec,
+        reads_per_sec = ?p.reads_per_sec,
+        writes_per_sec = ?p.writes_per_sec,
+        "under load, as the control plane sees it"
+    );
     assert_eq!(p.held_requests, Some(0), "{p:#?}");
     assert_eq!(
         p.running_version,
