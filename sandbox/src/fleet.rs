@@ -58,6 +58,8 @@ pub struct FleetBenchOptions {
     pub pause: Duration,
     /// Also time a control-plane restart.
     pub restart: bool,
+    /// How often each simulated proxy reports its status.
+    pub status_interval: Duration,
     /// Bound on every wait.
     pub timeout: Duration,
     /// Quiet time before each memory sample.
@@ -66,6 +68,8 @@ pub struct FleetBenchOptions {
     pub control_plane_bin: PathBuf,
     /// The control plane's `RUST_LOG`.
     pub control_plane_log: String,
+    /// Where the control plane's log goes (appended to); `None`: a temporary file.
+    pub control_plane_log_file: Option<PathBuf>,
     /// The Redis group and its Sentinels.
     pub topology: TopologyOptions,
 }
@@ -79,10 +83,12 @@ impl FleetBenchOptions {
             rounds: 5,
             pause: Duration::from_secs(1),
             restart: true,
+            status_interval: Duration::from_secs(2),
             timeout: Duration::from_secs(60),
             settle: Duration::from_secs(1),
             control_plane_bin,
             control_plane_log: "info".into(),
+            control_plane_log_file: None,
             topology: TopologyOptions::default(),
         }
     }
@@ -94,6 +100,9 @@ impl FleetBenchOptions {
         }
         if self.connect_concurrency == 0 {
             bail!("--connect-concurrency must be at least 1");
+        }
+        if self.status_interval < Duration::from_millis(100) {
+            bail!("--status-interval must be at least 100ms");
         }
         if self.timeout.is_zero() {
             bail!("--timeout must be positive");
@@ -137,7 +146,10 @@ pub async fn run(options: FleetBenchOptions) -> Result<Report> {
     let spec = ControlPlaneSpec {
         binary: options.control_plane_bin.clone(),
         data_dir: dir.path().join("data"),
-        log_path: dir.path().join("control-plane.log"),
+        log_path: options
+            .control_plane_log_file
+            .clone()
+            .unwrap_or_else(|| dir.path().join("control-plane.log")),
         service: (service.clone(), topology.sentinel_addrs()),
         admin_token: token.clone(),
         log_filter: options.control_plane_log.clone(),
@@ -174,6 +186,7 @@ async fn measure(
         endpoint: format!("http://{}", cp.grpc_addr()),
         service: service.to_string(),
         id_prefix: id_prefix.clone(),
+        status_interval: options.status_interval,
     };
     let n = options.proxies;
     let opened = Instant::now();
@@ -202,6 +215,7 @@ async fn measure(
     };
     let nacks = fleet.nacks();
     fleet.stop().await;
+    let control_plane_log = cp.log_summary()?;
     Ok(Report {
         proxies: n,
         connect_concurrency: options.connect_concurrency,
@@ -213,6 +227,7 @@ async fn measure(
         rounds,
         restart,
         nacks,
+        control_plane_log,
     })
 }
 
@@ -257,8 +272,7 @@ async fn change_rule(
 fn own_cpu_time() -> Result<Duration> {
     let usage = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
     let micros = |t: nix::sys::time::TimeVal| {
-        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
-            + u64::try_from(t.tv_usec()).unwrap_or(0)
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec()).unwrap_or(0)
     };
     Ok(Duration::from_micros(
         micros(usage.user_time()) + micros(usage.system_time()),
@@ -322,6 +336,7 @@ async fn restart(
     let before = fleet.streams_served();
     let connects_before = fleet.connects();
     let version = api.proxies().await?.version;
+    let own_before = own_cpu_time()?;
     let term = Instant::now();
     let status = cp.terminate(options.timeout).await?;
     let drain = term.elapsed();
@@ -337,8 +352,13 @@ async fn restart(
         fleet.wait_resubscribed(&before, started.into_std(), options.timeout),
     );
     let (serving, ready) = serving?;
-    let resubscribed = resubscribed?;
+    let times = resubscribed?;
+    let quantile = |q: f64| {
+        let i = ((times.len() as f64 * q).ceil() as usize).clamp(1, times.len().max(1)) - 1;
+        times.get(i).copied().unwrap_or_default()
+    };
     let connects = fleet.connects() - connects_before;
+    let fleet_cpu = own_cpu_time()?.saturating_sub(own_before);
     let api_acked = wait_api_acked(
         api,
         id_prefix,
@@ -354,9 +374,12 @@ async fn restart(
         drain,
         serving,
         ready,
-        resubscribed,
+        resubscribed_p50: quantile(0.5),
+        resubscribed_p90: quantile(0.9),
+        resubscribed: quantile(1.0),
         api_acked,
         connects,
+        fleet_cpu,
         rss_kib: cp.rss_kib()?,
     })
 }

@@ -12,8 +12,8 @@ use tracing_subscriber::EnvFilter;
 
 /// Starts Redis (a master and two replicas) and three Sentinels on 127.0.0.1, the real
 /// `pivot-control-plane` binary as a child process, and N simulated proxies, each with its
-/// own gRPC connection and config stream (Hello, then an ACK per update, reconnecting with
-/// the real proxy's backoff). Then times a command-rule change through the REST API until
+/// own gRPC connection and config stream (Hello, a status report every 2 s, an ACK per
+/// update, reconnecting with the real proxy's backoff). Then times a command-rule change through the REST API until
 /// every stream has ACKed it and until `GET /api/v1/proxies` shows it (several rounds),
 /// samples the control plane's memory before and after the streams, and times every stream's
 /// return after a control-plane restart (SIGTERM, then a start on the same ports and data
@@ -37,6 +37,9 @@ struct Args {
     /// Pause after each change.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pause: Duration,
+    /// How often each simulated proxy reports its status (the proxy's --status-interval).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    status_interval: Duration,
     /// Skip the control-plane restart.
     #[arg(long)]
     no_restart: bool,
@@ -50,6 +53,9 @@ struct Args {
     /// The control plane's RUST_LOG.
     #[arg(long, default_value = "info")]
     control_plane_log: String,
+    /// Keep the control plane's log (JSON lines) in this file (appended to).
+    #[arg(long, value_name = "PATH")]
+    control_plane_log_file: Option<PathBuf>,
     /// Replace the generated block of this file (docs/performance.md) with the results.
     #[arg(long, value_name = "PATH")]
     update_docs: Option<PathBuf>,
@@ -122,8 +128,10 @@ async fn run(args: Args) -> Result<ExitCode> {
         rounds: args.rounds,
         pause: args.pause,
         restart: !args.no_restart,
+        status_interval: args.status_interval,
         timeout: args.timeout,
         control_plane_log: args.control_plane_log,
+        control_plane_log_file: args.control_plane_log_file,
         ..FleetBenchOptions::new(binary)
     };
     options.validate()?;

@@ -147,10 +147,10 @@ impl ControlPlaneProcess {
             .arg(self.grpc_addr.to_string())
             .arg("--service")
             .arg(format!("{name}={}", sentinels.join(",")))
+            // Parsed by `log_summary`.
+            .args(["--log-format", "json"])
             .env("PIVOT_ADMIN_TOKEN", &self.spec.admin_token)
             .env("RUST_LOG", &self.spec.log_filter)
-            // A file, not a terminal: no colour codes.
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -302,6 +302,52 @@ impl ControlPlaneProcess {
     pub fn log_path(&self) -> &Path {
         &self.spec.log_path
     }
+
+    /// Its warnings and errors so far (every process it ran), grouped by level, target and
+    /// message, most frequent first.
+    pub fn log_summary(&self) -> Result<Vec<LogCount>> {
+        let text = std::fs::read_to_string(&self.spec.log_path)
+            .with_context(|| format!("reading {}", self.spec.log_path.display()))?;
+        let mut counts: Vec<LogCount> = Vec::new();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let level = v["level"].as_str().unwrap_or_default();
+            if level != "WARN" && level != "ERROR" {
+                continue;
+            }
+            let target = v["target"].as_str().unwrap_or_default();
+            let message = v["fields"]["message"].as_str().unwrap_or_default();
+            match counts
+                .iter_mut()
+                .find(|c| c.level == level && c.target == target && c.message == message)
+            {
+                Some(c) => c.count += 1,
+                None => counts.push(LogCount {
+                    level: level.to_string(),
+                    target: target.to_string(),
+                    message: message.to_string(),
+                    count: 1,
+                }),
+            }
+        }
+        counts.sort_by(|a, b| b.count.cmp(&a.count));
+        Ok(counts)
+    }
+}
+
+/// How often the control plane logged one warning or error.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogCount {
+    /// `WARN` or `ERROR`.
+    pub level: String,
+    /// The module that logged it.
+    pub target: String,
+    /// The message, without its fields.
+    pub message: String,
+    /// How many times.
+    pub count: u64,
 }
 
 impl Drop for ControlPlaneProcess {

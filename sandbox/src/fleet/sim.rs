@@ -1,6 +1,7 @@
 //! Simulated proxies: each one opens its own gRPC connection to the control plane, holds
-//! one `ProxyDiscovery.StreamConfig` stream, says `Hello`, answers every update with an ACK
-//! (or a NACK, on the same grounds as the real proxy's checks that need no routing
+//! one `ProxyDiscovery.StreamConfig` stream, says `Hello`, reports its status right after
+//! and then every status interval (2 s, the proxy's default), answers every update with an
+//! ACK (or a NACK, on the same grounds as the real proxy's checks that need no routing
 //! table), and reconnects with the real proxy's backoff (`proxy/src/config_client.rs`:
 //! 100 ms doubling to 5 s, times a jitter of 0.8-1.2, back to 100 ms after a stream that
 //! delivered). What each one saw is kept in lock-free counters the bench reads.
@@ -65,6 +66,8 @@ pub struct FleetSettings {
     pub service: String,
     /// Proxy ids are `{id_prefix}-{index:05}`.
     pub id_prefix: String,
+    /// How often each proxy reports its status (the proxy's `--status-interval`).
+    pub status_interval: Duration,
 }
 
 /// N simulated proxies, each its own task and connection. The tasks run until
@@ -169,13 +172,13 @@ impl Fleet {
     }
 
     /// Waits until every proxy has a stream newer than those counted in `before` that
-    /// delivered a config; returns when the last one did, from `start`.
+    /// delivered a config; returns when each one did, from `start`, in ascending order.
     pub async fn wait_resubscribed(
         &self,
         before: &[u64],
         start: Instant,
         timeout: Duration,
-    ) -> Result<Duration> {
+    ) -> Result<Vec<Duration>> {
         self.wait_for(
             "every proxy's config on a new stream",
             start,
@@ -183,7 +186,11 @@ impl Fleet {
             |i, r| r.streams_served.load(Ordering::Acquire) > before.get(i).copied().unwrap_or(0),
         )
         .await?;
-        Ok(self.since(start, self.latest(|r| &r.served_at)))
+        let mut times: Vec<Duration> = (self.records.iter())
+            .map(|r| self.since(start, r.served_at.load(Ordering::Acquire)))
+            .collect();
+        times.sort();
+        Ok(times)
     }
 
     /// Connection attempts of all proxies so far.
@@ -326,6 +333,9 @@ impl Sim {
         tx.send(hello)
             .await
             .map_err(|_| "stream closed".to_string())?;
+        tx.send(self.status())
+            .await
+            .map_err(|_| "stream closed".to_string())?;
         let mut updates = client
             .stream_config(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
@@ -333,8 +343,22 @@ impl Sim {
             .into_inner();
         let mut received = false;
         let mut last_version = 0;
+        let interval = self.settings.status_interval;
+        let mut report = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let update = match updates.message().await {
+            let message = tokio::select! {
+                m = updates.message() => m,
+                _ = report.tick() => {
+                    // As the proxy: a report never waits; a backed-up stream drops it.
+                    match tx.try_send(self.status()) {
+                        Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(received),
+                    }
+                    continue;
+                }
+            };
+            let update = match message {
                 Ok(Some(u)) => u,
                 Ok(None) if received => return Ok(true),
                 Ok(None) => return Err("closed by the control plane".into()),
@@ -388,6 +412,19 @@ impl Sim {
                     *probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(update);
                 }
             }
+        }
+    }
+
+    /// A status report of an idle proxy that runs the last version it ACKed.
+    fn status(&self) -> v1::ProxyMessage {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        v1::ProxyMessage {
+            msg: Some(Msg::Status(v1::Status {
+                running_version: self.record().acked_version.load(Ordering::Acquire),
+                uptime_ms: millis(self.epoch.elapsed()),
+                interval_ms: millis(self.settings.status_interval),
+                ..v1::Status::default()
+            })),
         }
     }
 
