@@ -259,12 +259,14 @@ async fn change_rule(
     Ok(Round {
         version,
         put,
+        first_received: acks.first_received,
         all_received: acks.all_received,
         all_acked: acks.all_acked,
         api_acked,
         cpu_to_acked,
         fleet_cpu_to_acked,
         cpu_round: cp.cpu_time()?.saturating_sub(cpu_before),
+        rss_kib: cp.rss_kib()?,
     })
 }
 

@@ -25,7 +25,9 @@ pub struct Round {
     pub version: u64,
     /// Until the `PUT` response arrived.
     pub put: Duration,
-    /// Until the last stream received the new version.
+    /// Until the first stream received the new version.
+    pub first_received: Duration,
+    /// Until the last stream received it.
     pub all_received: Duration,
     /// Until the last stream ACKed it.
     pub all_acked: Duration,
@@ -39,6 +41,8 @@ pub struct Round {
     /// Control-plane CPU from the `PUT` until the end of the pause after it (store writes
     /// and the API reads included).
     pub cpu_round: Duration,
+    /// Control-plane `VmRSS` at the end of the round, KiB.
+    pub rss_kib: u64,
 }
 
 /// A control-plane restart as the fleet saw it.
@@ -162,9 +166,12 @@ impl fmt::Display for Report {
             )?;
             writeln!(f, "|---|---|---|")?;
             type Measure = fn(&Round) -> Duration;
-            let rows: [(&str, Measure); 7] = [
+            let rows: [(&str, Measure); 8] = [
                 ("`PUT` answered", |r| r.put),
-                ("every stream received the new version", |r| r.all_received),
+                ("the first stream received the new version", |r| {
+                    r.first_received
+                }),
+                ("every stream received it", |r| r.all_received),
                 ("every stream ACKed it", |r| r.all_acked),
                 ("`GET /api/v1/proxies` shows every ACK", |r| r.api_acked),
                 ("control-plane CPU until every ACK", |r| r.cpu_to_acked),
@@ -298,12 +305,14 @@ mod tests {
         Round {
             version: 1,
             put: d,
+            first_received: d,
             all_received: d,
             all_acked: d,
             api_acked: d,
             cpu_to_acked: d,
             fleet_cpu_to_acked: d,
             cpu_round: d,
+            rss_kib: 0,
         }
     }
 

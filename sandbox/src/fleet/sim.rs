@@ -51,6 +51,8 @@ struct Record {
 /// When every simulated proxy had received and ACKed a version.
 #[derive(Debug, Clone, Copy)]
 pub struct AckTimes {
+    /// The first proxy to receive it, from the start given.
+    pub first_received: Duration,
     /// The last proxy to receive it, from the start given.
     pub all_received: Duration,
     /// The last proxy to ACK it, from the start given.
@@ -156,7 +158,12 @@ impl Fleet {
             r.acked_version.load(Ordering::Acquire) >= version
         })
         .await?;
+        let first = (self.records.iter())
+            .map(|r| r.received_at.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0);
         Ok(AckTimes {
+            first_received: self.since(start, first),
             all_received: self.since(start, self.latest(|r| &r.received_at)),
             all_acked: self.since(start, self.latest(|r| &r.acked_at)),
         })
