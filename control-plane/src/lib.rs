@@ -14,6 +14,7 @@
 //!   and the registry of proxies and the versions they run.
 //! - [`http`]: health, readiness, metrics, REST API and the embedded web page.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`web`]: the web admin UI's files, embedded.
 //!
 //! [`ControlPlane`] wires them: `bind` opens the store and the listeners, `run` serves
 //! until its `CancellationToken` is cancelled and then drains within a bounded time.
@@ -29,6 +30,7 @@ pub mod sentinel;
 pub mod state;
 pub mod store;
 pub mod topology;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
