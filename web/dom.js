@@ -150,3 +150,46 @@ export function uid(prefix) {
   ids += 1;
   return `${prefix}-${ids}`;
 }
+
+/**
+ * Makes the children of `node` equal to `children` by patching the existing DOM in place
+ * (same tag: attributes and children updated; otherwise replaced). Elements that stay keep
+ * their identity, so focus, scroll position and open `<details>` survive a live update.
+ * Event listeners of the new nodes are not carried over: use it for content whose
+ * controls act through delegation (`data-action` attributes) or have no listeners.
+ */
+export function morph(node, ...children) {
+  const fresh = document.createDocumentFragment();
+  append(fresh, children);
+  morphChildren(node, fresh);
+  return node;
+}
+
+function morphChildren(a, b) {
+  const olds = [...a.childNodes];
+  const news = [...b.childNodes];
+  news.forEach((n, i) => {
+    if (i < olds.length) morphNode(olds[i], n);
+    else a.append(n);
+  });
+  for (const extra of olds.slice(news.length)) extra.remove();
+}
+
+function morphNode(a, b) {
+  if (a.nodeType !== b.nodeType || a.nodeName !== b.nodeName) {
+    a.replaceWith(b);
+    return;
+  }
+  if (a.nodeType !== Node.ELEMENT_NODE) {
+    if (a.nodeValue !== b.nodeValue) a.nodeValue = b.nodeValue;
+    return;
+  }
+  for (const { name } of [...a.attributes]) {
+    // An open <details> stays open: the user opened it.
+    if (!b.hasAttribute(name) && !(name === "open" && a.nodeName === "DETAILS")) a.removeAttribute(name);
+  }
+  for (const { name, value } of [...b.attributes]) {
+    if (a.getAttribute(name) !== value) a.setAttribute(name, value);
+  }
+  morphChildren(a, b);
+}

@@ -22,7 +22,8 @@ export const state = {
 const listeners = new Set();
 
 /** Calls `fn(change)` on every change until the returned function is called. Changes:
- *  `{type: "services"}`, `{type: "service", name}`, `{type: "proxies"}`,
+ *  `{type: "services"}` (the list), `{type: "service", name}` (one service reloaded),
+ *  `{type: "topology", name}` (live topology of one service), `{type: "proxies"}`,
  *  `{type: "event", event}`, `{type: "audit", entry}`, `{type: "resync"}`, `{type: "conn"}`. */
 export function subscribe(fn) {
   listeners.add(fn);
@@ -78,7 +79,7 @@ export function applyLive(kind, data) {
       const svc = state.services.get(data.service);
       if (svc) {
         svc.topology = data.topology;
-        emit({ type: "service", name: data.service });
+        emit({ type: "topology", name: data.service });
       } else {
         loadServices().catch(() => {});
       }
@@ -108,6 +109,8 @@ export function applyLive(kind, data) {
       break;
     }
     case "audit":
+      // A change by anyone: the services' policy, rules and users come from a reload.
+      if (data.service && state.services.has(data.service)) loadService(data.service).catch(() => {});
       emit({ type: "audit", entry: data });
       break;
     case "resync":

@@ -2,7 +2,7 @@
 // and actor, paging back with `before`, new entries live on the first page.
 
 import { get, query, seg } from "./api.js";
-import { emptyRow, h, replace, table, when } from "./dom.js";
+import { emptyRow, h, morph, replace, table, when } from "./dom.js";
 import { state, subscribe } from "./state.js";
 import { field, hashParams, reportError, select, setHashParams } from "./ui.js";
 
@@ -80,7 +80,7 @@ export function mount(root) {
   }
 
   function render() {
-    replace(body, table("Audit log", ["When", "Who", "Action", "Service", "Target", "Change"],
+    morph(body, table("Audit log", ["When", "Who", "Action", "Service", "Target", "Change"],
       rows.length ? rows.map((e) => h("tr", { "data-id": e.id, "data-action": e.action, class: e.fresh ? "row-new" : null },
         h("td", { class: "nowrap" }, when(e.at)),
         h("td", { class: "mono" }, e.actor || "–"),

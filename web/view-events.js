@@ -2,7 +2,7 @@
 // `before`, and new events arriving live on the first page.
 
 import { get, query, seg } from "./api.js";
-import { emptyRow, h, replace, table, when } from "./dom.js";
+import { emptyRow, h, morph, replace, table, when } from "./dom.js";
 import { EVENT_KINDS, eventSummary, kindBadge } from "./eventfmt.js";
 import { state, subscribe } from "./state.js";
 import { field, hashParams, reportError, select, setHashParams } from "./ui.js";
@@ -62,7 +62,7 @@ export function mount(root) {
   }
 
   function render() {
-    replace(body, table("Events", ["Time", "Service", "Kind", "What", "Version"],
+    morph(body, table("Events", ["Time", "Service", "Kind", "What", "Version"],
       rows.length ? rows.map((e) => h("tr", { "data-id": e.id, "data-kind": e.kind, class: e.fresh ? "row-new" : null },
         h("td", { class: "nowrap" }, when(e.at)),
         h("td", null, e.service ? h("a", { href: `#/services/${seg(e.service)}` }, e.service) : "–"),

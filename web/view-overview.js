@@ -2,7 +2,7 @@
 // the proxies serving it and their config versions, ops/s), kept live.
 
 import { seg } from "./api.js";
-import { badge, fmtBytes, fmtRate, h, replace, table } from "./dom.js";
+import { badge, fmtBytes, fmtRate, h, morph, table } from "./dom.js";
 import { masterState, proxyState, replicaState, sentinelsState, stateBadge } from "./health.js";
 import { proxiesOf, state, subscribe } from "./state.js";
 
@@ -74,17 +74,17 @@ export function mount(root) {
 
   const render = () => {
     if (!state.loaded) {
-      replace(body, h("p", { class: "muted", "aria-busy": "true" }, "Loading services…"));
+      morph(body, h("p", { class: "muted", "aria-busy": "true" }, "Loading services…"));
       return;
     }
     const services = [...state.services.values()].sort((a, b) => a.name.localeCompare(b.name));
-    replace(body, summary(),
+    morph(body, summary(),
       services.length === 0
         ? h("p", { class: "notice notice-info" }, "No services yet. Create one with POST /api/v1/services.")
         : h("div", { class: "card-grid" }, services.map(serviceCard)));
   };
   render();
   return subscribe((change) => {
-    if (["services", "service", "proxies", "resync"].includes(change.type)) render();
+    if (["services", "service", "topology", "proxies", "resync"].includes(change.type)) render();
   });
 }

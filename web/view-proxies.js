@@ -2,7 +2,7 @@
 // current one, why one is behind (NACK reason), its connections and ops/s.
 
 import { seg } from "./api.js";
-import { ago, badge, emptyRow, fmtRate, h, replace, table } from "./dom.js";
+import { ago, badge, emptyRow, fmtRate, h, morph, table } from "./dom.js";
 import { proxyState, stateBadge } from "./health.js";
 import { loadProxies, state, subscribe } from "./state.js";
 import { reportError } from "./ui.js";
@@ -36,10 +36,10 @@ export function mount(root) {
     const list = [...state.proxies].sort((a, b) => (b.connected - a.connected) || a.proxy_id.localeCompare(b.proxy_id));
     const connected = list.filter((p) => p.connected).length;
     const notCurrent = list.filter((p) => p.connected && proxyState(p, state.fleetVersion).tone !== "ok").length;
-    replace(summary, `${list.length} known · ${connected} connected · current config version `,
+    morph(summary, `${list.length} known · ${connected} connected · current config version `,
       h("strong", null, state.fleetVersion === null ? "–" : `v${state.fleetVersion}`), " ",
       notCurrent ? badge("warn", `${notCurrent} not current`) : list.length ? badge("ok", "all connected proxies current") : null);
-    replace(body, table("Proxies",
+    morph(body, table("Proxies",
       ["Proxy", "Address", "Build", "Services", "Config acked / current", "State", "Connections", "Ops/s", "Last seen"],
       list.length ? list.map(row) : [emptyRow(9, "No proxy has connected yet.")],
       { id: "proxies-table", "data-testid": "proxies-table" }));

@@ -2,13 +2,13 @@
 // rules, proxy users and the planned-failover button.
 
 import { api, ApiError, get, query, seg } from "./api.js";
-import { badge, emptyRow, fmtClock, fmtMs, h, replace, table } from "./dom.js";
+import { badge, emptyRow, fmtClock, fmtMs, h, morph, replace, table } from "./dom.js";
 import { TIMELINE_KINDS, eventSummary, kindBadge } from "./eventfmt.js";
 import { masterState, sentinelsState, stateBadge } from "./health.js";
 import { canChange, loadService, proxiesOf, state, subscribe, trackFailover } from "./state.js";
 import { drawTimeline } from "./timeline.js";
 import { drawTopology } from "./topology.js";
-import { clearErrors, confirmDialog, field, readOnlyNote, select, showError, submitting, toast } from "./ui.js";
+import { clearErrors, confirmDialog, field, readOnlyNote, reportError, select, showError, submitting } from "./ui.js";
 
 const TIMELINE_LIMIT = 50;
 
@@ -80,7 +80,7 @@ export function mount(root, [rawName]) {
     if (!svc) return;
     const t = svc.topology || {};
     const ms = masterState(t);
-    replace(headBadges,
+    morph(headBadges,
       stateBadge(ms.tone === "ok" ? { tone: "ok", text: `master ${t.master}` } : ms, { "data-testid": "service-master" }),
       stateBadge({ ...sentinelsState(t), text: `Sentinels ${sentinelsState(t).text}` }),
       svc.config_version !== undefined ? badge("muted", `config v${svc.config_version}`) : null);
@@ -96,17 +96,17 @@ export function mount(root, [rawName]) {
   function renderTopology() {
     if (!svc) return;
     lastWidth = topoBox.clientWidth;
-    replace(topoBox, drawTopology(svc, proxiesOf(name), state.fleetVersion, lastWidth || 600));
+    morph(topoBox, drawTopology(svc, proxiesOf(name), state.fleetVersion, lastWidth || 600));
   }
 
   // ---------- Timeline ----------
   function renderTimeline() {
-    replace(tlDrawing, drawTimeline(timeline, tlDrawing.clientWidth || 600));
+    morph(tlDrawing, drawTimeline(timeline, tlDrawing.clientWidth || 600));
     if (timeline.length === 0) {
-      replace(tlList, h("li", { class: "muted" }, "No failover or health events yet."));
+      morph(tlList, h("li", { class: "muted" }, "No failover or health events yet."));
       return;
     }
-    replace(tlList, timeline.map((e) => h("li", {
+    morph(tlList, timeline.map((e) => h("li", {
       class: ["tl-item", `tl-${e.kind}`], "data-kind": e.kind, "data-id": e.id,
       "data-new-master": e.new_master || null, "data-old-master": e.old_master || null,
     },
@@ -188,7 +188,6 @@ export function mount(root, [rawName]) {
       if (svc) svc.policy = res.policy;
       fillPolicy();
       replace(status, h("span", { class: "text-ok" }, `✓ Saved; published to the proxies as config version ${res.version}.`));
-      toast(`Policy of ${name} saved (config version ${res.version}).`, "ok");
       loadService(name).catch(() => {});
     });
     return form;
@@ -221,126 +220,133 @@ export function mount(root, [rawName]) {
   }
 
   // ---------- Rules ----------
-  let ruleForm = null;
+  // The tables are patched in place on updates (`morph`); their buttons act through one
+  // delegated listener each, reading what to act on from `data-*`.
+  const rulesTable = h("div", { id: "rules-table-box" });
+  const command = h("input", { id: "rule-command", name: "command", type: "text", required: true, autocomplete: "off", spellcheck: "false", placeholder: "flushall or script|load", "data-field": "command" });
+  const target = select({ id: "rule-target", name: "target", "data-field": "target" }, TARGETS, "deny");
+  const ruleStatus = h("p", { class: "form-status", "aria-live": "polite" });
+  const ruleForm = h("form", { id: "rule-form", class: "inline-form", "data-testid": "rule-form", novalidate: true },
+    h("fieldset", { disabled: !admin },
+      h("legend", null, "Add or change a rule"),
+      h("div", { class: "row-fields" },
+        field("Command", command),
+        field("Target", target),
+        h("button", { type: "submit", class: "btn btn-primary", id: "rule-add" }, "Save rule"))),
+    ruleStatus);
+  rulesBox.append(rulesTable, ruleForm);
+
+  ruleForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const cmd = command.value.trim().toLowerCase();
+    if (!cmd) {
+      clearErrors(ruleForm);
+      showError(ruleForm, new ApiError(400, "enter a command name", "command"));
+      return;
+    }
+    const res = await submitting(ruleForm, () => api("PUT", `/services/${seg(name)}/rules/${seg(cmd)}`, { target: target.value }));
+    if (!res) return;
+    command.value = "";
+    replace(ruleStatus, h("span", { class: "text-ok" }, `✓ ${cmd} → ${target.value}; config version ${res.version}.`));
+    await loadService(name).catch(() => {});
+  });
+
+  rulesTable.addEventListener("click", async (e) => {
+    const button = e.target.closest("button[data-action=remove-rule]");
+    if (!button || button.disabled) return;
+    const cmd = button.dataset.command;
+    button.disabled = true;
+    try {
+      await api("DELETE", `/services/${seg(name)}/rules/${seg(cmd)}`);
+      replace(ruleStatus, h("span", { class: "text-ok" }, `✓ Rule for ${cmd} removed.`));
+      await loadService(name);
+    } catch (err) {
+      reportError(`Could not remove the rule for ${cmd}`, err);
+      button.disabled = !admin;
+    }
+  });
+
   function renderRules() {
     if (!svc) return;
     const rules = [...((svc.policy && svc.policy.rules) || [])].sort((a, b) => a.command.localeCompare(b.command));
     const rows = rules.length === 0 ? [emptyRow(3, "No rules: commands follow the read policy.")]
-      : rules.map((r) => {
-        const remove = h("button", { type: "button", class: "btn btn-small", disabled: !admin, "aria-label": `Remove the rule for ${r.command}` }, "Remove");
-        remove.addEventListener("click", async () => {
-          remove.disabled = true;
-          try {
-            await api("DELETE", `/services/${seg(name)}/rules/${seg(r.command)}`);
-            toast(`Rule for ${r.command} removed.`, "ok");
-            await loadService(name);
-          } catch (e) {
-            if (!(e instanceof ApiError && e.status === 401)) toast(`Could not remove the rule for ${r.command}: ${e.message}`, "bad");
-            remove.disabled = !admin;
-          }
-        });
-        return h("tr", { "data-command": r.command },
-          h("td", { class: "mono" }, r.command),
-          h("td", null, badge(TARGET_TONE[r.target] || "muted", r.target)),
-          h("td", { class: "actions" }, remove));
-      });
-    const tableBox = table(`Command rules of ${name}`, ["Command", "Target", h("span", { class: "sr-only" }, "Actions")], rows, { id: "rules-table", "data-testid": "rules-table" });
-    if (!ruleForm) {
-      const command = h("input", { id: "rule-command", name: "command", type: "text", required: true, autocomplete: "off", spellcheck: "false", placeholder: "flushall or script|load", "data-field": "command" });
-      const target = select({ id: "rule-target", name: "target", "data-field": "target" }, TARGETS, "deny");
-      const status = h("p", { class: "form-status", "aria-live": "polite" });
-      ruleForm = h("form", { id: "rule-form", class: "inline-form", "data-testid": "rule-form", novalidate: true },
-        h("fieldset", { disabled: !admin },
-          h("legend", null, "Add or change a rule"),
-          h("div", { class: "row-fields" },
-            field("Command", command),
-            field("Target", target),
-            h("button", { type: "submit", class: "btn btn-primary", id: "rule-add" }, "Save rule"))),
-        status);
-      ruleForm.addEventListener("submit", async (e) => {
-        e.preventDefault();
-        const cmd = command.value.trim().toLowerCase();
-        if (!cmd) {
-            clearErrors(ruleForm);
-          showError(ruleForm, new ApiError(400, "enter a command name", "command"));
-          return;
-        }
-        const res = await submitting(ruleForm, () => api("PUT", `/services/${seg(name)}/rules/${seg(cmd)}`, { target: target.value }));
-        if (!res) return;
-        command.value = "";
-        replace(status, h("span", { class: "text-ok" }, `✓ ${cmd} → ${target.value}; config version ${res.version}.`));
-        toast(`Rule ${cmd} → ${target.value} saved (config version ${res.version}).`, "ok");
-        await loadService(name).catch(() => {});
-      });
-    }
-    replace(rulesBox, tableBox, ruleForm);
+      : rules.map((r) => h("tr", { "data-command": r.command },
+        h("td", { class: "mono" }, r.command),
+        h("td", null, badge(TARGET_TONE[r.target] || "muted", r.target)),
+        h("td", { class: "actions" },
+          h("button", { type: "button", class: "btn btn-small", disabled: !admin, "data-action": "remove-rule", "data-command": r.command, "aria-label": `Remove the rule for ${r.command}` }, "Remove"))));
+    morph(rulesTable, table(`Command rules of ${name}`, ["Command", "Target", h("span", { class: "sr-only" }, "Actions")], rows, { id: "rules-table", "data-testid": "rules-table" }));
   }
 
   // ---------- Users ----------
-  let userForm = null;
-  let userName = null;
-  let userPassword = null;
+  const usersTable = h("div", { id: "users-table-box" });
+  const userName = h("input", { id: "user-name", name: "user", type: "text", required: true, autocomplete: "off", spellcheck: "false", "data-field": "user name" });
+  const userPassword = h("input", { id: "user-password", name: "password", type: "password", required: true, autocomplete: "new-password", "data-field": "password" });
+  const userStatus = h("p", { class: "form-status", "aria-live": "polite" });
+  const userForm = h("form", { id: "user-form", class: "inline-form", novalidate: true },
+    h("fieldset", { disabled: !admin },
+      h("legend", null, "Add a user or set a password"),
+      h("div", { class: "row-fields" },
+        field("User", userName),
+        field("Password", userPassword),
+        h("button", { type: "submit", class: "btn btn-primary", id: "user-save" }, "Save user"))),
+    h("p", { class: "hint" }, "Passwords are stored hashed and never shown again."),
+    userStatus);
+  usersBox.append(usersTable, userForm);
+
+  userForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const u = userName.value.trim();
+    if (!u || !userPassword.value) {
+      clearErrors(userForm);
+      showError(userForm, new ApiError(400, u ? "enter a password" : "enter a user name", u ? "password" : "user"));
+      return;
+    }
+    const res = await submitting(userForm, () => api("PUT", `/services/${seg(name)}/users/${seg(u)}`, { password: userPassword.value }));
+    if (!res) return;
+    userPassword.value = "";
+    userName.value = "";
+    replace(userStatus, h("span", { class: "text-ok" }, `✓ User ${u} saved; config version ${res.version}.`));
+    await loadService(name).catch(() => {});
+  });
+
+  usersTable.addEventListener("click", async (e) => {
+    const button = e.target.closest("button[data-action]");
+    if (!button || button.disabled) return;
+    const u = button.dataset.user;
+    if (button.dataset.action === "set-password") {
+      userName.value = u;
+      userPassword.value = "";
+      userPassword.focus();
+      return;
+    }
+    const ok = await confirmDialog({
+      title: `Delete user ${u}?`,
+      body: h("p", null, "Clients that authenticate as ", h("code", null, u), ` on ${name} are refused from now on.`),
+      confirmLabel: "Delete user",
+      danger: true,
+    });
+    if (!ok) return;
+    try {
+      await api("DELETE", `/services/${seg(name)}/users/${seg(u)}`);
+      replace(userStatus, h("span", { class: "text-ok" }, `✓ User ${u} deleted.`));
+      await loadService(name);
+    } catch (err) {
+      reportError(`Could not delete ${u}`, err);
+    }
+  });
+
   function renderUsers() {
     if (!svc) return;
     const users = [...(svc.users || [])].sort();
     const rows = users.length === 0 ? [emptyRow(2, "No proxy users: clients connect without AUTH.")]
-      : users.map((u) => {
-        const setPw = h("button", { type: "button", class: "btn btn-small", disabled: !admin, "aria-label": `Set the password of ${u}` }, "Set password");
-        const del = h("button", { type: "button", class: "btn btn-small btn-danger-quiet", disabled: !admin, "aria-label": `Delete user ${u}` }, "Delete");
-        setPw.addEventListener("click", () => {
-          userName.value = u;
-          userPassword.value = "";
-          userPassword.focus();
-        });
-        del.addEventListener("click", async () => {
-          const ok = await confirmDialog({
-            title: `Delete user ${u}?`,
-            body: h("p", null, "Clients that authenticate as ", h("code", null, u), ` on ${name} are refused from now on.`),
-            confirmLabel: "Delete user",
-            danger: true,
-          });
-          if (!ok) return;
-          try {
-            await api("DELETE", `/services/${seg(name)}/users/${seg(u)}`);
-            toast(`User ${u} deleted.`, "ok");
-            await loadService(name);
-          } catch (e) {
-            if (!(e instanceof ApiError && e.status === 401)) toast(`Could not delete ${u}: ${e.message}`, "bad");
-          }
-        });
-        return h("tr", { "data-user": u }, h("td", { class: "mono" }, u), h("td", { class: "actions" }, setPw, " ", del));
-      });
-    const tableBox = table(`Proxy users of ${name}`, ["User", h("span", { class: "sr-only" }, "Actions")], rows, { id: "users-table", "data-testid": "users-table" });
-    if (!userForm) {
-      userName = h("input", { id: "user-name", name: "user", type: "text", required: true, autocomplete: "off", spellcheck: "false", "data-field": "user name" });
-      userPassword = h("input", { id: "user-password", name: "password", type: "password", required: true, autocomplete: "new-password", "data-field": "password" });
-      const status = h("p", { class: "form-status", "aria-live": "polite" });
-      userForm = h("form", { id: "user-form", class: "inline-form", novalidate: true },
-        h("fieldset", { disabled: !admin },
-          h("legend", null, "Add a user or set a password"),
-          h("div", { class: "row-fields" },
-            field("User", userName),
-            field("Password", userPassword),
-            h("button", { type: "submit", class: "btn btn-primary", id: "user-save" }, "Save user"))),
-        h("p", { class: "hint" }, "Passwords are stored hashed and never shown again."),
-        status);
-      userForm.addEventListener("submit", async (e) => {
-        e.preventDefault();
-        const u = userName.value.trim();
-        if (!u || !userPassword.value) {
-            clearErrors(userForm);
-          showError(userForm, new ApiError(400, u ? "enter a password" : "enter a user name", u ? "password" : "user"));
-          return;
-        }
-        const res = await submitting(userForm, () => api("PUT", `/services/${seg(name)}/users/${seg(u)}`, { password: userPassword.value }));
-        if (!res) return;
-        userPassword.value = "";
-        userName.value = "";
-        replace(status, h("span", { class: "text-ok" }, `✓ User ${u} saved; config version ${res.version}.`));
-        await loadService(name).catch(() => {});
-      });
-    }
-    replace(usersBox, tableBox, userForm);
+      : users.map((u) => h("tr", { "data-user": u },
+        h("td", { class: "mono" }, u),
+        h("td", { class: "actions" },
+          h("button", { type: "button", class: "btn btn-small", disabled: !admin, "data-action": "set-password", "data-user": u, "aria-label": `Set the password of ${u}` }, "Set password"),
+          " ",
+          h("button", { type: "button", class: "btn btn-small btn-danger-quiet", disabled: !admin, "data-action": "delete-user", "data-user": u, "aria-label": `Delete user ${u}` }, "Delete"))));
+    morph(usersTable, table(`Proxy users of ${name}`, ["User", h("span", { class: "sr-only" }, "Actions")], rows, { id: "users-table", "data-testid": "users-table" }));
   }
 
   // ---------- Failover ----------
@@ -384,7 +390,6 @@ export function mount(root, [rawName]) {
     try {
       const report = await api("POST", `/services/${seg(name)}/failover`);
       lastReport = { ok: true, report };
-      toast(`Failover of ${name} done: ${report.old_master} → ${report.new_master}.`, "ok");
     } catch (e) {
       lastReport = { ok: false, error: e.message };
     } finally {
@@ -416,14 +421,14 @@ export function mount(root, [rawName]) {
   }
 
   if (svc) renderAll(false);
-  else replace(topoBox, h("p", { class: "muted" }, "Loading…"));
+  else morph(topoBox, h("p", { class: "muted" }, "Loading…"));
   renderTimeline();
   loadService(name).catch((e) => {
     if (e instanceof ApiError && e.status === 404) notFound();
-    else if (!(e instanceof ApiError && e.status === 401)) toast(`Could not load ${name}: ${e.message}`, "bad");
+    else reportError(`Could not load ${name}`, e);
   });
   loadTimeline().catch((e) => {
-    if (!(e instanceof ApiError && (e.status === 401 || e.status === 404))) toast(`Could not load the timeline: ${e.message}`, "bad");
+    if (!(e instanceof ApiError && e.status === 404)) reportError("Could not load the timeline", e);
   });
 
   const resize = new ResizeObserver(() => {
@@ -440,6 +445,10 @@ export function mount(root, [rawName]) {
       const before = svc && JSON.stringify(svc.policy);
       svc = state.services.get(name);
       renderAll(before !== undefined && before !== JSON.stringify(svc.policy));
+    } else if (change.type === "topology" && change.name === name) {
+      svc = state.services.get(name) || svc;
+      renderHead();
+      renderTopology();
     } else if (change.type === "proxies") {
       renderTopology();
     } else if (change.type === "event" && change.event.service === name) {

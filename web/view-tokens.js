@@ -2,7 +2,7 @@
 // Viewers cannot list tokens: the page says so.
 
 import { api, ApiError, get, seg } from "./api.js";
-import { ago, badge, emptyRow, h, replace, table, when } from "./dom.js";
+import { ago, badge, emptyRow, h, morph, replace, table, when } from "./dom.js";
 import { canChange, state, subscribe } from "./state.js";
 import { confirmDialog, field, reportError, select, showError, submitting, toast } from "./ui.js";
 
@@ -40,10 +40,9 @@ export function mount(root) {
         h("header", { class: "card-head" }, h("h2", { id: "new-token-h" }, "New token")), form, created)));
 
   function render() {
-    replace(listBox, table("Tokens", ["Name", "Role", "Created", "Created by", "Last used", h("span", { class: "sr-only" }, "Actions")],
+    morph(listBox, table("Tokens", ["Name", "Role", "Created", "Created by", "Last used", h("span", { class: "sr-only" }, "Actions")],
       tokens.length ? tokens.map((t) => {
-        const del = h("button", { type: "button", class: "btn btn-small btn-danger-quiet", "aria-label": `Delete token ${t.name}` }, "Delete");
-        del.addEventListener("click", () => remove(t));
+        const del = h("button", { type: "button", class: "btn btn-small btn-danger-quiet", "data-action": "delete-token", "data-id": t.id, "aria-label": `Delete token ${t.name}` }, "Delete");
         const mine = state.whoami && state.whoami.name === t.name;
         return h("tr", { "data-token": t.name },
           h("td", { class: "mono" }, t.name, mine ? h("span", { class: "muted small" }, " (you)") : null),
@@ -64,6 +63,13 @@ export function mount(root) {
       reportError("Could not load the tokens", e);
     }
   }
+
+  // Delete buttons act through this one listener (the table is patched in place).
+  listBox.addEventListener("click", (e) => {
+    const button = e.target.closest("button[data-action=delete-token]");
+    const t = button && tokens.find((x) => String(x.id) === button.dataset.id);
+    if (t) remove(t);
+  });
 
   async function remove(t) {
     const mine = state.whoami && state.whoami.name === t.name;
