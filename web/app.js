@@ -34,7 +34,8 @@ function unmount() {
 
 function route() {
   unmount();
-  const path = decodeURIComponent(location.hash.replace(/^#/, "").split("?")[0]);
+  // Matched raw: a service name with an encoded "/" stays one segment.
+  const path = location.hash.replace(/^#/, "").split("?")[0];
   const match = ROUTES.map((r) => [r, r.pattern.exec(path)]).find(([, m]) => m);
   for (const a of document.querySelectorAll("[data-nav]")) {
     if (match && a.dataset.nav === match[0].nav && match[0].view !== service) a.setAttribute("aria-current", "page");
@@ -77,11 +78,14 @@ function setConn(kind, detail) {
 
 /** Ends the session: back to the login page, with `message` when it was not asked for. */
 function logout(message) {
+  const dialog = document.getElementById("confirm-dialog");
+  if (dialog.open) dialog.close("cancel");
   if (stopLive) stopLive();
   stopLive = null;
   unmount();
   setToken(null);
   state.whoami = null;
+  state.loaded = false;
   state.services = new Map();
   state.proxies = [];
   state.failoversRunning = new Set();

@@ -29,7 +29,12 @@ function parseAck(value) {
 }
 
 export function mount(root, [rawName]) {
-  const name = rawName;
+  let name = rawName;
+  try {
+    name = decodeURIComponent(rawName);
+  } catch {
+    // Not valid percent-encoding: the name as written (the API will say it is unknown).
+  }
   document.title = `${name} · Pivot`;
   const admin = canChange();
   let svc = state.services.get(name) || null;

@@ -7,8 +7,10 @@
 //! sees both applied (GETs stop reaching the replicas, `FLUSHALL` gets the proxy's deny
 //! error) and `GET /api/v1/proxies` shows the proxy's ACKed config version go up. It fails
 //! the service over with the button and its confirmation dialog, and waits for the
-//! timeline to name the new master the API reports. It also creates a viewer token on the
-//! tokens page and checks that a viewer gets no change controls.
+//! timeline to name the new master the API reports. A rule added through the API appears on
+//! the open page (live updates). It creates a viewer token on the tokens page, checks that
+//! a viewer gets no change controls, and that deleting that token sends the browser back to
+//! the login page with a message.
 //!
 //! A screenshot of every page is saved under `target/ui-screenshots/` at the workspace
 //! root (1280 px wide, plus pages at phone width, 390 px).
@@ -160,6 +162,26 @@ impl Api {
         let body: Value = resp.json().await.with_context(|| format!("GET {url}"))?;
         ensure!(status.is_success(), "GET {url}: {status}: {body}");
         Ok(body)
+    }
+
+    /// A change: `method path` with a JSON `body` (none when null); fails unless 2xx.
+    async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> Result<()> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(&self.token);
+        if !body.is_null() {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.with_context(|| format!("{method} {url}"))?;
+        let status = resp.status();
+        ensure!(
+            status.is_success(),
+            "{method} {url}: {status}: {}",
+            resp.text().await.unwrap_or_default()
+        );
+        Ok(())
     }
 
     /// The ACKed config version of the proxy listening on `addr`.
@@ -605,6 +627,18 @@ async fn flow(ui: &Ui, stack: &Stack) -> Result<()> {
         "[data-testid=topo-master][data-key=\"{api_master}\"]"
     ))
     .await?;
+    // Live updates: the stream is up, and a change made elsewhere (here: the API) shows
+    // on the open page without a reload.
+    ui.wait_css("#conn[data-state=live]").await?;
+    api.send(
+        reqwest::Method::PUT,
+        &format!("/services/{service}/rules/keys"),
+        json!({ "target": "deny" }),
+    )
+    .await?;
+    ui.wait_css("#rules-table tr[data-command=\"keys\"]")
+        .await
+        .context("a rule added through the API did not appear live")?;
     ui.shot("service", DESKTOP).await?;
 
     // ---- The other pages.
@@ -675,5 +709,24 @@ async fn flow(ui: &Ui, stack: &Stack) -> Result<()> {
         ensure!(!enabled, "{control} is enabled for a viewer");
     }
     ui.shot("service-viewer", DESKTOP).await?;
+
+    // A token deleted while in use: the next call gets 401 and the UI goes back to the
+    // login page and says why.
+    let tokens = api.get("/tokens").await?;
+    let id = tokens["tokens"]
+        .as_array()
+        .and_then(|list| list.iter().find(|t| t["name"] == "ui-viewer"))
+        .map(|t| t["id"].clone())
+        .with_context(|| format!("no ui-viewer token in {tokens}"))?;
+    let id = id.as_str().map_or_else(|| id.to_string(), str::to_string);
+    api.send(reqwest::Method::DELETE, &format!("/tokens/{id}"), Value::Null)
+        .await?;
+    ui.click("a[data-nav=proxies]").await?;
+    ui.wait_js(
+        "the login page to say the token was refused",
+        "const m = document.querySelector('#login-message'); return !!m && m.textContent.includes('did not accept');",
+        UI_WAIT,
+    )
+    .await?;
     Ok(())
 }
