@@ -30,6 +30,7 @@ pub mod sentinel;
 pub mod state;
 pub mod store;
 pub mod topology;
+pub mod watchers;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -43,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use admin::Admin;
+pub use admin::{Actor, Admin, NewService, ServiceUpdate};
 pub use config::{
     BackendAuthSpec, Config, ProxyUserSpec, ReadPolicySpec, ServiceSetting, ServiceSpec,
 };
@@ -53,7 +54,8 @@ pub use state::{BackendAuth, CommandRule, Consistency, Policy, ReadPolicy, Targe
 use crate::grpc::{Discovery, ProxyRegistry};
 use crate::metrics::Metrics;
 use crate::state::State;
-use crate::store::{Store, StoredService, Writer};
+use crate::store::{NewAudit, Store, StoredService, Writer};
+use crate::watchers::Watchers;
 
 /// How long servers and watchers get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,10 +63,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// A control plane with its store open and its listeners bound, ready to [`run`](Self::run).
 #[derive(Debug)]
 pub struct ControlPlane {
-    config: Config,
     store: Store,
-    services: Vec<StoredService>,
     state: Arc<State>,
+    watchers: Arc<Watchers>,
     admin: Admin,
     registry: Arc<ProxyRegistry>,
     metrics: Arc<Metrics>,
@@ -100,17 +101,7 @@ impl ControlPlane {
         let grpc_addr = local(&grpc, "--grpc-listen", config.grpc_listen)?;
 
         let store = Store::open(&config.data_dir).await?;
-        for s in &config.services {
-            store.upsert_service(s).await?;
-        }
-        for a in &config.backend_auth {
-            if !store.set_backend_auth(&a.service, &a.auth).await? {
-                return Err(Error::Config(format!(
-                    "--backend-auth names service `{}`, which is not registered",
-                    a.service
-                )));
-            }
-        }
+        apply_service_flags(&config, &store).await?;
         // The store is the source of truth: services registered by earlier runs are
         // watched too. Flags change what they name and leave the rest as stored.
         let services = store.services().await?;
@@ -120,20 +111,26 @@ impl ControlPlane {
         let (writer, writer_task) = store::spawn_writer(store.clone(), writer_stop.clone());
         let metrics = Arc::new(Metrics::new());
         let state = State::new(store.clone(), writer.clone(), metrics.clone(), &services).await?;
-        let admin = Admin::new(store.clone(), state.clone());
+        let watchers = Watchers::new(state.clone(), config.sentinel_poll_interval);
+        let registry = Arc::new(ProxyRegistry::default());
+        let admin = Admin::new(
+            store.clone(),
+            state.clone(),
+            watchers.clone(),
+            registry.clone(),
+        );
         for u in &config.proxy_users {
             admin
-                .put_user(&u.service, &u.user, &u.password)
+                .put_user(&Actor::config(), &u.service, &u.user, &u.password)
                 .await
                 .map_err(|e| Error::Config(format!("--proxy-user: {e}")))?;
         }
         Ok(ControlPlane {
-            config,
             store,
-            services,
             state,
+            watchers,
             admin,
-            registry: Arc::new(ProxyRegistry::default()),
+            registry,
             metrics,
             writer,
             writer_stop,
@@ -166,15 +163,15 @@ impl ControlPlane {
         // Everything below stops on `stop`: the caller's shutdown, or a failed server.
         let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
-        for s in &self.services {
-            sentinel::spawn_watcher(
-                s.clone(),
-                self.state.clone(),
-                self.config.sentinel_poll_interval,
-                tracker.clone(),
-                stop.clone(),
-            );
-        }
+        let services: Vec<StoredService> = self
+            .state
+            .current()
+            .services
+            .values()
+            .map(StoredService::from)
+            .collect();
+        self.watchers
+            .start(&services, tracker.clone(), stop.clone());
         tracker.close();
 
         let app = http::AppState {
@@ -203,7 +200,7 @@ impl ControlPlane {
                 stop.clone().cancelled_owned(),
             );
         let mut grpc_task = tokio::spawn(grpc_server);
-        info!(http = %self.http_addr, grpc = %self.grpc_addr, services = self.services.len(), "control plane running");
+        info!(http = %self.http_addr, grpc = %self.grpc_addr, services = services.len(), "control plane running");
 
         let mut failure: Option<Error> = None;
         let (mut http_done, mut grpc_done) = (false, false);
@@ -251,6 +248,78 @@ impl ControlPlane {
             None => Ok(()),
         }
     }
+}
+
+/// Registers the services `--service` names (or updates their Sentinels) and sets the
+/// credentials `--backend-auth` gives; each actual change gets an audit row by `config`.
+async fn apply_service_flags(config: &Config, store: &Store) -> Result<(), Error> {
+    let audit = |action: &'static str, service: String, before: serde_json::Value, after| {
+        let store = store.clone();
+        async move {
+            store
+                .insert_audit(NewAudit {
+                    actor: &Actor::config().name,
+                    action,
+                    service: Some(&service),
+                    target: "",
+                    before,
+                    after,
+                })
+                .await
+        }
+    };
+    let sentinels = |s: &[topology::NodeAddr]| {
+        serde_json::json!(s.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    let stored = store.services().await?;
+    for spec in &config.services {
+        let prev = stored.iter().find(|s| s.name == spec.name);
+        if prev.is_some_and(|p| p.sentinels == spec.sentinels) {
+            continue;
+        }
+        store.upsert_service(spec).await?;
+        let after = serde_json::json!({ "sentinels": sentinels(&spec.sentinels) });
+        match prev {
+            None => audit(
+                "service.create",
+                spec.name.clone(),
+                serde_json::Value::Null,
+                after,
+            ),
+            Some(p) => audit(
+                "service.update",
+                spec.name.clone(),
+                serde_json::json!({ "sentinels": sentinels(&p.sentinels) }),
+                after,
+            ),
+        }
+        .await?;
+    }
+    let stored = store.services().await?;
+    for a in &config.backend_auth {
+        let Some(prev) = stored.iter().find(|s| s.name == a.service) else {
+            return Err(Error::Config(format!(
+                "--backend-auth names service `{}`, which is not registered",
+                a.service
+            )));
+        };
+        if prev.backend_auth.as_ref() == Some(&a.auth) {
+            continue;
+        }
+        store.set_backend_auth(&a.service, &a.auth).await?;
+        let redacted =
+            |u: &Option<String>| serde_json::json!({"username": u, "password": "<redacted>"});
+        audit(
+            "service.update",
+            a.service.clone(),
+            serde_json::json!({
+                "backend_auth": prev.backend_auth.as_ref().map(|b| redacted(&b.username))
+            }),
+            serde_json::json!({ "backend_auth": redacted(&a.auth.username) }),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Applies `--read-policy`, `--consistency` and `--rule` to the stored policies.
@@ -321,6 +390,16 @@ async fn apply_policy_flags(
             .map_err(|e| Error::Config(format!("--rule for service `{}`: {e}", s.name)))?;
         if policy != s.policy {
             store.set_policy(&s.name, &policy).await?;
+            store
+                .insert_audit(NewAudit {
+                    actor: &Actor::config().name,
+                    action: "policy.set",
+                    service: Some(&s.name),
+                    target: "",
+                    before: serde_json::json!(s.policy),
+                    after: serde_json::json!(policy),
+                })
+                .await?;
         }
     }
     Ok(())
@@ -337,4 +416,77 @@ fn outcome(r: Result<Result<(), String>, tokio::task::JoinError>) -> String {
 /// Binds and runs a control plane until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     ControlPlane::bind(config).await?.run(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[tokio::test]
+    async fn start_up_flags_are_audited_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap().to_string();
+        let flags = |extra: &[&str]| {
+            let mut args = vec![
+                "pivot-control-plane",
+                "--data-dir",
+                &data,
+                "--http-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--service",
+                "cache=127.0.0.1:26379",
+                "--backend-auth",
+                "cache=pivot:backend-secret",
+            ];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).unwrap()
+        };
+        let actions = |cp: &ControlPlane| {
+            let admin = cp.admin();
+            async move {
+                admin
+                    .audit(store::AuditQuery {
+                        limit: 100,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        let cp = ControlPlane::bind(flags(&["--read-policy", "cache=all"]))
+            .await
+            .unwrap();
+        let first = actions(&cp).await;
+        let names: Vec<&str> = first.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(names, ["policy.set", "service.update", "service.create"]);
+        assert!(first.iter().all(|a| a.actor == "config"));
+        assert!(
+            !serde_json::to_string(&first)
+                .unwrap()
+                .contains("backend-secret")
+        );
+        cp.store.close().await;
+        drop(cp);
+
+        // The same flags again: nothing changed, nothing audited.
+        let cp = ControlPlane::bind(flags(&["--read-policy", "cache=all"]))
+            .await
+            .unwrap();
+        assert_eq!(actions(&cp).await.len(), 3);
+        cp.store.close().await;
+        drop(cp);
+
+        // A different Sentinel list: one update row.
+        let mut other = flags(&[]);
+        other.services[0].sentinels = vec!["127.0.0.1:26380".parse().unwrap()];
+        let cp = ControlPlane::bind(other).await.unwrap();
+        let last = actions(&cp).await;
+        assert_eq!(last.len(), 4);
+        assert_eq!(last[0].action, "service.update");
+        assert_eq!(last[0].after["sentinels"][0], "127.0.0.1:26380");
+    }
 }
