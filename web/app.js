@@ -88,7 +88,7 @@ function logout(message) {
   state.loaded = false;
   state.services = new Map();
   state.proxies = [];
-  state.failoversRunning = new Set();
+  state.failoversRunning = new Map();
   window.removeEventListener("hashchange", route);
   showLogin(message);
 }

@@ -11,8 +11,8 @@ export const state = {
   /** Proxy list and the fleet's current config version. */
   proxies: [],
   fleetVersion: null,
-  /** Services with a failover running (from the events, whoever started it). */
-  failoversRunning: new Set(),
+  /** service -> start (ms) of a failover running, from the events, whoever started it. */
+  failoversRunning: new Map(),
   /** True once the service list has been fetched. */
   loaded: false,
   /** Live stream state: "connecting" | "live" | "reconnecting". */
@@ -121,10 +121,21 @@ export function applyLive(kind, data) {
   }
 }
 
+/** A start without an end for this long is not running any more (a planned failover is
+ *  bounded by its pause, catch-up and promotion limits, seconds each; the control plane
+ *  may have stopped in the middle of one). */
+const FAILOVER_STALE_MS = 60000;
+
 /** Keeps `failoversRunning` from the failover events. */
 export function trackFailover(event) {
-  if (event.kind === "failover-started") state.failoversRunning.add(event.service);
+  if (event.kind === "failover-started") state.failoversRunning.set(event.service, new Date(event.at).getTime());
   if (event.kind === "failover-finished" || event.kind === "failover-failed") {
     state.failoversRunning.delete(event.service);
   }
+}
+
+/** True while a failover of `service` runs, as far as the events tell. */
+export function failoverRunning(service) {
+  const since = state.failoversRunning.get(service);
+  return since !== undefined && Date.now() - since < FAILOVER_STALE_MS;
 }

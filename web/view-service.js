@@ -5,7 +5,7 @@ import { api, ApiError, get, query, seg } from "./api.js";
 import { badge, emptyRow, fmtClock, fmtMs, h, morph, replace, table } from "./dom.js";
 import { TIMELINE_KINDS, eventSummary, kindBadge } from "./eventfmt.js";
 import { masterState, sentinelsState, stateBadge } from "./health.js";
-import { canChange, loadService, proxiesOf, state, subscribe, trackFailover } from "./state.js";
+import { canChange, failoverRunning as runningElsewhere, loadService, proxiesOf, state, subscribe, trackFailover } from "./state.js";
 import { drawTimeline } from "./timeline.js";
 import { drawTopology } from "./topology.js";
 import { clearErrors, confirmDialog, field, readOnlyNote, reportError, select, showError, submitting } from "./ui.js";
@@ -89,7 +89,7 @@ export function mount(root, [rawName]) {
       stateBadge(ms.tone === "ok" ? { tone: "ok", text: `master ${t.master}` } : ms, { "data-testid": "service-master" }),
       stateBadge({ ...sentinelsState(t), text: `Sentinels ${sentinelsState(t).text}` }),
       svc.config_version !== undefined ? badge("muted", `config v${svc.config_version}`) : null);
-    const running = failoverRunning || state.failoversRunning.has(name);
+    const running = failoverRunning || runningElsewhere(name);
     foButton.disabled = !admin || running || !t.master;
     foButton.textContent = running ? "Failing over…" : "Fail over…";
     foButton.title = !admin ? "Needs an admin token" : running ? "A failover is running" : !t.master ? "No master to fail over from" : "";
