@@ -86,7 +86,7 @@ export function mount(root) {
         h("td", { class: "mono" }, e.actor || "–"),
         h("td", { class: "mono" }, e.action),
         h("td", null, e.service ? h("a", { href: `#/services/${seg(e.service)}` }, e.service) : "–"),
-        h("td", { class: "mono wrap" }, e.target ?? "–"),
+        h("td", { class: "mono wrap" }, e.target || "–"),
         h("td", { class: "wrap" }, diffView(e))))
         : [emptyRow(6, loading ? "Loading…" : "No audit entries match.")],
       { id: "audit-table", "data-testid": "audit-table" }));
