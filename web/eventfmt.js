@@ -39,37 +39,48 @@ export function eventTone(e) {
 
 export const kindBadge = (e) => badge(eventTone(e), e.kind, { class: "kind" });
 
-/** `a=1 b=x` for a details object, short. */
-function compact(details, skip = []) {
+/** `k v · k v` for the scalar fields of a details object (lists as their length, nested
+ *  objects left out: the events page links to the raw data through the API). */
+function compact(details, skip) {
   if (details === null || details === undefined) return "";
   if (typeof details !== "object") return String(details);
   const parts = [];
   for (const [k, v] of Object.entries(details)) {
-    if (skip.includes(k) || v === null || v === undefined) continue;
-    if (k.endsWith("_ms") && typeof v === "number") parts.push(`${k.slice(0, -3).replaceAll("_", " ")} ${fmtMs(v)}`);
-    else parts.push(`${k.replaceAll("_", " ")} ${typeof v === "object" ? JSON.stringify(v) : v}`);
+    if (skip.includes(k) || v === null || v === undefined || v === "") continue;
+    const label = k.replaceAll("_", " ");
+    if (Array.isArray(v)) parts.push(`${label}: ${v.length}`);
+    else if (typeof v === "object") continue;
+    else if (k.endsWith("_ms") && typeof v === "number") parts.push(`${label.slice(0, -3)} ${fmtMs(v)}`);
+    else parts.push(`${label} ${v}`);
   }
   const text = parts.join(" · ");
-  return text.length > 200 ? `${text.slice(0, 199)}…` : text;
+  return text.length > 240 ? `${text.slice(0, 239)}…` : text;
 }
 
-/** One line saying what happened. */
+/** What happened, as `{main, extra}`: `main` is one short line (the master change, or the
+ *  reason), `extra` the rest (reason, masters, scalar details). */
 export function eventSummary(e) {
-  const arrow = `${e.old_master || "none"} → ${e.new_master || "none"}`;
-  const reason = e.reason ? ` (${e.reason})` : "";
-  const details = compact(e.details, ["old_master", "new_master"]);
-  const tail = details ? ` · ${details}` : "";
-  switch (e.kind) {
-    case "initial":
-      return `first decision: master ${e.new_master || "none"}${reason}${tail}`;
-    case "master-changed":
-    case "failover-finished":
-      return `${arrow}${reason}${tail}`;
-    case "leader-promoting":
-      return `a Sentinel leader is promoting ${e.new_master || "a replica"}${reason}${tail}`;
-    default: {
-      const masters = e.old_master || e.new_master ? `${arrow} ` : "";
-      return `${masters}${e.reason || ""}${e.reason && tail ? tail : details}`.trim() || e.kind;
-    }
+  const changed = (e.old_master || null) !== (e.new_master || null);
+  const arrow = changed ? `${e.old_master || "none"} → ${e.new_master || "none"}` : "";
+  let main;
+  if (e.kind === "initial") main = `master ${e.new_master || "none"}`;
+  else if (e.kind === "master-changed" && arrow) main = arrow;
+  else main = e.reason || arrow || (e.new_master ? `master ${e.new_master}` : e.kind);
+  const skip = ["old_master", "new_master"];
+  if (!changed && e.new_master) {
+    // The current master as context: named once, not again in the details.
+    for (const [k, v] of Object.entries(e.details || {})) if (v === e.new_master) skip.push(k);
   }
+  const extra = [
+    main !== e.reason ? e.reason : "",
+    main !== arrow ? arrow : "",
+    compact(e.details, skip),
+  ].filter(Boolean).join(" · ");
+  return { main, extra };
+}
+
+/** The summary as nodes: the main line and, muted below it, the rest. */
+export function eventText(e, h) {
+  const { main, extra } = eventSummary(e);
+  return [h("span", { class: "ev-main" }, main), extra ? h("span", { class: "ev-extra" }, extra) : null];
 }

@@ -38,9 +38,10 @@ export function proxyState(p, fleetVersion) {
       || p.acked_version === null || p.last_nack_version > p.acked_version)) {
     return { tone: "bad", text: `NACK v${p.last_nack_version ?? "?"}`, detail: p.last_nack };
   }
-  const behind = p.behind || (fleetVersion !== null && p.acked_version !== null && p.acked_version < fleetVersion);
   if (p.acked_version === null || p.acked_version === undefined) return { tone: "warn", text: "no ACK yet", detail: "" };
-  if (behind) return { tone: "warn", text: `behind (v${p.acked_version})`, detail: `current is v${fleetVersion}` };
+  // The server's judgement (it knows which versions concern the proxy's services); the
+  // UI's own latest version may run a moment ahead of the proxy's status report.
+  if (p.behind) return { tone: "warn", text: `behind (v${p.acked_version})`, detail: `current is v${fleetVersion}` };
   return { tone: "ok", text: `v${p.acked_version}`, detail: "current" };
 }
 

@@ -31,7 +31,8 @@ export function drawTimeline(events, width, now = Date.now()) {
   const plotX1 = W - PAD - 8;
   const dated = events.map((e) => ({ e, t: new Date(e.at).getTime() })).filter((x) => !Number.isNaN(x.t));
   const oldest = dated.length ? Math.min(...dated.map((x) => x.t)) : now - 60000;
-  const span = Math.max(60000, now - oldest) * 1.06;
+  // Fit the events (at least 10 s), with a margin before the oldest.
+  const span = Math.max(10000, now - oldest) * 1.08;
   const t0 = now - span;
   const x = (t) => plotX0 + ((t - t0) / span) * (plotX1 - plotX0);
 
@@ -94,11 +95,18 @@ export function drawTimeline(events, width, now = Date.now()) {
     && masterXs.every((mx) => mx === own || mx + 8 < a || mx - 8 > b)
     && taken.every(([l, r]) => r < a || l > b);
   const labels = [];
+  let newest = true;
   for (const { e, t } of [...chrono].reverse()) {
     if ((e.kind !== "master-changed" && e.kind !== "initial") || !e.new_master) continue;
     const cx = x(t);
     const width = e.new_master.length * 6.7;
-    if (free(cx - 10 - width, cx - 10, cx)) {
+    // The current master is always named (its label may cover older markers).
+    const first = newest;
+    newest = false;
+    if (first && cx - 10 - width >= plotX0) {
+      taken.push([cx - 10 - width, cx - 10]);
+      labels.push(s("text", { class: "marker-label", x: cx - 10, y: laneY(e.kind) + 4, "text-anchor": "end" }, e.new_master));
+    } else if (free(cx - 10 - width, cx - 10, cx)) {
       taken.push([cx - 10 - width, cx - 10]);
       labels.push(s("text", { class: "marker-label", x: cx - 10, y: laneY(e.kind) + 4, "text-anchor": "end" }, e.new_master));
     } else if (free(cx + 10, cx + 10 + width, cx)) {
@@ -113,7 +121,8 @@ export function drawTimeline(events, width, now = Date.now()) {
     if (y === null) continue;
     const cx = x(t);
     const tone = eventTone(e);
-    const title = s("title", null, `${fmtClock(new Date(t))} ${e.kind}: ${eventSummary(e)}`);
+    const { main, extra } = eventSummary(e);
+    const title = s("title", null, `${fmtClock(new Date(t))} ${e.kind}: ${main}${extra ? ` (${extra})` : ""}`);
     if (e.kind === "master-changed" || e.kind === "initial") {
       svg.append(s("path", { class: ["marker", `marker-${tone}`], d: `M${cx},${y - 7} L${cx + 7},${y} L${cx},${y + 7} L${cx - 7},${y} Z`, "data-kind": e.kind }, title));
     } else {

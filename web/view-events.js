@@ -3,7 +3,7 @@
 
 import { get, query, seg } from "./api.js";
 import { emptyRow, h, morph, replace, table, when } from "./dom.js";
-import { EVENT_KINDS, eventSummary, kindBadge } from "./eventfmt.js";
+import { EVENT_KINDS, eventText, kindBadge } from "./eventfmt.js";
 import { state, subscribe } from "./state.js";
 import { field, hashParams, reportError, select, setHashParams } from "./ui.js";
 
@@ -67,7 +67,7 @@ export function mount(root) {
         h("td", { class: "nowrap" }, when(e.at)),
         h("td", null, e.service ? h("a", { href: `#/services/${seg(e.service)}` }, e.service) : "–"),
         h("td", null, kindBadge(e)),
-        h("td", { class: "wrap" }, eventSummary(e)),
+        h("td", { class: "wrap" }, eventText(e, h)),
         h("td", { class: "num mono" }, e.version ?? "–")))
         : [emptyRow(5, loading ? "Loading…" : "No events match.")],
       { id: "events-table", "data-testid": "events-table" }));

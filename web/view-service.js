@@ -3,7 +3,7 @@
 
 import { api, ApiError, get, query, seg } from "./api.js";
 import { badge, emptyRow, fmtClock, fmtMs, h, morph, replace, table } from "./dom.js";
-import { TIMELINE_KINDS, eventSummary, kindBadge } from "./eventfmt.js";
+import { TIMELINE_KINDS, eventText, kindBadge } from "./eventfmt.js";
 import { masterState, sentinelsState, stateBadge } from "./health.js";
 import { canChange, failoverRunning as runningElsewhere, loadService, proxiesOf, state, subscribe, trackFailover } from "./state.js";
 import { drawTimeline } from "./timeline.js";
@@ -117,7 +117,7 @@ export function mount(root, [rawName]) {
     },
     h("time", { datetime: e.at, title: e.at, class: "mono small" }, fmtClock(new Date(e.at))),
     kindBadge(e),
-    h("span", { class: "tl-text" }, eventSummary(e)))));
+    h("span", { class: "tl-text" }, eventText(e, h)))));
   }
 
   async function loadTimeline() {

@@ -37,7 +37,7 @@ use pivot_sandbox::{Stack, StackOptions};
 use serde_json::{Value, json};
 
 /// The stack's first admin token (what `PIVOT_ADMIN_TOKEN` would set).
-const ADMIN_TOKEN: &str = "ui-test-admin-2f1c9a7e5b3d";
+const ADMIN_TOKEN: &str = "pvt_ui-test-admin-token-not-a-secret-2f1c9a7e";
 /// Longest wait for anything the page shows after an action.
 const UI_WAIT: Duration = Duration::from_secs(15);
 /// Longest wait for a planned failover to report.
@@ -315,16 +315,27 @@ impl Ui {
         Ok((fits, v))
     }
 
-    /// A full-page screenshot `<name>.png` (the window grows to the page's height for it).
+    /// A full-page screenshot `<name>.png`: the window grows until the viewport holds the
+    /// whole page (at most 8000 px), and shrinks back after.
     async fn shot(&self, name: &str, size: (u32, u32)) -> Result<()> {
-        let height = self
-            .client
-            .execute("return document.documentElement.scrollHeight;", vec![])
-            .await?
-            .as_u64()
-            .and_then(|h| u32::try_from(h).ok())
-            .unwrap_or(size.1);
-        self.set_size((size.0, height.clamp(size.1, 6000))).await?;
+        let mut height = size.1;
+        for _ in 0..3 {
+            let v = self
+                .client
+                .execute(
+                    "return [window.innerHeight, document.documentElement.scrollHeight];",
+                    vec![],
+                )
+                .await?;
+            let (inner, page) = (v[0].as_u64().unwrap_or(0), v[1].as_u64().unwrap_or(0));
+            if inner >= page || height >= 8000 {
+                break;
+            }
+            let missing = u32::try_from(page - inner).unwrap_or(8000);
+            height = height.saturating_add(missing).min(8000);
+            self.set_size((size.0, height)).await?;
+        }
+        self.client.execute("window.scrollTo(0, 0);", vec![]).await?;
         let png = self.client.screenshot().await?;
         self.set_size(size).await?;
         let path = self.shots.join(format!("{name}.png"));
@@ -472,11 +483,14 @@ async fn flow(ui: &Ui, stack: &Stack) -> Result<()> {
         .iter()
         .filter(|n| n.addr() != master_node.addr())
         .collect();
+    // Writes and reads on separate connections: under read-your-writes a connection that
+    // wrote reads from the master.
+    let mut writer = connect(&stack.proxies[0].client(), Duration::from_secs(5)).await?;
     let mut conn = connect(&stack.proxies[0].client(), Duration::from_secs(5)).await?;
     let _: () = redis::cmd("SET")
         .arg("ui:key")
         .arg("v")
-        .query_async(&mut conn)
+        .query_async(&mut writer)
         .await?;
     let policy_before = api.get(&format!("/services/{service}/policy")).await?;
     ensure!(
@@ -541,7 +555,7 @@ async fn flow(ui: &Ui, stack: &Stack) -> Result<()> {
     ui.wait_css("#rules-table tr[data-command=\"flushall\"]")
         .await?;
     let acked_2 = api.wait_acked_above(proxy_addr, acked_1).await?;
-    let refused: redis::RedisResult<()> = redis::cmd("FLUSHALL").query_async(&mut conn).await;
+    let refused: redis::RedisResult<()> = redis::cmd("FLUSHALL").query_async(&mut writer).await;
     let err = match refused {
         Ok(()) => bail!("FLUSHALL went through the proxy despite the deny rule"),
         Err(e) => e.to_string(),
@@ -572,20 +586,15 @@ async fn flow(ui: &Ui, stack: &Stack) -> Result<()> {
     failover_button.click().await?;
     ui.wait_css("#confirm-dialog[open]").await?;
     ui.click("#confirm-ok").await?;
-    // Disabled while it runs (the Sentinels' promotion alone takes far longer than this
-    // check), unless it already finished.
-    let running = ui
-        .client
-        .execute(
-            "return document.querySelector('#failover-button').disabled \
-               || !!document.querySelector('[data-testid=failover-result], [data-testid=failover-error]');",
-            vec![],
-        )
-        .await?;
-    ensure!(
-        running == Value::Bool(true),
-        "the failover button stays enabled while a failover runs"
-    );
+    // Disabled while it runs (the dialog closes asynchronously, so this waits a little;
+    // the failover itself takes far longer than the 50 ms between checks).
+    ui.wait_js(
+        "the failover button to be disabled while the failover runs",
+        "return document.querySelector('#failover-button').disabled \
+           || !!document.querySelector('[data-testid=failover-result], [data-testid=failover-error]');",
+        UI_WAIT,
+    )
+    .await?;
     let result = ui
         .wait_css_for(
             "[data-testid=failover-result], [data-testid=failover-error]",
@@ -623,10 +632,16 @@ async fn flow(ui: &Ui, stack: &Stack) -> Result<()> {
         UI_WAIT,
     )
     .await?;
+    // The drawing follows: the new master, and the old one back as its replica.
     ui.wait_css(&format!(
         "[data-testid=topo-master][data-key=\"{api_master}\"]"
     ))
     .await?;
+    ui.wait_css(&format!(
+        "[data-testid=topo-replica][data-key=\"{master}\"]"
+    ))
+    .await
+    .context("the old master did not show as a replica in the topology drawing")?;
     // Live updates: the stream is up, and a change made elsewhere (here: the API) shows
     // on the open page without a reload.
     ui.wait_css("#conn[data-state=live]").await?;
