@@ -51,10 +51,7 @@ pub fn asset(path: &str) -> Option<Asset> {
     ASSETS
         .iter()
         .find(|(name, _, _)| *name == path)
-        .map(|(_, content_type, body)| Asset {
-            content_type,
-            body,
-        })
+        .map(|(_, content_type, body)| Asset { content_type, body })
 }
 
 #[cfg(test)]

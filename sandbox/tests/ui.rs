@@ -174,7 +174,10 @@ impl Api {
         if !body.is_null() {
             req = req.json(&body);
         }
-        let resp = req.send().await.with_context(|| format!("{method} {url}"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}"))?;
         let status = resp.status();
         ensure!(
             status.is_success(),
@@ -311,7 +314,10 @@ impl Ui {
                 vec![],
             )
             .await?;
-        let fits = v[0].as_u64().zip(v[1].as_u64()).is_some_and(|(s, c)| s <= c);
+        let fits = v[0]
+            .as_u64()
+            .zip(v[1].as_u64())
+            .is_some_and(|(s, c)| s <= c);
         Ok((fits, v))
     }
 
@@ -335,7 +341,9 @@ impl Ui {
             height = height.saturating_add(missing).min(8000);
             self.set_size((size.0, height)).await?;
         }
-        self.client.execute("window.scrollTo(0, 0);", vec![]).await?;
+        self.client
+            .execute("window.scrollTo(0, 0);", vec![])
+            .await?;
         let png = self.client.screenshot().await?;
         self.set_size(size).await?;
         let path = self.shots.join(format!("{name}.png"));
@@ -347,7 +355,8 @@ impl Ui {
         self.wait_css("#login-form").await?;
         self.fill("#login-token", token).await?;
         self.click("#login-submit").await?;
-        self.wait_css("#topbar:not([hidden]) #whoami strong").await?;
+        self.wait_css("#topbar:not([hidden]) #whoami strong")
+            .await?;
         Ok(())
     }
 }
@@ -414,7 +423,12 @@ async fn the_admin_ui_changes_policy_and_rules_and_fails_over() -> Result<()> {
         .capabilities(caps)
         .connect(&driver.url)
         .await
-        .with_context(|| format!("starting Chromium; chromedriver log:\n{}", driver.log_tail()))?;
+        .with_context(|| {
+            format!(
+                "starting Chromium; chromedriver log:\n{}",
+                driver.log_tail()
+            )
+        })?;
 
     let shots = screenshot_dir();
     std::fs::create_dir_all(&shots).with_context(|| format!("creating {}", shots.display()))?;
@@ -531,9 +545,15 @@ async fn flow(ui: &Ui, stack: &Stack) -> Result<()> {
         "policy after the form: {policy}"
     );
     // The proxy applies it: GETs go to the master only.
-    let (r0, m0) = (get_calls(&replicas).await?, get_calls(&[master_node]).await?);
+    let (r0, m0) = (
+        get_calls(&replicas).await?,
+        get_calls(&[master_node]).await?,
+    );
     gets(&mut conn, 200).await?;
-    let (r1, m1) = (get_calls(&replicas).await?, get_calls(&[master_node]).await?);
+    let (r1, m1) = (
+        get_calls(&replicas).await?,
+        get_calls(&[master_node]).await?,
+    );
     ensure!(
         r1 == r0,
         "replicas served {} GETs under master-only",
@@ -568,10 +588,7 @@ async fn flow(ui: &Ui, stack: &Stack) -> Result<()> {
         .arg("ui:key")
         .query_async(&mut conn)
         .await?;
-    ensure!(
-        still.as_deref() == Some("v"),
-        "the key is gone: {still:?}"
-    );
+    ensure!(still.as_deref() == Some("v"), "the key is gone: {still:?}");
     ensure!(
         acked_0 < acked_1 && acked_1 < acked_2,
         "ACKed versions {acked_0} -> {acked_1} -> {acked_2}"
@@ -698,7 +715,10 @@ async fn flow(ui: &Ui, stack: &Stack) -> Result<()> {
         ("#/events", "#events-table tr[data-kind]"),
         ("#/audit", "#audit-table tr[data-id]"),
         ("#/tokens", "#tokens-table tr[data-token]"),
-        (&format!("#/services/{service}"), "[data-testid=topo-master]"),
+        (
+            &format!("#/services/{service}"),
+            "[data-testid=topo-master]",
+        ),
     ] {
         ui.open(route).await?;
         ui.wait_css(ready).await?;
@@ -719,7 +739,12 @@ async fn flow(ui: &Ui, stack: &Stack) -> Result<()> {
     ui.login(&viewer_token).await?;
     ui.open(&format!("#/services/{service}")).await?;
     ui.wait_css("[data-testid=readonly-note]").await?;
-    for control in ["#policy-save", "#rule-add", "#user-save", "#failover-button"] {
+    for control in [
+        "#policy-save",
+        "#rule-add",
+        "#user-save",
+        "#failover-button",
+    ] {
         let enabled = ui.wait_css(control).await?.is_enabled().await?;
         ensure!(!enabled, "{control} is enabled for a viewer");
     }
@@ -734,8 +759,12 @@ async fn flow(ui: &Ui, stack: &Stack) -> Result<()> {
         .map(|t| t["id"].clone())
         .with_context(|| format!("no ui-viewer token in {tokens}"))?;
     let id = id.as_str().map_or_else(|| id.to_string(), str::to_string);
-    api.send(reqwest::Method::DELETE, &format!("/tokens/{id}"), Value::Null)
-        .await?;
+    api.send(
+        reqwest::Method::DELETE,
+        &format!("/tokens/{id}"),
+        Value::Null,
+    )
+    .await?;
     ui.click("a[data-nav=proxies]").await?;
     ui.wait_js(
         "the login page to say the token was refused",
