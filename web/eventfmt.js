@@ -28,9 +28,11 @@ export function eventTone(e) {
     case "service-deleted":
       return "warn";
     case "replica-health": {
+      // Recovered (every replica healthy) or degraded.
       const d = e.details || {};
-      if (d.healthy === true) return "ok";
-      return "warn";
+      if (Array.isArray(d.replicas)) return d.replicas.every((r) => r && r.healthy) ? "ok" : "warn";
+      if (typeof d.healthy === "boolean") return d.healthy ? "ok" : "warn";
+      return /unhealthy|down/.test(e.reason || "") ? "warn" : "ok";
     }
     default:
       return "info";
