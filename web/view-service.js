@@ -71,7 +71,7 @@ export function mount(root, [rawName]) {
       h("section", { class: "card", "aria-labelledby": "tl-h" },
         h("header", { class: "card-head" }, h("h2", { id: "tl-h" }, "Failover timeline"), h("span", { class: "muted small" }, "newest first")),
         tlDrawing,
-        h("div", { class: "timeline-scroll" }, tlList))),
+        h("div", { class: "timeline-scroll", tabindex: "0", role: "region", "aria-label": "Timeline events (scrolls)" }, tlList))),
     h("div", { class: "grid-3" },
       h("section", { class: "card", "aria-labelledby": "policy-h" },
         h("header", { class: "card-head" }, h("h2", { id: "policy-h" }, "Routing policy")), policyBox),
@@ -348,7 +348,7 @@ export function mount(root, [rawName]) {
       : users.map((u) => h("tr", { "data-user": u },
         h("td", { class: "mono" }, u),
         h("td", { class: "actions" },
-          h("button", { type: "button", class: "btn btn-small", disabled: !admin, "data-action": "set-password", "data-user": u, "aria-label": `Set the password of ${u}` }, "Set password"),
+          h("button", { type: "button", class: "btn btn-small", disabled: !admin, "data-action": "set-password", "data-user": u, "aria-label": `Set password for ${u}` }, "Set password"),
           " ",
           h("button", { type: "button", class: "btn btn-small btn-danger-quiet", disabled: !admin, "data-action": "delete-user", "data-user": u, "aria-label": `Delete user ${u}` }, "Delete"))));
     morph(usersTable, table(`Proxy users of ${name}`, ["User", h("span", { class: "sr-only" }, "Actions")], rows, { id: "users-table", "data-testid": "users-table" }));
