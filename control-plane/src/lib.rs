@@ -147,6 +147,11 @@ impl ControlPlane {
         self.admin.clone()
     }
 
+    /// The proxies seen and what they last reported (shared with the servers `run` starts).
+    pub fn registry(&self) -> Arc<ProxyRegistry> {
+        self.registry.clone()
+    }
+
     /// The bound HTTP address (the real port when configured with port 0).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr

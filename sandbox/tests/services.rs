@@ -122,10 +122,19 @@ async fn services_come_and_go_while_proxies_keep_serving() -> Result<()> {
             ..Default::default()
         })
         .await?;
-    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|a| (a.action.as_str(), a.actor.as_str()))
+        .collect();
     assert_eq!(
         actions,
-        ["service.create", "service.delete", "service.update"]
+        [
+            ("service.create", "token:test"),
+            ("service.delete", "token:test"),
+            ("service.update", "token:test"),
+            // The stack's `--service` flag.
+            ("service.create", "config"),
+        ]
     );
     let kinds: Vec<String> = admin
         .events(pivot_control_plane::store::EventQuery {
