@@ -39,6 +39,7 @@ export function proxyState(p, fleetVersion) {
     return { tone: "bad", text: `NACK v${p.last_nack_version ?? "?"}`, detail: p.last_nack };
   }
   if (p.acked_version === null || p.acked_version === undefined) return { tone: "warn", text: "no ACK yet", detail: "" };
+  if (p.silent) return { tone: "warn", text: "silent", detail: "connected, but its status reports stopped" };
   // The server's judgement (it knows which versions concern the proxy's services); the
   // UI's own latest version may run a moment ahead of the proxy's status report.
   if (p.behind) return { tone: "warn", text: `behind (v${p.acked_version})`, detail: `current is v${fleetVersion}` };

@@ -55,7 +55,7 @@ export function mount(root) {
   let loading = false;
 
   const serviceSelect = select({ id: "audit-service", name: "service" }, [["", "All services"]]);
-  const actorInput = h("input", { id: "audit-actor", name: "actor", type: "search", autocomplete: "off", placeholder: "token name" });
+  const actorInput = h("input", { id: "audit-actor", name: "actor", type: "search", autocomplete: "off", spellcheck: "false", placeholder: "token:NAME or config" });
   actorInput.value = filters.actor;
   const newer = h("button", { type: "button", class: "btn", id: "audit-newer" }, "← Newer");
   const newest = h("button", { type: "button", class: "btn", id: "audit-newest" }, "Newest");

@@ -20,7 +20,9 @@ function row(p) {
       `${p.acked_version ?? "–"} / ${state.fleetVersion ?? "–"}`),
     h("td", null, stateBadge(st), why ? h("div", { class: "small text-muted-strong" }, why) : null),
     h("td", { class: "num" }, p.client_connections ?? "–"),
-    h("td", { class: "num" }, fmtRate(p.ops_per_sec)),
+    h("td", { class: "num", title: p.reads_per_sec === null || p.reads_per_sec === undefined ? null
+      : `reads ${fmtRate(p.reads_per_sec)}/s · writes ${fmtRate(p.writes_per_sec)}/s` }, fmtRate(p.ops_per_sec),
+    p.held_requests ? h("div", { class: "small text-warn" }, `${p.held_requests} held`) : null),
     h("td", null, ago(p.last_seen)));
 }
 
