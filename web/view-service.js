@@ -88,7 +88,9 @@ export function mount(root, [rawName]) {
     morph(headBadges,
       stateBadge(ms.tone === "ok" ? { tone: "ok", text: `master ${t.master}` } : ms, { "data-testid": "service-master" }),
       stateBadge({ ...sentinelsState(t), text: `Sentinels ${sentinelsState(t).text}` }),
-      svc.config_version !== undefined ? badge("muted", `config v${svc.config_version}`) : null);
+      svc.config_version !== undefined
+        ? badge("muted", `changed in v${svc.config_version}`, { title: "The config version that last changed this service" })
+        : null);
     const running = failoverRunning || runningElsewhere(name);
     foButton.disabled = !admin || running || !t.master;
     foButton.textContent = running ? "Failing over…" : "Fail over…";
