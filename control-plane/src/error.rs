@@ -39,6 +39,20 @@ pub enum Error {
     /// An operation's input is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// One field of an operation's input is invalid.
+    #[error("{field}: {message}")]
+    InvalidField {
+        /// Path of the field (`name`, `rules[2].target`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The operation conflicts with the current state (already exists, still in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// The operation names something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// A server stopped with an error.
     #[error("{server} server: {message}")]
     Serve {

@@ -19,6 +19,7 @@
 //! until its `CancellationToken` is cancelled and then drains within a bounded time.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod failover;
