@@ -39,20 +39,25 @@ pub enum Error {
     /// An operation's input is invalid.
     #[error("{0}")]
     Invalid(String),
-    /// One field of an operation's input is invalid.
+    /// One field of an operation's input is invalid; `field` is its JSON path
+    /// (`sentinels[1]`, `rules[0].command`).
     #[error("{field}: {message}")]
     InvalidField {
-        /// Path of the field (`name`, `rules[2].target`).
+        /// JSON path of the field.
         field: String,
         /// What is wrong with it.
         message: String,
     },
-    /// The operation conflicts with the current state (already exists, still in use).
-    #[error("{0}")]
-    Conflict(String),
-    /// The operation names something that does not exist.
+    /// An operation named something (rule, user, token) that does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// An operation conflicts with the current state (exists already, failover running).
+    #[error("{0}")]
+    Conflict(String),
+    /// An operation could not be carried out by the Redis nodes or Sentinels (a failover
+    /// that did not complete); nothing the caller sent was wrong.
+    #[error("{0}")]
+    Unavailable(String),
     /// A server stopped with an error.
     #[error("{server} server: {message}")]
     Serve {

@@ -19,6 +19,12 @@
 //!
 //! Any failure before step 4 unpauses the master and reports why; the pause itself is
 //! bounded, so a control plane that dies half-way cannot leave the master paused.
+//!
+//! Only a Sentinel that names the same master as the majority the control plane follows is
+//! asked: one that disagrees (partitioned, or still on an older epoch) would refuse, or
+//! worse, fail over a master the rest of the fleet no longer uses. The checks that need no
+//! change on any node (a master, a healthy replica, an agreeing Sentinel) run before the
+//! pause, so a failover that cannot start never pauses writes.
 
 use std::time::{Duration, Instant};
 
@@ -108,7 +114,7 @@ pub async fn run(
         .topology
         .master
         .clone()
-        .ok_or_else(|| Error::Invalid(format!("service `{service}` has no master")))?;
+        .ok_or_else(|| Error::Conflict(format!("service `{service}` has no master")))?;
     let replicas: Vec<NodeAddr> = svc
         .topology
         .replicas
@@ -117,7 +123,7 @@ pub async fn run(
         .map(|r| r.addr.clone())
         .collect();
     if replicas.is_empty() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Conflict(format!(
             "service `{service}` has no healthy replica to fail over to"
         )));
     }
@@ -140,7 +146,13 @@ pub async fn run(
         username: a.username.clone(),
         password: a.password.clone(),
     });
-    let invalid = |what: String| Error::Invalid(format!("failover of `{service}`: {what}"));
+    let invalid = |what: String| Error::Unavailable(format!("failover of `{service}`: {what}"));
+    let sentinels = agreeing_sentinels(service, &master, &sentinels).await;
+    if sentinels.is_empty() {
+        return Err(Error::Conflict(format!(
+            "no reachable Sentinel of `{service}` names {master} as its master"
+        )));
+    }
 
     let mut m = connect(&master, auth.as_ref()).await.map_err(invalid)?;
     let started = Instant::now();
@@ -208,6 +220,37 @@ pub async fn run(
         paused_ms: ms(paused),
         total_ms: ms(started.elapsed()),
     })
+}
+
+/// The Sentinels among `sentinels` that name `master` for `service`
+/// (`SENTINEL GET-MASTER-ADDR-BY-NAME`), in order.
+async fn agreeing_sentinels(
+    service: &str,
+    master: &NodeAddr,
+    sentinels: &[NodeAddr],
+) -> Vec<NodeAddr> {
+    let mut agreeing = Vec::new();
+    for s in sentinels {
+        let named = async {
+            let mut c = connect(s, None).await.ok()?;
+            let (host, port): (String, u16) = query::timed(
+                redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(service)
+                    .query_async(&mut c),
+            )
+            .await
+            .ok()?;
+            Some(NodeAddr::new(&host, port))
+        };
+        match named.await {
+            Some(named) if &named == master => agreeing.push(s.clone()),
+            other => {
+                tracing::debug!(service, sentinel = %s, names = ?other.map(|n| n.to_string()), "Sentinel does not name the accepted master; not asking it");
+            }
+        }
+    }
+    agreeing
 }
 
 /// Steps 2 to 4 (the master is paused): returns the promoted replica and the catch-up and

@@ -30,6 +30,7 @@ pub mod sentinel;
 pub mod state;
 pub mod store;
 pub mod topology;
+pub mod watchers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use admin::Admin;
+pub use admin::{Actor, Admin, NewService, ServiceUpdate};
 pub use config::{
     BackendAuthSpec, Config, ProxyUserSpec, ReadPolicySpec, ServiceSetting, ServiceSpec,
 };
@@ -52,7 +53,8 @@ pub use state::{BackendAuth, CommandRule, Consistency, Policy, ReadPolicy, Targe
 use crate::grpc::{Discovery, ProxyRegistry};
 use crate::metrics::Metrics;
 use crate::state::State;
-use crate::store::{Store, StoredService, Writer};
+use crate::store::{NewAudit, Store, StoredService, Writer};
+use crate::watchers::Watchers;
 
 /// How long servers and watchers get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,10 +62,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// A control plane with its store open and its listeners bound, ready to [`run`](Self::run).
 #[derive(Debug)]
 pub struct ControlPlane {
-    config: Config,
     store: Store,
-    services: Vec<StoredService>,
     state: Arc<State>,
+    watchers: Arc<Watchers>,
     admin: Admin,
     registry: Arc<ProxyRegistry>,
     metrics: Arc<Metrics>,
@@ -119,20 +120,26 @@ impl ControlPlane {
         let (writer, writer_task) = store::spawn_writer(store.clone(), writer_stop.clone());
         let metrics = Arc::new(Metrics::new());
         let state = State::new(store.clone(), writer.clone(), metrics.clone(), &services).await?;
-        let admin = Admin::new(store.clone(), state.clone());
+        let watchers = Watchers::new(state.clone(), config.sentinel_poll_interval);
+        let registry = Arc::new(ProxyRegistry::default());
+        let admin = Admin::new(
+            store.clone(),
+            state.clone(),
+            watchers.clone(),
+            registry.clone(),
+        );
         for u in &config.proxy_users {
             admin
-                .put_user(&u.service, &u.user, &u.password)
+                .put_user(&Actor::config(), &u.service, &u.user, &u.password)
                 .await
                 .map_err(|e| Error::Config(format!("--proxy-user: {e}")))?;
         }
         Ok(ControlPlane {
-            config,
             store,
-            services,
             state,
+            watchers,
             admin,
-            registry: Arc::new(ProxyRegistry::default()),
+            registry,
             metrics,
             writer,
             writer_stop,
@@ -165,15 +172,15 @@ impl ControlPlane {
         // Everything below stops on `stop`: the caller's shutdown, or a failed server.
         let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
-        for s in &self.services {
-            sentinel::spawn_watcher(
-                s.clone(),
-                self.state.clone(),
-                self.config.sentinel_poll_interval,
-                tracker.clone(),
-                stop.clone(),
-            );
-        }
+        let services: Vec<StoredService> = self
+            .state
+            .current()
+            .services
+            .values()
+            .map(StoredService::from)
+            .collect();
+        self.watchers
+            .start(&services, tracker.clone(), stop.clone());
         tracker.close();
 
         let app = http::AppState {
@@ -202,7 +209,7 @@ impl ControlPlane {
                 stop.clone().cancelled_owned(),
             );
         let mut grpc_task = tokio::spawn(grpc_server);
-        info!(http = %self.http_addr, grpc = %self.grpc_addr, services = self.services.len(), "control plane running");
+        info!(http = %self.http_addr, grpc = %self.grpc_addr, services = services.len(), "control plane running");
 
         let mut failure: Option<Error> = None;
         let (mut http_done, mut grpc_done) = (false, false);
@@ -320,6 +327,16 @@ async fn apply_policy_flags(
             .map_err(|e| Error::Config(format!("--rule for service `{}`: {e}", s.name)))?;
         if policy != s.policy {
             store.set_policy(&s.name, &policy).await?;
+            store
+                .insert_audit(NewAudit {
+                    actor: &Actor::config().name,
+                    action: "policy.set",
+                    service: Some(&s.name),
+                    target: "",
+                    before: serde_json::json!(s.policy),
+                    after: serde_json::json!(policy),
+                })
+                .await?;
         }
     }
     Ok(())

@@ -244,6 +244,10 @@ impl<'de> serde::Deserialize<'de> for WriteAck {
     }
 }
 
+/// The longest `failover_hold` a policy may set: requests held longer than this are
+/// better failed, so that clients' own timeouts and retries take over.
+pub const MAX_FAILOVER_HOLD: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A service's routing policy, kept in the `services.policy` column (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Policy {
@@ -278,16 +282,33 @@ mod humantime_serde_opt {
 
 impl Policy {
     /// Checks what the store and the proxies rely on: valid rule commands, one rule per
-    /// command.
-    pub fn validate(&self) -> Result<(), String> {
+    /// command, a failover hold of at most [`MAX_FAILOVER_HOLD`]. The error names the
+    /// field (`rules[2].command`) and what is wrong with it.
+    pub fn check(&self) -> Result<(), (String, String)> {
         let mut seen = std::collections::HashSet::new();
-        for r in &self.rules {
-            CommandRule::new(&r.command, r.target)?;
-            if !seen.insert(r.command.as_str()) {
-                return Err(format!("more than one rule for `{}`", r.command));
+        for (i, r) in self.rules.iter().enumerate() {
+            let rule = CommandRule::new(&r.command, r.target)
+                .map_err(|e| (format!("rules[{i}].command"), e))?;
+            if !seen.insert(rule.command) {
+                return Err((
+                    format!("rules[{i}].command"),
+                    format!("more than one rule for `{}`", r.command),
+                ));
             }
         }
+        if self.failover_hold.is_some_and(|h| h > MAX_FAILOVER_HOLD) {
+            return Err((
+                "failover_hold".into(),
+                format!("at most {}", humantime::format_duration(MAX_FAILOVER_HOLD)),
+            ));
+        }
         Ok(())
+    }
+
+    /// [`check`](Self::check) as one message.
+    pub fn validate(&self) -> Result<(), String> {
+        self.check()
+            .map_err(|(field, message)| format!("{field}: {message}"))
     }
 
     /// Takes replicas whose lag is over `max_replica_lag` out of the read pool.
@@ -344,6 +365,8 @@ impl Default for Policy {
 pub struct ServiceState {
     /// Sentinel master name.
     pub name: String,
+    /// The Sentinels operators configured (the topology also lists discovered ones).
+    pub sentinels: Vec<NodeAddr>,
     /// Accepted topology.
     pub topology: Topology,
     /// Routing policy.
@@ -366,6 +389,35 @@ pub struct FleetState {
     pub version: u64,
     /// Services by name.
     pub services: BTreeMap<String, ServiceState>,
+}
+
+impl ServiceState {
+    /// A service as registered, before its watcher's first decision.
+    pub fn undecided(s: &StoredService) -> ServiceState {
+        let sentinels = s
+            .sentinels
+            .iter()
+            .map(|a| SentinelState {
+                addr: a.clone(),
+                configured: true,
+                reachable: false,
+            })
+            .collect();
+        ServiceState {
+            name: s.name.clone(),
+            sentinels: s.sentinels.clone(),
+            topology: Topology {
+                sentinels,
+                master_reason: "waiting for the first answers".into(),
+                ..Topology::default()
+            },
+            policy: s.policy.clone(),
+            backend_auth: s.backend_auth.clone(),
+            users: s.users.clone(),
+            config_version: 0,
+            decided: false,
+        }
+    }
 }
 
 impl FleetState {
@@ -454,31 +506,9 @@ impl State {
             services: BTreeMap::new(),
         };
         for s in services {
-            let sentinels = s
-                .sentinels
-                .iter()
-                .map(|a| SentinelState {
-                    addr: a.clone(),
-                    configured: true,
-                    reachable: false,
-                })
-                .collect();
-            fleet.services.insert(
-                s.name.clone(),
-                ServiceState {
-                    name: s.name.clone(),
-                    topology: Topology {
-                        sentinels,
-                        master_reason: "waiting for the first answers".into(),
-                        ..Topology::default()
-                    },
-                    policy: s.policy.clone(),
-                    backend_auth: s.backend_auth.clone(),
-                    users: s.users.clone(),
-                    config_version: 0,
-                    decided: false,
-                },
-            );
+            fleet
+                .services
+                .insert(s.name.clone(), ServiceState::undecided(s));
         }
         metrics.config_version.set(gauge_value(last));
         let (tx, _) = watch::channel(Arc::new(fleet));
@@ -636,6 +666,109 @@ impl State {
             at: SystemTime::now(),
         }));
         Some(version)
+    }
+
+    /// Adds a newly registered service (undecided until its watcher decides) and publishes
+    /// a new version. Returns `None` when a service of that name exists.
+    pub async fn add_service(&self, stored: &StoredService) -> Option<u64> {
+        let mut versions = self.versions.lock().await;
+        let current = self.current();
+        if current.services.contains_key(&stored.name) {
+            return None;
+        }
+        let version = self.next_version(&mut versions).await;
+        let mut next = (*current).clone();
+        next.version = version;
+        let mut svc = ServiceState::undecided(stored);
+        svc.config_version = version;
+        next.services.insert(stored.name.clone(), svc);
+        self.tx.send_replace(Arc::new(next));
+        drop(versions);
+        self.service_event(
+            &stored.name,
+            version,
+            "service-created",
+            None,
+            "service registered".into(),
+        );
+        Some(version)
+    }
+
+    /// Removes a service and publishes a new version (proxies subscribed to it are told it
+    /// is unknown; they keep serving their last good table). Returns `None` when there was
+    /// no such service.
+    pub async fn remove_service(&self, service: &str) -> Option<u64> {
+        let mut versions = self.versions.lock().await;
+        let current = self.current();
+        let prev = current.services.get(service)?;
+        let master = prev.topology.master.as_ref().map(ToString::to_string);
+        let version = self.next_version(&mut versions).await;
+        let mut next = (*current).clone();
+        next.version = version;
+        next.services.remove(service);
+        self.tx.send_replace(Arc::new(next));
+        drop(versions);
+        let label = ServiceLabel::new(service);
+        let m = &self.metrics;
+        m.master_known.remove(&label);
+        m.healthy_replicas.remove(&label);
+        m.sentinels_reachable.remove(&label);
+        self.service_event(
+            service,
+            version,
+            "service-deleted",
+            master,
+            "service removed".into(),
+        );
+        Some(version)
+    }
+
+    fn service_event(
+        &self,
+        service: &str,
+        version: u64,
+        kind: &'static str,
+        master: Option<String>,
+        reason: String,
+    ) {
+        self.metrics.config_version.set(gauge_value(version));
+        tracing::info!(service, version, kind, "service registry changed");
+        self.writer.send(Write::Event(NewEvent {
+            service: service.to_string(),
+            version,
+            kind,
+            old_master: master.clone(),
+            new_master: master,
+            reason,
+            details: json!({}),
+            at: SystemTime::now(),
+        }));
+    }
+
+    /// Writes an event about `service` that changes no version (a planned failover's
+    /// start, end or failure), at the current version.
+    pub fn note(
+        &self,
+        service: &str,
+        kind: &'static str,
+        reason: String,
+        details: serde_json::Value,
+    ) {
+        let current = self.current();
+        let master = current
+            .services
+            .get(service)
+            .and_then(|s| s.topology.master.as_ref().map(ToString::to_string));
+        self.writer.send(Write::Event(NewEvent {
+            service: service.to_string(),
+            version: current.version,
+            kind,
+            old_master: master.clone(),
+            new_master: master,
+            reason,
+            details,
+            at: SystemTime::now(),
+        }));
     }
 
     fn record(

@@ -1,9 +1,16 @@
-//! The SQLite store: services, topology events, proxies, and the config-version
-//! reservation. Runtime `query`/`query_as` only; the schema lives in `../migrations`.
+//! The SQLite store: services, proxy users, topology events, proxies, the audit log and
+//! the config-version reservation. Runtime `query`/`query_as` only; the schema lives in
+//! `../migrations`.
 //!
 //! Writes that must not slow the topology path (event rows, proxy rows) go through
 //! [`Writer`], a bounded queue drained by one task; only the version reservation is
-//! written inline (once per [`VERSION_BLOCK`] versions).
+//! written inline (once per [`VERSION_BLOCK`] versions). Operator changes (services,
+//! policies, users, audit rows) are written inline by [`crate::Admin`]: they are rare, and
+//! the caller must know they are durable.
+//!
+//! Every stored event and audit row is also published on a bounded broadcast channel
+//! ([`Store::subscribe`]) for live views (the SSE stream); a subscriber that falls behind
+//! loses messages and is told so by the channel, never slows the store.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServiceSpec;
@@ -48,6 +55,110 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Live messages buffered per subscriber before it is told it lagged.
+const LIVE_BUFFER: usize = 1024;
+
+/// Something stored that live views want at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Live {
+    /// A topology or configuration event row.
+    Event(EventRow),
+    /// An audit-log row.
+    Audit(AuditEntry),
+}
+
+/// One audit-log row: who changed what, when, from what to what (secrets redacted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// Row id (increasing).
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// `token:<name>` for API calls, `config` for start-up flags.
+    pub actor: String,
+    /// `service.create`, `policy.set`, `rule.put`, `user.delete`, `failover`, ...
+    pub action: String,
+    /// The service acted on, if any.
+    pub service: Option<String>,
+    /// The object within it (rule command, user name, token name); may be empty.
+    pub target: String,
+    /// State before (JSON; `null` when created).
+    pub before: serde_json::Value,
+    /// State after (JSON; `null` when deleted).
+    pub after: serde_json::Value,
+}
+
+#[derive(FromRow)]
+struct AuditRow {
+    id: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    service: Option<String>,
+    target: String,
+    before: String,
+    after: String,
+}
+
+impl From<AuditRow> for AuditEntry {
+    fn from(r: AuditRow) -> Self {
+        let json = |s: &str| serde_json::from_str(s).unwrap_or(serde_json::Value::Null);
+        AuditEntry {
+            id: r.id,
+            at: r.at,
+            actor: r.actor,
+            action: r.action,
+            service: r.service,
+            target: r.target,
+            before: json(&r.before),
+            after: json(&r.after),
+        }
+    }
+}
+
+/// An audit-log row to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAudit<'a> {
+    /// Who.
+    pub actor: &'a str,
+    /// What.
+    pub action: &'a str,
+    /// Service acted on.
+    pub service: Option<&'a str>,
+    /// Object within it.
+    pub target: &'a str,
+    /// Before (secrets already redacted).
+    pub before: serde_json::Value,
+    /// After (secrets already redacted).
+    pub after: serde_json::Value,
+}
+
+/// Filters of [`Store::events`]; newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only this service.
+    pub service: Option<String>,
+    /// Only these kinds (empty: all).
+    pub kinds: Vec<String>,
+    /// Only rows with a smaller id (paging).
+    pub before: Option<i64>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+/// Filters of [`Store::audit`]; newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only this service.
+    pub service: Option<String>,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Only rows with a smaller id (paging).
+    pub before: Option<i64>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
 /// A registered service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredService {
@@ -61,6 +172,18 @@ pub struct StoredService {
     pub backend_auth: Option<BackendAuth>,
     /// Users clients authenticate to the proxies as, by name.
     pub users: Vec<ProxyUser>,
+}
+
+impl From<&crate::state::ServiceState> for StoredService {
+    fn from(s: &crate::state::ServiceState) -> Self {
+        StoredService {
+            name: s.name.clone(),
+            sentinels: s.sentinels.clone(),
+            policy: s.policy.clone(),
+            backend_auth: s.backend_auth.clone(),
+            users: s.users.clone(),
+        }
+    }
 }
 
 #[derive(FromRow)]
@@ -232,6 +355,7 @@ pub enum Write {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    live: broadcast::Sender<Live>,
 }
 
 impl Store {
@@ -252,7 +376,132 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("../migrations").run(&pool).await?;
-        Ok(Store { pool })
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        Ok(Store { pool, live })
+    }
+
+    /// Receives every event and audit row stored from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Live> {
+        self.live.subscribe()
+    }
+
+    /// Registers a new service. Returns false when one with that name exists.
+    pub async fn create_service(
+        &self,
+        name: &str,
+        sentinels: &[NodeAddr],
+        backend_auth: Option<&BackendAuth>,
+        policy: &Policy,
+    ) -> Result<bool, Error> {
+        let now = unix_ms(SystemTime::now());
+        let done = sqlx::query(
+            "INSERT INTO services (name, sentinels, policy, backend_username, backend_password,
+                 created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(sentinels_json(sentinels))
+        .bind(policy_json(policy)?)
+        .bind(backend_auth.and_then(|a| a.username.as_deref()))
+        .bind(backend_auth.map(|a| a.password.as_str()))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Replaces a service's Sentinels. Returns false when the service does not exist.
+    pub async fn set_sentinels(
+        &self,
+        service: &str,
+        sentinels: &[NodeAddr],
+    ) -> Result<bool, Error> {
+        let done =
+            sqlx::query("UPDATE services SET sentinels = ?1, updated_at = ?2 WHERE name = ?3")
+                .bind(sentinels_json(sentinels))
+                .bind(unix_ms(SystemTime::now()))
+                .bind(service)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Removes the credentials of a service's Redis nodes. Returns false when the service
+    /// does not exist.
+    pub async fn clear_backend_auth(&self, service: &str) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE services SET backend_username = NULL, backend_password = NULL,
+                 updated_at = ?1 WHERE name = ?2",
+        )
+        .bind(unix_ms(SystemTime::now()))
+        .bind(service)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes a service and its proxy users (its events and audit rows stay). Returns
+    /// false when there was no such service.
+    pub async fn delete_service(&self, service: &str) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM proxy_users WHERE service = ?1")
+            .bind(service)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM services WHERE name = ?1")
+            .bind(service)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Appends an audit row and publishes it to live subscribers.
+    pub async fn insert_audit(&self, a: NewAudit<'_>) -> Result<AuditEntry, Error> {
+        let at = unix_ms(SystemTime::now());
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO audit_log (at, actor, action, service, target, before, after)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+        )
+        .bind(at)
+        .bind(a.actor)
+        .bind(a.action)
+        .bind(a.service)
+        .bind(a.target)
+        .bind(a.before.to_string())
+        .bind(a.after.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        let entry = AuditEntry {
+            id,
+            at,
+            actor: a.actor.to_string(),
+            action: a.action.to_string(),
+            service: a.service.map(str::to_string),
+            target: a.target.to_string(),
+            before: a.before,
+            after: a.after,
+        };
+        // No subscriber is fine.
+        let _ = self.live.send(Live::Audit(entry.clone()));
+        Ok(entry)
+    }
+
+    /// Audit rows, newest first.
+    pub async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, Error> {
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT id, at, actor, action, service, target, before, after FROM audit_log
+             WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR actor = ?2)
+                 AND (?3 IS NULL OR id < ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )
+        .bind(q.service.as_deref())
+        .bind(q.actor.as_deref())
+        .bind(q.before)
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(AuditEntry::from).collect())
     }
 
     /// The connection pool, for the modules that own their own tables (`auth`).
@@ -267,8 +516,7 @@ impl Store {
 
     /// Registers a service or updates its Sentinels.
     pub async fn upsert_service(&self, spec: &ServiceSpec) -> Result<(), Error> {
-        let sentinels: Vec<String> = spec.sentinels.iter().map(ToString::to_string).collect();
-        let sentinels = serde_json::Value::from(sentinels).to_string();
+        let sentinels = sentinels_json(&spec.sentinels);
         let now = unix_ms(SystemTime::now());
         sqlx::query(
             "INSERT INTO services (name, sentinels, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
@@ -286,8 +534,7 @@ impl Store {
 
     /// Sets a service's routing policy. Returns false when the service does not exist.
     pub async fn set_policy(&self, service: &str, policy: &Policy) -> Result<bool, Error> {
-        let json = serde_json::to_string(&StoredPolicy::from(policy))
-            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let json = policy_json(policy)?;
         let done = sqlx::query("UPDATE services SET policy = ?1, updated_at = ?2 WHERE name = ?3")
             .bind(json)
             .bind(unix_ms(SystemTime::now()))
@@ -420,11 +667,13 @@ impl Store {
         Ok(())
     }
 
-    /// Appends a topology event.
+    /// Appends a topology event and publishes it to live subscribers.
     pub async fn insert_event(&self, e: &NewEvent) -> Result<(), Error> {
-        sqlx::query(
+        let details = e.details.to_string();
+        let at = unix_ms(e.at);
+        let id: i64 = sqlx::query_scalar(
             "INSERT INTO topology_events (service, version, kind, old_master, new_master, reason, details, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
         )
         .bind(&e.service)
         .bind(to_i64(e.version))
@@ -432,11 +681,44 @@ impl Store {
         .bind(&e.old_master)
         .bind(&e.new_master)
         .bind(&e.reason)
-        .bind(e.details.to_string())
-        .bind(unix_ms(e.at))
-        .execute(&self.pool)
+        .bind(&details)
+        .bind(at)
+        .fetch_one(&self.pool)
         .await?;
+        let _ = self.live.send(Live::Event(EventRow {
+            id,
+            service: e.service.clone(),
+            version: to_i64(e.version),
+            kind: e.kind.to_string(),
+            old_master: e.old_master.clone(),
+            new_master: e.new_master.clone(),
+            reason: e.reason.clone(),
+            details,
+            at,
+        }));
         Ok(())
+    }
+
+    /// Events matching `q`, newest first.
+    pub async fn events(&self, q: &EventQuery) -> Result<Vec<EventRow>, Error> {
+        // Kinds as a JSON array, matched with SQLite's json_each: one statement for any
+        // number of kinds, still bound, never spliced into the SQL.
+        let kinds =
+            (!q.kinds.is_empty()).then(|| serde_json::Value::from(q.kinds.clone()).to_string());
+        Ok(sqlx::query_as(
+            "SELECT id, service, version, kind, old_master, new_master, reason, details, at
+             FROM topology_events
+             WHERE (?1 IS NULL OR service = ?1)
+                 AND (?2 IS NULL OR kind IN (SELECT value FROM json_each(?2)))
+                 AND (?3 IS NULL OR id < ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )
+        .bind(q.service.as_deref())
+        .bind(kinds)
+        .bind(q.before)
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Most recent events, newest first, optionally of one service.
@@ -445,25 +727,12 @@ impl Store {
         service: Option<&str>,
         limit: u32,
     ) -> Result<Vec<EventRow>, Error> {
-        let rows =
-            match service {
-                Some(s) => sqlx::query_as(
-                    "SELECT id, service, version, kind, old_master, new_master, reason, details, at
-                     FROM topology_events WHERE service = ?1 ORDER BY id DESC LIMIT ?2",
-                )
-                .bind(s)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?,
-                None => sqlx::query_as(
-                    "SELECT id, service, version, kind, old_master, new_master, reason, details, at
-                     FROM topology_events ORDER BY id DESC LIMIT ?1",
-                )
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?,
-            };
-        Ok(rows)
+        self.events(&EventQuery {
+            service: service.map(str::to_string),
+            limit,
+            ..EventQuery::default()
+        })
+        .await
     }
 
     /// A proxy's stored row.
@@ -536,6 +805,16 @@ impl Store {
             }
         }
     }
+}
+
+fn sentinels_json(sentinels: &[NodeAddr]) -> String {
+    let strings: Vec<String> = sentinels.iter().map(ToString::to_string).collect();
+    serde_json::Value::from(strings).to_string()
+}
+
+fn policy_json(policy: &Policy) -> Result<String, Error> {
+    serde_json::to_string(&StoredPolicy::from(policy))
+        .map_err(|e| Error::Store(sqlx::Error::Encode(Box::new(e))))
 }
 
 /// Sender side of the asynchronous write queue. Cloned by the state and gRPC streams;
@@ -742,5 +1021,116 @@ mod tests {
         assert_eq!(p.acked_version, Some(7));
         assert_eq!(p.last_nack.as_deref(), Some("bad"));
         assert_eq!(p.services, r#"["a"]"#);
+    }
+
+    #[tokio::test]
+    async fn a_database_of_the_first_schema_is_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("pivot.db"))
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        // What the first release wrote: schema 0001 only, one service, one event.
+        sqlx::migrate!("../migrations")
+            .run_to(1, &pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO services (name, sentinels, policy, created_at, updated_at)
+             VALUES ('old', '[\"127.0.0.1:26379\"]', '{\"read_policy\":\"all\"}', 1, 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO topology_events (service, version, kind, reason, at)
+             VALUES ('old', 7, 'initial', 'first', 2)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = Store::open(dir.path()).await.unwrap();
+        let services = store.services().await.unwrap();
+        assert_eq!(services.len(), 1);
+        assert_eq!(services[0].name, "old");
+        assert_eq!(services[0].policy.read_policy, ReadPolicy::All);
+        assert_eq!(services[0].backend_auth, None);
+        assert!(services[0].users.is_empty());
+        assert_eq!(store.last_version().await.unwrap(), 7);
+        let events = store
+            .events(&EventQuery {
+                limit: 10,
+                ..EventQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        // The later tables exist and work.
+        assert!(
+            store
+                .put_user("old", &ProxyUser::new("alice", "pw").unwrap())
+                .await
+                .unwrap()
+        );
+        store
+            .insert_audit(NewAudit {
+                actor: "config",
+                action: "policy.set",
+                service: Some("old"),
+                target: "",
+                before: serde_json::Value::Null,
+                after: serde_json::Value::Null,
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn events_filtered_by_kind_and_paged() {
+        let (_d, store) = fresh().await;
+        let mut live = store.subscribe();
+        for (i, kind) in [
+            "initial",
+            "master-changed",
+            "replica-health",
+            "master-changed",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut e = event("a", i as u64 + 1);
+            e.kind = kind;
+            store.insert_event(&e).await.unwrap();
+        }
+        let q = |kinds: &[&str], before| EventQuery {
+            service: Some("a".into()),
+            kinds: kinds.iter().map(|k| k.to_string()).collect(),
+            before,
+            limit: 10,
+        };
+        let all = store.events(&q(&[], None)).await.unwrap();
+        assert_eq!(all.len(), 4);
+        let changed = store.events(&q(&["master-changed"], None)).await.unwrap();
+        assert_eq!(
+            changed.iter().map(|e| e.version).collect::<Vec<_>>(),
+            [4, 2]
+        );
+        let two = store
+            .events(&q(&["master-changed", "initial"], Some(changed[0].id)))
+            .await
+            .unwrap();
+        assert_eq!(two.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 1]);
+        assert!(store.events(&q(&["nope"], None)).await.unwrap().is_empty());
+        // Each stored row was published with its id.
+        match live.recv().await.unwrap() {
+            Live::Event(e) => assert_eq!(e.id, all[3].id),
+            Live::Audit(a) => panic!("{a:?}"),
+        }
     }
 }

@@ -19,6 +19,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use pivot_control_plane::Actor;
 use pivot_sandbox::{Stack, StackOptions};
 
 /// The scripts' directory (also the Node.js package with the pinned ioredis).
@@ -124,8 +125,9 @@ async fn add_proxy_user(stack: &mut Stack, user: &ProxyUser<'_>) -> Result<()> {
     let service = stack.topology.master_name().to_string();
     let version = stack
         .admin()?
-        .put_user(&service, user.name, user.password)
+        .put_user(&Actor::config(), &service, user.name, user.password)
         .await?
+        .1
         .context("adding a user made no new config version")?;
     for p in &mut stack.proxies {
         p.wait_for_version_above(version - 1, Duration::from_secs(10))

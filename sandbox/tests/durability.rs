@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use common::connect;
-use pivot_control_plane::{Policy, WriteAck};
+use pivot_control_plane::{Actor, Policy, WriteAck};
 use pivot_sandbox::{Stack, StackOptions};
 use redis::AsyncCommands;
 
@@ -17,7 +17,7 @@ async fn set_policy(stack: &mut Stack, policy: Policy) -> Result<()> {
     let service = stack.topology.master_name().to_string();
     let v = stack
         .admin()?
-        .set_policy(&service, policy)
+        .set_policy(&Actor::config(), &service, policy)
         .await?
         .context("no new version")?;
     for p in &mut stack.proxies {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use common::{connect, wait_until};
+use pivot_control_plane::Actor;
 use pivot_control_plane::failover::FailoverOptions;
 use pivot_sandbox::{Stack, StackOptions};
 use redis::AsyncCommands;
@@ -69,7 +70,7 @@ async fn a_planned_failover_loses_no_write_and_fails_no_request() -> Result<()> 
     let service = stack.topology.master_name().to_string();
     let report = stack
         .admin()?
-        .failover(&service, FailoverOptions::default())
+        .failover(&Actor::config(), &service, FailoverOptions::default())
         .await?;
     eprintln!("{report:?}");
     let new = stack.topology.wait_for_new_master(old, T).await?;

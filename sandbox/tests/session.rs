@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use pivot_control_plane::{CommandRule, Target};
+use pivot_control_plane::{Actor, CommandRule, Target};
 use pivot_sandbox::{Stack, StackOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -199,7 +199,9 @@ async fn proxy_users_authenticate_clients_and_are_stored_hashed() -> Result<()> 
     let mut other = Conn::open(addr).await?;
     assert_eq!(other.call(&["AUTH", "default-secret-2"]).await?, "+OK\r\n");
     let admin = stack.admin()?;
-    assert!(admin.delete_user(&service(&stack), "alice").await?);
+    admin
+        .delete_user(&Actor::config(), &service(&stack), "alice")
+        .await?;
     c.closed_within(T).await?;
     let mut again = Conn::open(addr).await?;
     assert_eq!(
@@ -211,8 +213,9 @@ async fn proxy_users_authenticate_clients_and_are_stored_hashed() -> Result<()> 
 
     // A new password replaces the old one, live.
     let v = admin
-        .put_user(&service(&stack), "default", "rotated-3")
-        .await?;
+        .put_user(&Actor::config(), &service(&stack), "default", "rotated-3")
+        .await?
+        .1;
     applied(&mut stack, v).await?;
     let mut rotated = Conn::open(addr).await?;
     assert_eq!(
@@ -291,6 +294,7 @@ async fn deny_rules_refuse_commands_and_change_live() -> Result<()> {
     let admin = stack.admin()?;
     let v = admin
         .set_rules(
+            &Actor::config(),
             &service(&stack),
             vec![CommandRule::new("config|set", Target::Deny).map_err(anyhow::Error::msg)?],
         )
@@ -310,7 +314,12 @@ async fn deny_rules_refuse_commands_and_change_live() -> Result<()> {
     assert_eq!(c.call(&["GET", "keep"]).await?, "$-1\r\n");
     // Invalid rules are refused by the control plane.
     assert!(CommandRule::new("a b", Target::Deny).is_err());
-    assert!(admin.set_rules("no-such-service", vec![]).await.is_err());
+    assert!(
+        admin
+            .set_rules(&Actor::config(), "no-such-service", vec![])
+            .await
+            .is_err()
+    );
     stack.shutdown().await
 }
 
