@@ -30,8 +30,10 @@ mod tests {
     #[test]
     fn index_is_embedded() {
         let index = asset("index.html");
-        assert!(index.is_some_and(|a| a.content_type.starts_with("text/html")
-            && a.body.starts_with(b"<!doctype html>")));
+        assert!(
+            index.is_some_and(|a| a.content_type.starts_with("text/html")
+                && a.body.starts_with(b"<!doctype html>"))
+        );
         assert!(asset("../Cargo.toml").is_none());
         assert!(asset("").is_none());
     }

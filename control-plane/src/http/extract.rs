@@ -69,10 +69,21 @@ where
 
 /// Parses `bytes` as a `T`; errors name the field at fault.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Only a body that is not JSON at all is a syntax error: serde_json also reports some
+    // wrong types (a number where an enum's string goes) as syntax errors, and those name
+    // a field. Checked on the error path only.
+    let not_json = |e: &serde_json::Error| {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .err()
+            .map(|_| ApiError::bad_request(format!("invalid JSON: {}", message(e))))
+    };
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
-    de.end()
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {}", message(&e))))?;
+    let value: T = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| not_json(e.inner()).unwrap_or_else(|| json_error(e)))?;
+    de.end().map_err(|e| {
+        not_json(&e)
+            .unwrap_or_else(|| ApiError::bad_request(format!("invalid JSON: {}", message(&e))))
+    })?;
     Ok(value)
 }
 
@@ -84,22 +95,19 @@ fn message(e: &serde_json::Error) -> String {
     full.strip_suffix(&suffix).unwrap_or(&full).to_string()
 }
 
+/// A data error in a valid JSON document: names the field.
 fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let inner = e.inner();
-    let msg = message(inner);
-    if matches!(
-        inner.classify(),
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof
-    ) {
-        return ApiError::bad_request(format!("invalid JSON: {msg}"));
-    }
+    let msg = match inner.classify() {
+        serde_json::error::Category::Data => message(inner),
+        // serde_json's "expected value" for a wrong type of enum value.
+        _ => "invalid type: expected one of the documented values".to_string(),
+    };
     let path = e.path().to_string();
     let parent = (path != ".").then_some(path.as_str());
-    // Missing and unknown fields are reported by the struct that expected or refused
-    // them: name the field itself.
-    let named = ["missing field `", "unknown field `"]
-        .iter()
-        .find_map(|p| msg.strip_prefix(p))
+    // A missing field is reported at the struct that expected it: name the field itself.
+    let named = msg
+        .strip_prefix("missing field `")
         .and_then(|rest| rest.split('`').next());
     let field = match (parent, named) {
         (Some(p), Some(f)) => Some(format!("{p}.{f}")),
@@ -255,10 +263,22 @@ mod tests {
         let ok = r#"{"read_policy":"all","consistency":"strong","write_ack":"master"}"#;
         assert!(parse_json::<PolicyBody>(ok.as_bytes()).is_ok());
         let cases = [
-            (r#"{"read_policy":"x","consistency":"strong","write_ack":"master"}"#, "read_policy"),
-            (r#"{"read_policy":"all","write_ack":"master"}"#, "consistency"),
-            (r#"{"read_policy":"all","consistency":"strong","write_ack":"master","nope":1}"#, "nope"),
-            (r#"{"read_policy":"all","consistency":"strong","write_ack":"replicas(0)"}"#, "write_ack"),
+            (
+                r#"{"read_policy":"x","consistency":"strong","write_ack":"master"}"#,
+                "read_policy",
+            ),
+            (
+                r#"{"read_policy":"all","write_ack":"master"}"#,
+                "consistency",
+            ),
+            (
+                r#"{"read_policy":"all","consistency":"strong","write_ack":"master","nope":1}"#,
+                "nope",
+            ),
+            (
+                r#"{"read_policy":"all","consistency":"strong","write_ack":"replicas(0)"}"#,
+                "write_ack",
+            ),
             (
                 r#"{"read_policy":"all","consistency":"strong","write_ack":"master","rules":[{"command":"get","target":"master"},{"command":"set","target":"up"}]}"#,
                 "rules[1].target",
@@ -277,6 +297,11 @@ mod tests {
             ),
             (r#"{"failover_hold":"forever"}"#, "failover_hold"),
             (r#"{"max_replica_lag":-1}"#, "max_replica_lag"),
+            (
+                r#"{"rules":[{"command":"get","target":7}]}"#,
+                "rules[0].target",
+            ),
+            (r#"{"rules":{}}"#, "rules"),
         ];
         for (json, field) in cases {
             let (got, msg) = if json.contains("read_policy") || json.contains("consistency") {
@@ -305,8 +330,8 @@ mod tests {
         assert_eq!(p.max_replica_lag, Some(Some(5)));
         assert!(p.failover_hold.is_some_and(|h| h.is_some()));
         // `null` is not a value for the fields that cannot be cleared.
-        let (field, _) = field_of::<PolicyPatch>(r#"{"read_policy":null}"#);
-        assert_eq!(field.as_deref(), Some("read_policy"));
+        let (field, msg) = field_of::<PolicyPatch>(r#"{"read_policy":null}"#);
+        assert_eq!(field.as_deref(), Some("read_policy"), "{msg}");
     }
 
     #[test]

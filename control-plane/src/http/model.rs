@@ -22,11 +22,9 @@ use crate::state::{
 };
 use crate::topology::{NodeAddr, Topology};
 
-/// `WriteAck` as text; the pattern is what `WriteAck::from_str` accepts.
-const WRITE_ACK_PATTERN: &str = r"^(master|replicas\((6[0-4]|[1-5][0-9]|[1-9])\))$";
-/// The durations the examples and the UI use; the server accepts any humantime duration
-/// from 1ms to 10m (`1m 30s`, `2500ms`).
-const DURATION_PATTERN: &str = r"^([0-9]{1,6} ?(ms|s|m) ?){1,3}$";
+// Patterns in the schemas: `write_ack` is what `WriteAck::from_str` accepts; durations are
+// the forms the examples and the UI use (the server takes any humantime duration from 1ms
+// to 10m, such as `1m 30s`).
 
 /// RFC 3339 with milliseconds, UTC.
 pub fn time(t: SystemTime) -> String {
@@ -361,11 +359,11 @@ pub struct PolicyBody {
     #[serde(default)]
     pub max_replica_lag: Option<u64>,
     /// `master` or `replicas(N)`, 1 <= N <= 64.
-    #[schema(value_type = String, example = "master", pattern = WRITE_ACK_PATTERN)]
+    #[schema(value_type = String, example = "master", pattern = r"^(master|replicas\((6[0-4]|[1-5][0-9]|[1-9])\))$")]
     pub write_ack: WriteAck,
     /// 1ms to 10m (`"10s"`, `"1500ms"`); `null`: the proxies' own setting.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "10s", pattern = DURATION_PATTERN)]
+    #[schema(value_type = Option<String>, example = "10s", pattern = r"^([0-9]{1,6} ?(ms|s|m) ?){1,3}$")]
     pub failover_hold: Option<Hold>,
 }
 
@@ -391,13 +389,15 @@ impl PolicyBody {
 pub struct PolicyPatch {
     /// Read spreading.
     #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = ReadPolicyWire)]
     pub read_policy: Option<ReadPolicyWire>,
     /// Read consistency.
     #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = ConsistencyWire)]
     pub consistency: Option<ConsistencyWire>,
     /// Replaces all command rules.
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(max_items = 1000)]
+    #[schema(value_type = Vec<RuleBody>, max_items = 1000)]
     pub rules: Option<Vec<RuleBody>>,
     /// Bytes; `null`: no limit.
     #[serde(default, deserialize_with = "double_option")]
@@ -405,11 +405,11 @@ pub struct PolicyPatch {
     pub max_replica_lag: Option<Option<u64>>,
     /// `master` or `replicas(N)`.
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(value_type = Option<String>, example = "replicas(1)", pattern = WRITE_ACK_PATTERN)]
+    #[schema(value_type = String, example = "replicas(1)", pattern = r"^(master|replicas\((6[0-4]|[1-5][0-9]|[1-9])\))$")]
     pub write_ack: Option<WriteAck>,
     /// 1ms to 10m; `null`: the proxies' own setting.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, example = "10s", pattern = DURATION_PATTERN)]
+    #[schema(value_type = Option<String>, example = "10s", pattern = r"^([0-9]{1,6} ?(ms|s|m) ?){1,3}$")]
     pub failover_hold: Option<Option<Hold>>,
 }
 
@@ -667,7 +667,7 @@ impl From<&ServiceState> for ServiceView {
     fn from(s: &ServiceState) -> Self {
         ServiceView {
             name: s.name.clone(),
-            sentinels: configured_sentinels(s),
+            sentinels: s.sentinels.iter().map(ToString::to_string).collect(),
             backend_auth: s.backend_auth.as_ref().map(|a| BackendAuthView {
                 username: a.username.clone(),
                 password_set: true,
@@ -678,16 +678,6 @@ impl From<&ServiceState> for ServiceView {
             topology: TopologyView::of(s),
         }
     }
-}
-
-/// The Sentinels the operator configured for `s`.
-fn configured_sentinels(s: &ServiceState) -> Vec<String> {
-    s.topology
-        .sentinels
-        .iter()
-        .filter(|x| x.configured)
-        .map(|x| x.addr.to_string())
-        .collect()
 }
 
 /// Every service.
@@ -821,6 +811,168 @@ pub struct EventPage {
     pub events: Vec<EventView>,
     /// Pass as `before` for the next (older) page; `null`: this is the last page.
     pub next_before: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit log.
+
+/// An audit-log entry: who changed what, when, from what to what (secrets redacted).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[schema(as = AuditEntry)]
+pub struct AuditView {
+    /// Increasing id (use it as `before` to page).
+    pub id: i64,
+    /// When (RFC 3339).
+    #[schema(format = DateTime)]
+    pub at: String,
+    /// `token:<name>` for API calls, `config` for start-up flags.
+    pub actor: String,
+    /// `service.create`, `policy.set`, `rule.put`, `user.delete`, `token.create`,
+    /// `failover`, ...
+    pub action: String,
+    /// The service acted on, if any.
+    pub service: Option<String>,
+    /// The object within it (rule command, user name, token name); may be empty.
+    pub target: String,
+    /// State before (`null` when created).
+    pub before: Value,
+    /// State after (`null` when deleted).
+    pub after: Value,
+}
+
+impl From<crate::store::AuditEntry> for AuditView {
+    fn from(a: crate::store::AuditEntry) -> Self {
+        AuditView {
+            id: a.id,
+            at: time(crate::store::from_unix_ms(a.at)),
+            actor: a.actor,
+            action: a.action,
+            service: a.service,
+            target: a.target,
+            before: a.before,
+            after: a.after,
+        }
+    }
+}
+
+/// A page of audit entries, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AuditPage {
+    /// The entries.
+    pub entries: Vec<AuditView>,
+    /// Pass as `before` for the next (older) page; `null`: this is the last page.
+    pub next_before: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Users and failover.
+
+/// A proxy user (never its password).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = User)]
+pub struct UserView {
+    /// User name.
+    pub name: String,
+}
+
+/// A service's proxy users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct UserList {
+    /// By name.
+    pub users: Vec<UserView>,
+}
+
+/// Body of `PUT .../users/{user}`.
+#[derive(Clone, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = UserInput)]
+pub struct UserBody {
+    /// The password (write-only; stored as a salted hash).
+    #[schema(value_type = String, min_length = 1, max_length = 4096, write_only)]
+    pub password: NonEmpty,
+}
+
+impl std::fmt::Debug for UserBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserBody").finish_non_exhaustive()
+    }
+}
+
+/// A user change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct UserChange {
+    /// User name.
+    pub name: String,
+    /// Config version that carries it.
+    pub version: u64,
+}
+
+/// What a planned failover did, with its timings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = FailoverReport)]
+pub struct FailoverView {
+    /// The master before.
+    pub old_master: String,
+    /// The promoted replica.
+    pub new_master: String,
+    /// From the pause to every replica having the master's offset, ms.
+    pub catch_up_ms: u64,
+    /// From `SENTINEL FAILOVER` to the promoted replica answering as master, ms.
+    pub promotion_ms: u64,
+    /// How long the master's writes were paused, ms.
+    pub paused_ms: u64,
+    /// From the pause to the control plane naming the new master, ms.
+    pub total_ms: u64,
+}
+
+impl From<crate::failover::FailoverReport> for FailoverView {
+    fn from(r: crate::failover::FailoverReport) -> Self {
+        FailoverView {
+            old_master: r.old_master,
+            new_master: r.new_master,
+            catch_up_ms: r.catch_up_ms,
+            promotion_ms: r.promotion_ms,
+            paused_ms: r.paused_ms,
+            total_ms: r.total_ms,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Services in requests.
+
+/// Body of `POST /api/v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ServiceInput)]
+pub struct NewServiceBody {
+    /// Sentinel master name: 1-128 printable ASCII characters, no spaces.
+    #[schema(example = "mymaster", pattern = r"^[!-~]{1,128}$")]
+    pub name: String,
+    /// Its Sentinels, `host:port` (1 to 16).
+    #[schema(value_type = Vec<String>, example = json!(["127.0.0.1:26379"]), min_items = 1, max_items = 16)]
+    pub sentinels: Vec<Addr>,
+    /// Credentials for its Redis nodes.
+    #[serde(default)]
+    pub backend_auth: Option<BackendAuthBody>,
+    /// Routing policy; absent: the default.
+    #[serde(default)]
+    pub policy: Option<PolicyBody>,
+}
+
+/// Body of `PATCH /api/v1/services/{name}`: the fields to change.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ServicePatch)]
+pub struct ServicePatch {
+    /// New Sentinels, `host:port` (1 to 16).
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = Vec<String>, min_items = 1, max_items = 16)]
+    pub sentinels: Option<Vec<Addr>>,
+    /// New credentials; `null` removes them.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<BackendAuthBody>)]
+    pub backend_auth: Option<Option<BackendAuthBody>>,
 }
 
 // ---------------------------------------------------------------------------------------
