@@ -176,7 +176,7 @@ async fn create_service(
 
 /// One service.
 #[utoipa::path(get, path = "/api/v1/services/{name}", tag = "services",
-    params(("name" = String, Path, description = "Service name")),
+    params(("name" = String, Path, description = "Service name", example = "mymaster")),
     responses((status = 200, body = ServiceView), (status = 404, body = ErrorBody)))]
 async fn get_service(
     _: ReadAccess,
@@ -188,7 +188,7 @@ async fn get_service(
 
 /// Changes a service's Sentinels or backend credentials.
 #[utoipa::path(patch, path = "/api/v1/services/{name}", tag = "services",
-    params(("name" = String, Path, description = "Service name")),
+    params(("name" = String, Path, description = "Service name", example = "mymaster")),
     request_body = ServicePatch,
     responses(
         (status = 200, body = ServiceView),
@@ -225,7 +225,7 @@ struct DeleteServiceParams {
 
 /// Removes a service.
 #[utoipa::path(delete, path = "/api/v1/services/{name}", tag = "services",
-    params(("name" = String, Path, description = "Service name"), DeleteServiceParams),
+    params(("name" = String, Path, description = "Service name", example = "mymaster"), DeleteServiceParams),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, body = ErrorBody),
@@ -251,7 +251,7 @@ async fn delete_service(
 
 /// A service's topology.
 #[utoipa::path(get, path = "/api/v1/services/{name}/topology", tag = "topology",
-    params(("name" = String, Path, description = "Service name")),
+    params(("name" = String, Path, description = "Service name", example = "mymaster")),
     responses((status = 200, body = TopologyView), (status = 404, body = ErrorBody)))]
 async fn service_topology(
     _: ReadAccess,
@@ -273,7 +273,7 @@ async fn fleet_topology(_: ReadAccess, State(app): State<AppState>) -> Json<Flee
 
 /// A service's routing policy.
 #[utoipa::path(get, path = "/api/v1/services/{name}/policy", tag = "policy",
-    params(("name" = String, Path, description = "Service name")),
+    params(("name" = String, Path, description = "Service name", example = "mymaster")),
     responses((status = 200, body = PolicyView), (status = 404, body = ErrorBody)))]
 async fn get_policy(
     _: ReadAccess,
@@ -297,7 +297,7 @@ async fn policy_change(
 
 /// Replaces a service's routing policy.
 #[utoipa::path(put, path = "/api/v1/services/{name}/policy", tag = "policy",
-    params(("name" = String, Path, description = "Service name")),
+    params(("name" = String, Path, description = "Service name", example = "mymaster")),
     request_body = PolicyBody,
     responses(
         (status = 200, body = PolicyChange),
@@ -321,7 +321,7 @@ async fn put_policy(
 
 /// Changes some fields of a service's routing policy.
 #[utoipa::path(patch, path = "/api/v1/services/{name}/policy", tag = "policy",
-    params(("name" = String, Path, description = "Service name")),
+    params(("name" = String, Path, description = "Service name", example = "mymaster")),
     request_body = PolicyPatch,
     responses(
         (status = 200, body = PolicyChange),
@@ -346,7 +346,7 @@ async fn patch_policy(
 
 /// A service's command rules.
 #[utoipa::path(get, path = "/api/v1/services/{name}/rules", tag = "policy",
-    params(("name" = String, Path, description = "Service name")),
+    params(("name" = String, Path, description = "Service name", example = "mymaster")),
     responses((status = 200, body = RuleList), (status = 404, body = ErrorBody)))]
 async fn list_rules(
     _: ReadAccess,
@@ -367,8 +367,9 @@ async fn list_rules(
 /// Adds or replaces the rule of a command.
 #[utoipa::path(put, path = "/api/v1/services/{name}/rules/{command}", tag = "policy",
     params(
-        ("name" = String, Path, description = "Service name"),
-        ("command" = String, Path, description = "Command name (`flushall`) or `container|sub`"),
+        ("name" = String, Path, description = "Service name", example = "mymaster"),
+        ("command" = String, Path, description = "Command name (`flushall`) or `container|sub`",
+            pattern = r"^[!-{}~]+(\|[!-{}~]+)?$", max_length = 128),
     ),
     request_body = RuleTarget,
     responses(
@@ -404,8 +405,8 @@ async fn put_rule(
 /// Removes the rule of a command.
 #[utoipa::path(delete, path = "/api/v1/services/{name}/rules/{command}", tag = "policy",
     params(
-        ("name" = String, Path, description = "Service name"),
-        ("command" = String, Path, description = "Command name"),
+        ("name" = String, Path, description = "Service name", example = "mymaster"),
+        ("command" = String, Path, description = "Command name", max_length = 128),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -429,7 +430,7 @@ async fn delete_rule(
 
 /// A service's proxy users (names only).
 #[utoipa::path(get, path = "/api/v1/services/{name}/users", tag = "users",
-    params(("name" = String, Path, description = "Service name")),
+    params(("name" = String, Path, description = "Service name", example = "mymaster")),
     responses((status = 200, body = UserList), (status = 404, body = ErrorBody)))]
 async fn list_users(
     _: ReadAccess,
@@ -459,8 +460,9 @@ fn user_field(e: crate::Error) -> ApiError {
 /// Creates a proxy user or changes its password.
 #[utoipa::path(put, path = "/api/v1/services/{name}/users/{user}", tag = "users",
     params(
-        ("name" = String, Path, description = "Service name"),
-        ("user" = String, Path, description = "User name: 1-128 printable ASCII characters, no spaces"),
+        ("name" = String, Path, description = "Service name", example = "mymaster"),
+        ("user" = String, Path, description = "User name: 1-128 printable ASCII characters, no spaces",
+            pattern = r"^[!-~]{1,128}$"),
     ),
     request_body = UserBody,
     responses(
@@ -494,7 +496,7 @@ async fn put_user(
 /// Deletes a proxy user; the proxies disconnect its clients.
 #[utoipa::path(delete, path = "/api/v1/services/{name}/users/{user}", tag = "users",
     params(
-        ("name" = String, Path, description = "Service name"),
+        ("name" = String, Path, description = "Service name", example = "mymaster"),
         ("user" = String, Path, description = "User name"),
     ),
     responses(
@@ -517,7 +519,7 @@ async fn delete_user(
 /// A planned failover: pauses writes, lets the replicas catch up, and asks a Sentinel
 /// that agrees with the majority to fail over. Returns when the new master is accepted.
 #[utoipa::path(post, path = "/api/v1/services/{name}/failover", tag = "topology",
-    params(("name" = String, Path, description = "Service name")),
+    params(("name" = String, Path, description = "Service name", example = "mymaster")),
     responses(
         (status = 200, body = FailoverView),
         (status = 403, body = ErrorBody),
@@ -548,6 +550,7 @@ struct EventsParams {
     /// Only this service's events (also of a deleted service).
     service: Option<String>,
     /// Only these kinds, comma-separated (`master-changed,failover-finished`).
+    #[param(pattern = r"^([a-z-]{1,64}(,[a-z-]{1,64}){0,31})?$")]
     kind: Option<String>,
     /// Only events with a smaller id: `next_before` of the previous page.
     #[param(value_type = Option<i64>, minimum = 1)]

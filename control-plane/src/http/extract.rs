@@ -298,6 +298,11 @@ mod tests {
             (r#"{"failover_hold":"forever"}"#, "failover_hold"),
             (r#"{"max_replica_lag":-1}"#, "max_replica_lag"),
             (
+                r#"{"max_replica_lag":9223372036854775808}"#,
+                "max_replica_lag",
+            ),
+            (r#"{"max_replica_lag":1.5}"#, "max_replica_lag"),
+            (
                 r#"{"rules":[{"command":"get","target":7}]}"#,
                 "rules[0].target",
             ),
@@ -327,8 +332,11 @@ mod tests {
         assert_eq!(p.failover_hold, Some(None));
         assert_eq!(p.max_replica_lag, None);
         let p: PolicyPatch = parse_json(br#"{"max_replica_lag":5,"failover_hold":"2s"}"#).unwrap();
-        assert_eq!(p.max_replica_lag, Some(Some(5)));
+        assert_eq!(p.max_replica_lag, Some(Some(crate::http::model::Lag(5))));
         assert!(p.failover_hold.is_some_and(|h| h.is_some()));
+        // JSON Schema counts 1024.0 an integer.
+        let p: PolicyPatch = parse_json(br#"{"max_replica_lag":1024.0}"#).unwrap();
+        assert_eq!(p.max_replica_lag, Some(Some(crate::http::model::Lag(1024))));
         // `null` is not a value for the fields that cannot be cleared.
         let (field, msg) = field_of::<PolicyPatch>(r#"{"read_policy":null}"#);
         assert_eq!(field.as_deref(), Some("read_policy"), "{msg}");

@@ -169,16 +169,74 @@ impl From<RoleWire> for Role {
 // ---------------------------------------------------------------------------------------
 // Values parsed while deserializing, so that errors carry the field's path.
 
-/// A `host:port` address in a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A `host:port` address in a request: a host name or IPv4 address (letters, digits, `.`,
+/// `-`, `_`) or a bracketed IPv6 address, and a port from 1 to 65535. Stricter than the
+/// flags' parser on purpose: an API client gets a clear 400 for a host with spaces or
+/// control characters rather than a watcher failing to resolve it.
+#[derive(Debug, Clone, PartialEq, Eq, ToSchema)]
+#[schema(as = HostPort, value_type = String, example = "127.0.0.1:26379",
+    pattern = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$")]
 pub struct Addr(pub NodeAddr);
+
+impl FromStr for Addr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!("`{s}` is not HOST:PORT (a host name, an IPv4 address or [IPv6], and a port)")
+        };
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => {
+                !v6.is_empty()
+                    && v6
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            }
+            None => {
+                !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            }
+        };
+        let port_ok = !port.is_empty()
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && !port.starts_with('0');
+        if !host_ok || !port_ok {
+            return Err(bad());
+        }
+        NodeAddr::from_str(s).map(Addr)
+    }
+}
 
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        NodeAddr::from_str(&s)
-            .map(Addr)
-            .map_err(serde::de::Error::custom)
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A `max_replica_lag` in a request: bytes, 0 to 2^63-1. An integral JSON number written
+/// with a fraction (`1024.0`) is accepted, as JSON Schema counts it an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lag(pub u64);
+
+impl<'de> Deserialize<'de> for Lag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        let max = i64::MAX as u64;
+        let value = match (n.as_u64(), n.as_f64()) {
+            (Some(v), _) => Some(v),
+            // Exact for every float that passes the range check below.
+            (None, Some(f)) if f.fract() == 0.0 && (0.0..9.2e18).contains(&f) => Some(f as u64),
+            _ => None,
+        };
+        value
+            .filter(|v| *v <= max)
+            .map(Lag)
+            .ok_or_else(|| serde::de::Error::custom(format!("must be an integer from 0 to {max}")))
     }
 }
 
@@ -242,6 +300,18 @@ where
     T::deserialize(d).map(Some)
 }
 
+/// An ACL user name in a request: 1-128 printable ASCII characters, no spaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclUser(pub String);
+
+impl<'de> Deserialize<'de> for AclUser {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::state::validate_user_name(&s).map_err(serde::de::Error::custom)?;
+        Ok(AclUser(s))
+    }
+}
+
 /// `Some(None)` for an explicit `null`, `None` for an absent field (with
 /// `#[serde(default)]`): the PATCH convention.
 pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
@@ -281,7 +351,8 @@ impl From<&CommandRule> for RuleView {
 #[schema(as = RuleInput)]
 pub struct RuleBody {
     /// Command name (any case); `container|sub` for a subcommand.
-    #[schema(value_type = String, example = "flushall", min_length = 1, max_length = 128)]
+    #[schema(value_type = String, example = "flushall", min_length = 1, max_length = 128,
+        pattern = r"^[!-{}~]+(\|[!-{}~]+)?$")]
     pub command: RuleCommand,
     /// Where it goes.
     pub target: TargetWire,
@@ -357,7 +428,8 @@ pub struct PolicyBody {
     pub rules: Vec<RuleBody>,
     /// Replicas further behind than this many bytes get no reads; `null`: no limit.
     #[serde(default)]
-    pub max_replica_lag: Option<u64>,
+    #[schema(value_type = Option<i64>, minimum = 0)]
+    pub max_replica_lag: Option<Lag>,
     /// `master` or `replicas(N)`, 1 <= N <= 64.
     #[schema(value_type = String, example = "master", pattern = r"^(master|replicas\((6[0-4]|[1-5][0-9]|[1-9])\))$")]
     pub write_ack: WriteAck,
@@ -374,7 +446,7 @@ impl PolicyBody {
             read_policy: self.read_policy.into(),
             consistency: self.consistency.into(),
             rules: rules_from(self.rules, &format!("{prefix}rules"))?,
-            max_replica_lag: self.max_replica_lag,
+            max_replica_lag: self.max_replica_lag.map(|l| l.0),
             write_ack: self.write_ack,
             failover_hold: self.failover_hold.map(|h| h.0),
         })
@@ -401,8 +473,8 @@ pub struct PolicyPatch {
     pub rules: Option<Vec<RuleBody>>,
     /// Bytes; `null`: no limit.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<u64>)]
-    pub max_replica_lag: Option<Option<u64>>,
+    #[schema(value_type = Option<i64>, minimum = 0)]
+    pub max_replica_lag: Option<Option<Lag>>,
     /// `master` or `replicas(N)`.
     #[serde(default, deserialize_with = "non_null")]
     #[schema(value_type = String, example = "replicas(1)", pattern = r"^(master|replicas\((6[0-4]|[1-5][0-9]|[1-9])\))$")]
@@ -427,7 +499,7 @@ impl PolicyPatch {
             p.rules = rules_from(rules, "rules")?;
         }
         if let Some(v) = self.max_replica_lag {
-            p.max_replica_lag = v;
+            p.max_replica_lag = v.map(|l| l.0);
         }
         if let Some(v) = self.write_ack {
             p.write_ack = v;
@@ -620,8 +692,8 @@ pub struct BackendAuthView {
 pub struct BackendAuthBody {
     /// ACL user; absent or `null` for the default user.
     #[serde(default)]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 128)]
-    pub username: Option<NonEmpty>,
+    #[schema(value_type = Option<String>, pattern = r"^[!-~]{1,128}$")]
+    pub username: Option<AclUser>,
     /// The password (write-only).
     #[schema(value_type = String, min_length = 1, max_length = 4096, write_only)]
     pub password: NonEmpty,
@@ -950,7 +1022,7 @@ pub struct NewServiceBody {
     #[schema(example = "mymaster", pattern = r"^[!-~]{1,128}$")]
     pub name: String,
     /// Its Sentinels, `host:port` (1 to 16).
-    #[schema(value_type = Vec<String>, example = json!(["127.0.0.1:26379"]), min_items = 1, max_items = 16)]
+    #[schema(value_type = Vec<Addr>, example = json!(["127.0.0.1:26379"]), min_items = 1, max_items = 16)]
     pub sentinels: Vec<Addr>,
     /// Credentials for its Redis nodes.
     #[serde(default)]
@@ -967,7 +1039,7 @@ pub struct NewServiceBody {
 pub struct ServicePatch {
     /// New Sentinels, `host:port` (1 to 16).
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(value_type = Vec<String>, min_items = 1, max_items = 16)]
+    #[schema(value_type = Vec<Addr>, min_items = 1, max_items = 16)]
     pub sentinels: Option<Vec<Addr>>,
     /// New credentials; `null` removes them.
     #[serde(default, deserialize_with = "double_option")]
@@ -1057,4 +1129,43 @@ pub struct CreatedToken {
 pub struct Status {
     /// `ok` or `ready`.
     pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn addresses_in_requests() {
+        for ok in [
+            "127.0.0.1:26379",
+            "sentinel-1.local:1",
+            "[::1]:65535",
+            "a_b:80",
+        ] {
+            assert!(ok.parse::<Addr>().is_ok(), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "h:0",
+            "h:65536",
+            "h:080",
+            "h:",
+            ":1",
+            "a b:1",
+            "h\u{1f}x:1",
+            "::1:5",
+            "[]:1",
+            "[zz]:1",
+            "h:+1",
+            "ü:1",
+        ] {
+            assert!(bad.parse::<Addr>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "[::1]:7".parse::<Addr>().unwrap().0,
+            NodeAddr::new("::1", 7)
+        );
+    }
 }
