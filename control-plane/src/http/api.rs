@@ -76,14 +76,15 @@ fn with_status<T: serde::Serialize>(created: bool, body: T) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Parses an optional query parameter; errors name it.
+/// Parses an optional query parameter; errors name it. An empty value (`limit=`) is not
+/// a number: 400, as the schema says.
 fn param<T: std::str::FromStr>(
     name: &str,
     value: Option<&str>,
     what: &str,
 ) -> Result<Option<T>, ApiError> {
     match value {
-        None | Some("") => Ok(None),
+        None => Ok(None),
         Some(v) => v
             .parse()
             .map(Some)

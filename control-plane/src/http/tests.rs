@@ -780,6 +780,8 @@ async fn events_paging_and_filters() {
         ("limit=0", "limit"),
         ("limit=1001", "limit"),
         ("limit=abc", "limit"),
+        ("limit=", "limit"),
+        ("before=", "before"),
         ("before=-3", "before"),
         ("before=x", "before"),
         ("kind=Master_Changed", "kind"),
