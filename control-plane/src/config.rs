@@ -1,4 +1,5 @@
-//! Command-line / environment configuration, validated in one pass before anything binds.
+//! Configuration from flags, `PIVOT_*` environment variables and an optional TOML file
+//! (`--config`, see [`file`]), validated in one pass before anything binds.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -13,6 +14,8 @@ use crate::error::Error;
 use crate::state::{BackendAuth, CommandRule, Consistency, ReadPolicy, WriteAck};
 use crate::topology::NodeAddr;
 
+pub mod file;
+
 /// Configuration of the control plane (flags, or `PIVOT_*` environment variables).
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -21,6 +24,14 @@ use crate::topology::NodeAddr;
     about = "Pivot control plane: watches Redis Sentinels and streams topology to Pivot proxies"
 )]
 pub struct Config {
+    /// A TOML file setting any of the other flags: its keys are the long flag names
+    /// (`http-listen = "127.0.0.1:8080"`), repeatable flags take arrays (`service =
+    /// ["mymaster=10.0.0.1:26379,10.0.0.2:26379"]`). A flag on the command line wins over
+    /// its environment variable, which wins over the file. Secrets (`backend-auth`,
+    /// `proxy-user`) are best kept here or in the environment, out of the process list.
+    #[arg(long = "config", env = "PIVOT_CONFIG", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
     /// Directory holding the SQLite store (created if missing).
     #[arg(
         long,
@@ -399,6 +410,23 @@ impl FromStr for ServiceSpec {
 }
 
 impl Config {
+    /// The configuration of this process: its arguments and environment, and the
+    /// `--config` file if one is named. What `main` calls; on error, `clap::Error::exit`
+    /// prints the message (and usage) and exits with status 2 (0 for `--help`).
+    pub fn load() -> Result<Config, clap::Error> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// As [`load`](Self::load), with `args` in place of the process's arguments (the
+    /// first is the binary name); the environment is still this process's.
+    pub fn load_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString>,
+    {
+        file::parse(args.into_iter().map(Into::into).collect(), "config_file")
+    }
+
     /// A configuration with the defaults and no services (for tests and embedding).
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         let mut c = Config::parse_from(["pivot-control-plane"]);
@@ -627,6 +655,263 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// Loads `args` with a `--config` file holding `toml`.
+    fn with_file(toml: &str, args: &[&str]) -> (Result<Config, clap::Error>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pivot.toml");
+        std::fs::write(&path, toml).unwrap();
+        let path = path.to_str().unwrap().to_string();
+        let mut argv = vec!["pivot-control-plane", "--config", &path];
+        argv.extend_from_slice(args);
+        (Config::load_from(argv), path)
+    }
+
+    fn file_error(toml: &str) -> (clap::Error, String) {
+        let (r, path) = with_file(toml, &[]);
+        (r.unwrap_err(), path)
+    }
+
+    #[test]
+    fn a_file_sets_any_flag() {
+        let (c, path) = with_file(
+            r#"
+            data-dir = "/var/lib/pivot"
+            http-listen = "127.0.0.1:18080"
+            service = ["a=127.0.0.1:26379,127.0.0.1:26380", "b=sentinel.local:26379"]
+            read-policy = ["a=all"]
+            rule = ["a=flushall:deny", "a=evalsha:replica"]
+            write-ack = "a=replicas(1)"
+            backend-auth = ["a=pivot:s3cret"]
+            proxy-user = ["a=app:t0ken"]
+            sentinel-poll-interval = "250ms"
+            log-format = "json"
+            "#,
+            &[],
+        );
+        let c = c.unwrap();
+        assert_eq!(c.config_file.as_deref(), Some(std::path::Path::new(&path)));
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/pivot"));
+        assert_eq!(c.http_listen, "127.0.0.1:18080".parse().unwrap());
+        assert_eq!(c.grpc_listen, "127.0.0.1:50051".parse().unwrap(), "default");
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(
+            c.services[1].sentinels,
+            vec![NodeAddr::new("sentinel.local", 26379)]
+        );
+        assert_eq!(c.read_policies[0].value, ReadPolicy::All);
+        assert_eq!(c.rules.len(), 2);
+        assert_eq!(c.rules[1].value.command, "evalsha");
+        assert_eq!(
+            c.write_ack[0].value,
+            WriteAck::Replicas(1),
+            "one value of a repeatable flag"
+        );
+        assert_eq!(c.backend_auth[0].auth.password, "s3cret");
+        assert_eq!(c.proxy_users[0].password, "t0ken");
+        assert_eq!(c.sentinel_poll_interval, Duration::from_millis(250));
+        assert_eq!(c.log_format, LogFormat::Json);
+        c.validate().unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!format!("{c:?}").contains("t0ken"));
+    }
+
+    #[test]
+    fn the_command_line_wins_over_the_file_and_the_file_over_defaults() {
+        let (c, _) = with_file(
+            r#"
+            http-listen = "127.0.0.1:18080"
+            grpc-listen = "127.0.0.1:18081"
+            service = ["a=127.0.0.1:26379", "b=127.0.0.1:26380"]
+            "#,
+            &[
+                "--http-listen",
+                "127.0.0.1:28080",
+                "--service",
+                "c=127.0.0.1:1",
+            ],
+        );
+        let c = c.unwrap();
+        assert_eq!(c.http_listen, "127.0.0.1:28080".parse().unwrap());
+        assert_eq!(c.grpc_listen, "127.0.0.1:18081".parse().unwrap());
+        // A repeatable flag given on the command line replaces the file's list.
+        assert_eq!(c.services.len(), 1);
+        assert_eq!(c.services[0].name, "c");
+        // No file at all: exactly clap's parse.
+        let c = Config::load_from(["x", "--http-listen", "127.0.0.1:1"]).unwrap();
+        assert_eq!(c.http_listen, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(c.config_file, None);
+        let help = Config::load_from(["x", "--help"]).unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert!(help.to_string().contains("--config <FILE>"), "{help}");
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_closest_one_or_all() {
+        let (e, path) = file_error("\n\nhttp-listn = \"127.0.0.1:1\"\n");
+        let msg = e.to_string();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        assert!(
+            msg.contains(&format!("{path}:3: unknown key `http-listn`")),
+            "{msg}"
+        );
+        assert!(msg.contains("did you mean `http-listen`?"), "{msg}");
+        let (e, _) = file_error("colour = true\n");
+        let msg = e.to_string();
+        assert!(msg.contains("unknown key `colour`"), "{msg}");
+        assert!(
+            msg.contains("data-dir, failover-hold, grpc-listen"),
+            "{msg}"
+        );
+        assert!(!msg.contains("help,") && !msg.contains(" config,"), "{msg}");
+        // Sections are not keys either.
+        let (e, _) = file_error("[proxy]\nlisten = \"x\"\n");
+        assert!(e.to_string().contains("unknown key `proxy`"), "{e}");
+        // Nor is the file's own flag.
+        let (e, _) = file_error("config = \"other.toml\"\n");
+        assert!(
+            e.to_string()
+                .contains("`config` cannot be set in the config file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        for (toml, want) in [
+            (
+                "http-listen = [\"127.0.0.1:1\"]",
+                "`http-listen`: takes one value, not an array",
+            ),
+            (
+                "service = { a = 1 }",
+                "`service`: expected a string or an array of strings, found a table",
+            ),
+            (
+                "rule = [[\"a=get:master\"]]",
+                "`rule`: expected an array of strings or numbers, found an array in it",
+            ),
+            (
+                "data-dir = 1979-05-27",
+                "`data-dir`: expected a string or a number, found a datetime",
+            ),
+        ] {
+            let (e, path) = file_error(toml);
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{toml}");
+            assert!(
+                e.to_string().contains(&format!("{path}:1: {want}")),
+                "{toml}: {e}"
+            );
+        }
+        let (e, path) =
+            file_error("\nhttp-listen = \"127.0.0.1:1\"\nservice = [\n  \"a=h:1\",\n  \"broken\n");
+        assert!(e.to_string().contains(&format!("{path}:")), "{e}");
+        assert!(e.to_string().contains("not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_from_the_file_names_file_line_and_key() {
+        // The flag's own parser judges file values.
+        let (e, path) = file_error("sentinel-poll-interval = \"1s\"\nhttp-listen = \"nope\"\n");
+        let msg = e.to_string();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(
+            msg.contains(&format!("{path}:2: `http-listen`: invalid value \"nope\"")),
+            "{msg}"
+        );
+        assert!(!msg.contains("--http-listen <ADDR>"), "{msg}");
+        // The bad element of an array, on its own line.
+        let (e, path) = file_error("rule = [\n  \"a=get:master\",\n  \"a=get:nowhere\",\n]\n");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!(
+                "{path}:3: `rule`: invalid value \"a=get:nowhere\""
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("nowhere"), "{msg}");
+        // Enumerations list what they accept.
+        let (e, _) = file_error("log-format = \"yaml\"");
+        assert!(e.to_string().contains("expected one of: text, json"), "{e}");
+        // A number where a duration is needed: the duration parser's message.
+        let (e, _) = file_error("sentinel-poll-interval = 5");
+        assert!(
+            e.to_string()
+                .contains("`sentinel-poll-interval`: invalid value \"5\""),
+            "{e}"
+        );
+        // Secrets are never shown, even when the value parser would quote them.
+        for toml in [
+            "backend-auth = [\"a=pivot:\"]",
+            "proxy-user = [\"a=hunter2-no-colon\"]",
+        ] {
+            let (e, path) = file_error(toml);
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("{path}:1:")) && msg.contains("(value hidden)"),
+                "{msg}"
+            );
+            assert!(
+                !msg.contains("hunter2") && !msg.contains("a=pivot"),
+                "{msg}"
+            );
+        }
+        // A semantic check after parsing still applies to file values.
+        let (c, _) = with_file("service = [\"a=h:1\", \"a=h:2\"]", &[]);
+        assert!(
+            matches!(c.unwrap().validate(), Err(Error::Config(m)) if m.contains("more than once"))
+        );
+        // An unreadable file names the flag and the path.
+        let e = Config::load_from(["x", "--config", "/nonexistent/pivot.toml"]).unwrap_err();
+        assert!(
+            e.to_string().contains("--config /nonexistent/pivot.toml"),
+            "{e}"
+        );
+    }
+
+    /// The sample file loads and validates; every flag appears in it, and its commented-out
+    /// examples are valid values too, so that it cannot fall behind the flags.
+    #[test]
+    fn the_sample_file_is_valid_and_complete() {
+        use clap::CommandFactory;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/control-plane.toml"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let c = Config::load_from(["x", "--config", path]).unwrap();
+        c.validate().unwrap();
+        assert!(!c.services.is_empty() && !c.rules.is_empty());
+
+        let cmd = Config::command();
+        let longs: Vec<&str> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| *l != "config")
+            .collect();
+        let key_of = |line: &str| {
+            let l = line.trim_start().trim_start_matches('#').trim_start();
+            l.split_once('=').map(|(k, _)| k.trim().to_string())
+        };
+        let documented: Vec<String> = text.lines().filter_map(key_of).collect();
+        for long in &longs {
+            assert!(
+                documented.iter().any(|k| k == long),
+                "--{long} is not in examples/control-plane.toml"
+            );
+        }
+        // The commented examples, uncommented (those of flags this binary knows).
+        let uncommented: String = text
+            .lines()
+            .filter_map(|line| {
+                let body = line.trim_start().strip_prefix('#')?.trim_start();
+                let key = key_of(body)?;
+                longs.contains(&key.as_str()).then(|| format!("{body}\n"))
+            })
+            .collect();
+        let (c, _) = with_file(&uncommented, &[]);
+        c.unwrap_or_else(|e| panic!("{uncommented}\n{e}"));
     }
 
     #[test]

@@ -103,17 +103,7 @@ impl ControlPlane {
         let grpc_addr = local(&grpc, "--grpc-listen", config.grpc_listen)?;
 
         let store = Store::open(&config.data_dir).await?;
-        for s in &config.services {
-            store.upsert_service(s).await?;
-        }
-        for a in &config.backend_auth {
-            if !store.set_backend_auth(&a.service, &a.auth).await? {
-                return Err(Error::Config(format!(
-                    "--backend-auth names service `{}`, which is not registered",
-                    a.service
-                )));
-            }
-        }
+        apply_service_flags(&config, &store).await?;
         // The store is the source of truth: services registered by earlier runs are
         // watched too. Flags change what they name and leave the rest as stored.
         let services = store.services().await?;
@@ -160,6 +150,11 @@ impl ControlPlane {
     /// The handle for configuration changes (policy, rules, users), published live.
     pub fn admin(&self) -> Admin {
         self.admin.clone()
+    }
+
+    /// The proxies seen and what they last reported (shared with the servers `run` starts).
+    pub fn registry(&self) -> Arc<ProxyRegistry> {
+        self.registry.clone()
     }
 
     /// The bound HTTP address (the real port when configured with port 0).
@@ -305,6 +300,78 @@ async fn bootstrap_token(
     Ok(())
 }
 
+/// Registers the services `--service` names (or updates their Sentinels) and sets the
+/// credentials `--backend-auth` gives; each actual change gets an audit row by `config`.
+async fn apply_service_flags(config: &Config, store: &Store) -> Result<(), Error> {
+    let audit = |action: &'static str, service: String, before: serde_json::Value, after| {
+        let store = store.clone();
+        async move {
+            store
+                .insert_audit(NewAudit {
+                    actor: &Actor::config().name,
+                    action,
+                    service: Some(&service),
+                    target: "",
+                    before,
+                    after,
+                })
+                .await
+        }
+    };
+    let sentinels = |s: &[topology::NodeAddr]| {
+        serde_json::json!(s.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    let stored = store.services().await?;
+    for spec in &config.services {
+        let prev = stored.iter().find(|s| s.name == spec.name);
+        if prev.is_some_and(|p| p.sentinels == spec.sentinels) {
+            continue;
+        }
+        store.upsert_service(spec).await?;
+        let after = serde_json::json!({ "sentinels": sentinels(&spec.sentinels) });
+        match prev {
+            None => audit(
+                "service.create",
+                spec.name.clone(),
+                serde_json::Value::Null,
+                after,
+            ),
+            Some(p) => audit(
+                "service.update",
+                spec.name.clone(),
+                serde_json::json!({ "sentinels": sentinels(&p.sentinels) }),
+                after,
+            ),
+        }
+        .await?;
+    }
+    let stored = store.services().await?;
+    for a in &config.backend_auth {
+        let Some(prev) = stored.iter().find(|s| s.name == a.service) else {
+            return Err(Error::Config(format!(
+                "--backend-auth names service `{}`, which is not registered",
+                a.service
+            )));
+        };
+        if prev.backend_auth.as_ref() == Some(&a.auth) {
+            continue;
+        }
+        store.set_backend_auth(&a.service, &a.auth).await?;
+        let redacted =
+            |u: &Option<String>| serde_json::json!({"username": u, "password": "<redacted>"});
+        audit(
+            "service.update",
+            a.service.clone(),
+            serde_json::json!({
+                "backend_auth": prev.backend_auth.as_ref().map(|b| redacted(&b.username))
+            }),
+            serde_json::json!({ "backend_auth": redacted(&a.auth.username) }),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Applies `--read-policy`, `--consistency` and `--rule` to the stored policies.
 async fn apply_policy_flags(
     config: &Config,
@@ -399,4 +466,79 @@ fn outcome(r: Result<Result<(), String>, tokio::task::JoinError>) -> String {
 /// Binds and runs a control plane until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     ControlPlane::bind(config).await?.run(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[tokio::test]
+    async fn start_up_flags_are_audited_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap().to_string();
+        let flags = |extra: &[&str]| {
+            let mut args = vec![
+                "pivot-control-plane",
+                "--data-dir",
+                &data,
+                "--http-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--service",
+                "cache=127.0.0.1:26379",
+                "--backend-auth",
+                "cache=pivot:backend-secret",
+            ];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).unwrap()
+        };
+        // What the flags did (the first start also audits its generated admin token).
+        let actions = |cp: &ControlPlane| {
+            let admin = cp.admin();
+            async move {
+                admin
+                    .audit(store::AuditQuery {
+                        actor: Some("config".into()),
+                        limit: 100,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        let cp = ControlPlane::bind(flags(&["--read-policy", "cache=all"]))
+            .await
+            .unwrap();
+        let first = actions(&cp).await;
+        let names: Vec<&str> = first.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(names, ["policy.set", "service.update", "service.create"]);
+        assert!(first.iter().all(|a| a.actor == "config"));
+        assert!(
+            !serde_json::to_string(&first)
+                .unwrap()
+                .contains("backend-secret")
+        );
+        cp.store.close().await;
+        drop(cp);
+
+        // The same flags again: nothing changed, nothing audited.
+        let cp = ControlPlane::bind(flags(&["--read-policy", "cache=all"]))
+            .await
+            .unwrap();
+        assert_eq!(actions(&cp).await.len(), 3);
+        cp.store.close().await;
+        drop(cp);
+
+        // A different Sentinel list: one update row.
+        let mut other = flags(&[]);
+        other.services[0].sentinels = vec!["127.0.0.1:26380".parse().unwrap()];
+        let cp = ControlPlane::bind(other).await.unwrap();
+        let last = actions(&cp).await;
+        assert_eq!(last.len(), 4);
+        assert_eq!(last[0].action, "service.update");
+        assert_eq!(last[0].after["sentinels"][0], "127.0.0.1:26380");
+    }
 }

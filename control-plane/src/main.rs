@@ -1,8 +1,8 @@
-//! `pivot-control-plane`: parse config, start tracing, run until SIGINT/SIGTERM.
+//! `pivot-control-plane`: load the config (flags, environment, `--config` file), start
+//! tracing, run until SIGINT/SIGTERM.
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use pivot_control_plane::Config;
 use pivot_control_plane::config::LogFormat;
 use tokio_util::sync::CancellationToken;
@@ -10,7 +10,8 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    // A bad flag or file prints clap's message and usage and exits with status 2.
+    let config = Config::load().unwrap_or_else(|e| e.exit());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
@@ -22,6 +23,10 @@ async fn main() -> ExitCode {
     if let Err(e) = config.validate() {
         eprintln!("pivot-control-plane: {e}");
         return ExitCode::from(2);
+    }
+    if let Some(path) = &config.config_file {
+        // The path only: the file may hold secrets.
+        tracing::info!(file = %path.display(), "configuration file read");
     }
 
     // Cancelled on the first SIGINT/SIGTERM; `run` then drains and returns.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{closed_port, eventually, http_json, start};
 use pivot_proto::v1::proxy_discovery_client::ProxyDiscoveryClient;
 use pivot_proto::v1::proxy_message::Msg;
-use pivot_proto::v1::{Ack, ConfigUpdate, Hello, Nack, ProxyMessage};
+use pivot_proto::v1::{Ack, ConfigUpdate, Hello, Nack, ProxyMessage, Status};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -127,6 +127,88 @@ async fn an_undecided_service_is_not_published() {
     // Not ready: it has no config to give.
     let (status, _) = common::http_get(cp.http, "/readyz").await;
     assert_eq!(status, 503);
+    cp.stop().await;
+}
+
+fn status(uptime_ms: u64, commands: u64, interval_ms: u64) -> ProxyMessage {
+    ProxyMessage {
+        msg: Some(Msg::Status(Status {
+            client_connections: 5,
+            commands_total: commands,
+            reads_total: commands / 2,
+            writes_total: commands / 2,
+            errors_total: 2,
+            held_requests: 1,
+            running_version: 0,
+            uptime_ms,
+            interval_ms,
+        })),
+    }
+}
+
+#[tokio::test]
+async fn status_reports_rates_and_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start(dir.path(), &[]).await;
+    let mut generation = cp.registry.subscribe();
+    let (tx, mut updates) = open(cp.grpc, hello("proxy-5", &["nosuch"])).await.unwrap();
+    next(&mut updates).await;
+
+    // Two reports 1 s apart on the proxy's clock, 1,000 commands between them.
+    tx.send(status(10_000, 500, 200)).await.unwrap();
+    tx.send(status(11_000, 1_500, 200)).await.unwrap();
+    let p = eventually(WAIT, "the rate in the registry", || async {
+        cp.registry
+            .get("proxy-5")
+            .filter(|p| p.ops_per_sec.is_some())
+    })
+    .await;
+    assert_eq!(p.ops_per_sec, Some(1000.0));
+    assert_eq!(p.client_connections, Some(5));
+    assert_eq!(p.errors_total, Some(2));
+    assert_eq!(p.held_requests, Some(1));
+    assert!(p.status_at.is_some());
+    assert_eq!(p.status_interval, Duration::from_millis(200));
+    assert!(!p.silent);
+    assert!(
+        generation.has_changed().unwrap(),
+        "reports bump the generation"
+    );
+
+    // Nothing for three 200 ms periods: silent, and watchers hear of it.
+    generation.mark_unchanged();
+    let silent_at = tokio::time::Instant::now();
+    tokio::time::timeout(
+        WAIT,
+        generation.wait_for(|_| cp.registry.get("proxy-5").is_some_and(|p| p.silent)),
+    )
+    .await
+    .expect("flagged silent in time")
+    .unwrap();
+    assert!(
+        silent_at.elapsed() < Duration::from_secs(2),
+        "silent after about 600 ms, took {:?}",
+        silent_at.elapsed()
+    );
+    assert_eq!(cp.registry.get("proxy-5").unwrap().streams, 1);
+
+    // Heard from again: no longer silent.
+    tx.send(status(12_000, 1_500, 200)).await.unwrap();
+    let p = eventually(WAIT, "the proxy back from silence", || async {
+        cp.registry.get("proxy-5").filter(|p| !p.silent)
+    })
+    .await;
+    assert_eq!(p.ops_per_sec, Some(0.0));
+
+    // The stream ends: disconnected, not silent, the last report kept.
+    drop(tx);
+    drop(updates);
+    let p = eventually(WAIT, "the stream's end in the registry", || async {
+        cp.registry.get("proxy-5").filter(|p| p.streams == 0)
+    })
+    .await;
+    assert!(!p.silent);
+    assert_eq!(p.commands_total, Some(1_500));
     cp.stop().await;
 }
 

@@ -1,5 +1,6 @@
-//! `pivot.v1`: the protobuf contracts between Pivot's control plane and its proxies (the
-//! config stream), generated with tonic/prost at build time from `proto/pivot/v1`.
+//! `pivot.v1`: the protobuf contracts of Pivot, generated with tonic/prost at build time
+//! from `proto/pivot/v1`: `pivot.proto` between the control plane and its proxies (the
+//! config stream), `admin.proto` for operators' automation and `pivotctl` (the admin API).
 
 /// Generated types and gRPC stubs of package `pivot.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

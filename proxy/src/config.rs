@@ -127,6 +127,13 @@ pub struct Config {
     #[arg(long, env = "PIVOT_SENTINEL_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sentinel_poll_interval: Duration,
 
+    /// How often the proxy reports its status (client connections, command and error
+    /// counts, held requests, config version) to the control plane on the config stream;
+    /// it also reports right after connecting. The control plane flags a proxy it has not
+    /// heard from for three of these as silent.
+    #[arg(long, env = "PIVOT_STATUS_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub status_interval: Duration,
+
     /// Dedicated backend connections (transactions, blocking commands) one worker may have
     /// open; past it such commands get an error.
     #[arg(long, env = "PIVOT_MAX_DEDICATED_CONNECTIONS", default_value_t = 4096)]
@@ -164,6 +171,10 @@ impl Config {
         }
         if self.max_reply_bytes < 1024 {
             return Err("--max-reply-bytes must be at least 1k".into());
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&self.status_interval)
+        {
+            return Err("--status-interval must be between 100ms and 10m".into());
         }
         if self.sentinel_poll_interval < Duration::from_millis(10) {
             return Err("--sentinel-poll-interval must be at least 10ms".into());
@@ -205,6 +216,7 @@ impl Config {
             cache_dir: None,
             sentinel_follow_after: Duration::from_secs(1),
             sentinel_poll_interval: Duration::from_secs(1),
+            status_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
             log_format: LogFormat::Text,
         }
@@ -252,6 +264,7 @@ mod tests {
         assert_eq!(c.control_plane, "http://127.0.0.1:50051");
         assert_eq!(c.cache_dir, None);
         assert_eq!(c.sentinel_follow_after, Duration::from_secs(1));
+        assert_eq!(c.status_interval, Duration::from_secs(2));
         c.validate().unwrap();
         let c = Config::try_parse_from([
             "pivot-proxy",
@@ -278,5 +291,19 @@ mod tests {
         let bad =
             Config::try_parse_from(["pivot-proxy", "--service", "m", "--workers", "0"]).unwrap();
         assert!(bad.validate().is_err());
+        for interval in ["10ms", "1h"] {
+            let bad = Config::try_parse_from([
+                "pivot-proxy",
+                "--service",
+                "m",
+                "--status-interval",
+                interval,
+            ])
+            .unwrap();
+            assert!(
+                bad.validate().unwrap_err().contains("--status-interval"),
+                "{interval}"
+            );
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! One bidirectional gRPC stream: the proxy says `Hello`, the control plane sends the full
 //! config of the service at once and again on every change; the proxy answers each update
 //! with an ACK (applied) or a NACK with the reason (rejected; the last good table stays).
+//! On the same stream the proxy reports its status (client connections, counters, held
+//! requests, running version) right after `Hello` and then every `--status-interval`.
 //! When the stream fails the proxy keeps serving with its last table and reconnects with
 //! capped exponential backoff and jitter.
 //!
@@ -109,6 +111,8 @@ pub struct Settings {
     pub feed: Arc<Feed>,
     /// Where applied updates are kept on disk, if anywhere.
     pub cache: Option<Arc<Cache>>,
+    /// How often to report status (`--status-interval`).
+    pub status_interval: Duration,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -159,7 +163,8 @@ async fn stream_once(shared: &Shared, settings: &Settings) -> Result<bool, Strin
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let mut client = ProxyDiscoveryClient::new(channel);
-    // Our messages: Hello, then one ACK/NACK per update; a few slots are plenty.
+    // Our messages: Hello, then one ACK/NACK per update and a status now and then; a few
+    // slots are plenty. Closed when this function returns, which ends our half of the stream.
     let (tx, rx) = mpsc::channel(16);
     let hello = v1::ProxyMessage {
         msg: Some(Msg::Hello(v1::Hello {
@@ -171,6 +176,9 @@ async fn stream_once(shared: &Shared, settings: &Settings) -> Result<bool, Strin
         })),
     };
     tx.send(hello)
+        .await
+        .map_err(|_| "stream closed".to_string())?;
+    tx.send(status(shared, settings.status_interval))
         .await
         .map_err(|_| "stream closed".to_string())?;
     let mut updates = client
@@ -185,8 +193,30 @@ async fn stream_once(shared: &Shared, settings: &Settings) -> Result<bool, Strin
     // Versions must grow within a stream; a new stream (perhaps from another control plane,
     // or one restored from a backup) is the authority for the whole state and may restart.
     let mut last_version = 0;
+    let mut report = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.status_interval,
+        settings.status_interval,
+    );
+    // After a stall (a slow ACK send), one report, then the regular period again.
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let update = match updates.message().await {
+        // `Streaming::message` keeps its state in `updates`: cancelling it loses nothing.
+        let message = tokio::select! {
+            m = updates.message() => m,
+            _ = report.tick() => {
+                // Never waits: when the control plane is not reading, a report is dropped
+                // (the next one carries the same totals) rather than queued or blocking.
+                match tx.try_send(status(shared, settings.status_interval)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        debug!("status report dropped: the stream is backed up");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(received),
+                }
+                continue;
+            }
+        };
+        let update = match message {
             Ok(Some(u)) => u,
             Ok(None) if received => {
                 warn!("config stream closed by the control plane");
@@ -248,6 +278,28 @@ async fn stream_once(shared: &Shared, settings: &Settings) -> Result<bool, Strin
             write_cache(shared, cache, (*update).clone()).await;
         }
     }
+}
+
+/// The proxy's status now, as reported on the config stream.
+fn status(shared: &Shared, interval: Duration) -> v1::ProxyMessage {
+    let totals = shared.metrics.totals();
+    v1::ProxyMessage {
+        msg: Some(Msg::Status(v1::Status {
+            client_connections: totals.client_connections,
+            commands_total: totals.commands,
+            reads_total: totals.reads,
+            writes_total: totals.writes,
+            errors_total: totals.errors,
+            held_requests: totals.held_requests,
+            running_version: shared.table.load().config_version,
+            uptime_ms: millis(shared.started.elapsed()),
+            interval_ms: millis(interval),
+        })),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Writes `update` to the cache; a failure is logged and counted, and changes nothing else

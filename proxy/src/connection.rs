@@ -859,7 +859,7 @@ async fn hold_for_master(
     worker: &Worker,
 ) -> Option<Arc<RoutingTable>> {
     let shared = &worker.shared;
-    shared.metrics.held.inc();
+    let _holding = shared.metrics.hold();
     let started = Instant::now();
     let hold = shared
         .table

@@ -158,6 +158,8 @@ pub struct Metrics {
     pub control_plane_connected: Gauge,
     /// Requests that waited for a usable master.
     pub held: Counter,
+    /// Requests waiting for a usable master now (see [`HoldGuard`]).
+    pub holding: Gauge,
     /// How long held requests waited before a usable master was there.
     pub hold_seconds: Histogram,
     /// From the control plane's decision of a new master to this proxy using it.
@@ -274,6 +276,7 @@ impl Metrics {
             config_nacks,
             control_plane_connected: Gauge::default(),
             held: Counter::default(),
+            holding: Gauge::default(),
             hold_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             master_switch_seconds: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -334,6 +337,11 @@ impl Metrics {
             "held_requests",
             "Requests that waited for a usable master (none known, lost, or stalled)",
             m.held.clone(),
+        );
+        m.registry.register(
+            "held_requests_waiting",
+            "Requests waiting now for a usable master",
+            m.holding.clone(),
         );
         m.registry.register(
             "master_switch_seconds",
@@ -404,6 +412,38 @@ impl Metrics {
         self.retries.get(reason as usize).map_or(0, Counter::get)
     }
 
+    /// Counts one request as held until the guard drops (however the wait ends, including
+    /// the client going away mid-wait).
+    pub fn hold(&self) -> HoldGuard {
+        self.held.inc();
+        self.holding.inc();
+        HoldGuard(self.holding.clone())
+    }
+
+    /// The totals the proxy reports to the control plane (`Status`), read from the same
+    /// counters Prometheus exports: a few relaxed loads, no lock.
+    pub fn totals(&self) -> Totals {
+        let per_class = Target::ALL.len();
+        let mut t = Totals::default();
+        for (i, c) in self.commands.iter().enumerate() {
+            let n = c.get();
+            t.commands += n;
+            match Class::ALL.get(i / per_class) {
+                Some(Class::Read) => t.reads += n,
+                Some(Class::Write) => t.writes += n,
+                _ => {}
+            }
+        }
+        t.errors = self.rejected.get()
+            + self.retries_exhausted.get()
+            + self.write_ack_failures.get()
+            + self.auth_failures.get()
+            + self.protocol_errors.get();
+        t.client_connections = u64::try_from(self.client_connections.get()).unwrap_or(0);
+        t.held_requests = u64::try_from(self.holding.get()).unwrap_or(0);
+        t
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -417,6 +457,35 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Counters and gauges summed for the control plane's view of the proxy (the proto's
+/// `Status` documents what each one counts).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Commands handled since start.
+    pub commands: u64,
+    /// Commands of class read since start.
+    pub reads: u64,
+    /// Commands of class write since start.
+    pub writes: u64,
+    /// Error replies the proxy produced itself since start.
+    pub errors: u64,
+    /// Open client connections.
+    pub client_connections: u64,
+    /// Requests waiting for a usable master now.
+    pub held_requests: u64,
+}
+
+/// One request waiting for a usable master; leaves [`Metrics::holding`] when dropped.
+#[derive(Debug)]
+#[must_use = "the request counts as held only while the guard lives"]
+pub struct HoldGuard(Gauge);
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -503,5 +572,37 @@ mod tests {
             text.contains("pivot_proxy_command_duration_seconds_bucket"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn totals_sum_the_exported_counters() {
+        let m = Metrics::new();
+        assert_eq!(m.totals(), Totals::default());
+        m.command(Class::Write, Target::Master);
+        m.command(Class::Read, Target::Replica);
+        m.command(Class::Read, Target::Master);
+        m.command(Class::Neutral, Target::Local);
+        m.command(Class::Unknown, Target::Master);
+        m.rejected.inc();
+        m.auth_failures.inc();
+        m.protocol_errors.inc();
+        m.client_connections.inc();
+        m.client_connections.inc();
+        let hold = m.hold();
+        let t = m.totals();
+        assert_eq!(
+            t,
+            Totals {
+                commands: 5,
+                reads: 2,
+                writes: 1,
+                errors: 3,
+                client_connections: 2,
+                held_requests: 1,
+            }
+        );
+        drop(hold);
+        assert_eq!(m.totals().held_requests, 0);
+        assert_eq!(m.held.get(), 1, "the total of held requests stays");
     }
 }

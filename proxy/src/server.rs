@@ -297,6 +297,7 @@ impl Proxy {
                     listen_addr: local_addr.to_string(),
                     feed: feed.clone(),
                     cache: cache.clone(),
+                    status_interval: config.status_interval,
                 },
                 shutdown.clone(),
             )

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use pivot_control_plane::grpc::ProxyRegistry;
 use pivot_control_plane::{
     Admin, BackendAuth, BackendAuthSpec, CommandRule, ControlPlane, ProxyUserSpec, ReadPolicy,
     ReadPolicySpec, ServiceSetting, ServiceSpec, WriteAck,
@@ -79,6 +80,8 @@ pub struct ControlPlaneHandle {
     pub grpc_addr: SocketAddr,
     /// Configuration changes (policy, rules, users), published to the proxies live.
     pub admin: Admin,
+    /// The proxies it has seen and their last status reports.
+    pub registry: std::sync::Arc<ProxyRegistry>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), pivot_control_plane::Error>>,
 }
@@ -291,6 +294,7 @@ impl Stack {
             http_addr: cp.http_addr(),
             grpc_addr: cp.grpc_addr(),
             admin: cp.admin(),
+            registry: cp.registry(),
             shutdown: shutdown.clone(),
             task: tokio::spawn(cp.run(shutdown)),
         };
@@ -352,6 +356,16 @@ impl Stack {
             .as_ref()
             .context("control plane not running")?;
         Ok(format!("http://{}", cp.http_addr))
+    }
+
+    /// The running control plane's registry of proxies.
+    pub fn registry(&self) -> Result<std::sync::Arc<ProxyRegistry>> {
+        Ok(self
+            .control_plane
+            .as_ref()
+            .context("control plane not running")?
+            .registry
+            .clone())
     }
 
     /// Stops proxies, then the control plane; the processes die when `self` drops.

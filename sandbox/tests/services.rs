@@ -141,3 +141,47 @@ async fn services_come_and_go_while_proxies_keep_serving() -> Result<()> {
     assert_eq!(kinds, ["service-created", "service-deleted"]);
     stack.shutdown().await
 }
+
+/// A policy change reaches every proxy of the fleet within a second (issue 5): measured
+/// from the change's return to the last proxy's ACK-ed apply, over several changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_every_proxy_within_a_second() -> Result<()> {
+    common::init_tracing();
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut stack = Stack::start(StackOptions {
+        proxies: vec![(any, any); 4],
+        ..StackOptions::default()
+    })
+    .await?;
+    let admin = stack.admin()?;
+    let actor = Actor::new("token:test");
+    let name = stack.topology.master_name().to_string();
+    let mut worst = Duration::ZERO;
+    for (i, target) in ["deny", "master", "any", "replica", "deny"]
+        .iter()
+        .enumerate()
+    {
+        let rule = pivot_control_plane::CommandRule::new(
+            "flushall",
+            target.parse().map_err(anyhow::Error::msg)?,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let started = std::time::Instant::now();
+        let (_, version) = admin.put_rule(&actor, &name, rule).await?;
+        let version = version.with_context(|| format!("change {i} made no version"))?;
+        for p in &mut stack.proxies {
+            p.wait_for_version_above(version - 1, T).await?;
+        }
+        let took = started.elapsed();
+        eprintln!(
+            "change {i}: all {} proxies applied version {version} in {took:?}",
+            stack.proxies.len()
+        );
+        worst = worst.max(took);
+    }
+    assert!(
+        worst < Duration::from_secs(1),
+        "slowest change took {worst:?}"
+    );
+    stack.shutdown().await
+}

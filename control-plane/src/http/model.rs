@@ -787,10 +787,24 @@ pub struct ProxyView {
     /// Last message from it (RFC 3339).
     #[schema(format = DateTime)]
     pub last_seen: String,
-    /// Client connections it reported; `null` until it reports.
+    /// Config version it runs, from its last status report (or its hello).
+    pub running_version: Option<u64>,
+    /// Open client connections, from its last status report; `null` until it reports.
     pub client_connections: Option<u64>,
-    /// Operations per second it reported; `null` until it reports.
+    /// Commands per second between its last two status reports; `null` until there are
+    /// two.
     pub ops_per_sec: Option<f64>,
+    /// Reads per second, as `ops_per_sec`.
+    pub reads_per_sec: Option<f64>,
+    /// Writes per second, as `ops_per_sec`.
+    pub writes_per_sec: Option<f64>,
+    /// Requests waiting for a usable master, from its last status report.
+    pub held_requests: Option<u64>,
+    /// When its last status report arrived (RFC 3339).
+    #[schema(format = DateTime)]
+    pub status_at: Option<String>,
+    /// Its stream is open but nothing arrived on it for several report periods.
+    pub silent: bool,
 }
 
 impl ProxyView {
@@ -816,8 +830,14 @@ impl ProxyView {
             last_nack: p.last_nack.clone(),
             last_nack_version: p.last_nack_version,
             last_seen: time(p.last_seen),
-            client_connections: None,
-            ops_per_sec: None,
+            running_version: p.running_version,
+            client_connections: p.client_connections,
+            ops_per_sec: p.ops_per_sec.filter(|v| v.is_finite()),
+            reads_per_sec: p.reads_per_sec.filter(|v| v.is_finite()),
+            writes_per_sec: p.writes_per_sec.filter(|v| v.is_finite()),
+            held_requests: p.held_requests,
+            status_at: p.status_at.map(time),
+            silent: p.silent,
         }
     }
 }

@@ -6,7 +6,9 @@
 //!   was last sent, and coalesced to at most one message per service per
 //!   [`COALESCE`] (lag numbers move on every Sentinel poll).
 //! - `event` and `audit`: the store's live broadcast of stored rows.
-//! - `proxy`: the proxy registry, polled every [`PROXY_POLL`] and diffed per proxy.
+//! - `proxy`: the proxy registry's generation (`watch`), diffed per proxy against what this
+//!   client was last sent, at most once per [`COALESCE`] (status reports arrive from every
+//!   proxy every few seconds; a fleet change also moves `behind`).
 //! - `resync`: the broadcast overtook this client (it lagged): refetch everything.
 //!
 //! The stream starts with the current topology of every service and every known proxy, so
@@ -28,7 +30,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, watch};
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
@@ -41,8 +43,6 @@ use crate::store::Live;
 
 /// At most one `topology` message per service per this long.
 pub const COALESCE: Duration = Duration::from_millis(250);
-/// How often the proxy registry is compared with what was sent.
-pub const PROXY_POLL: Duration = Duration::from_secs(1);
 /// Keep-alive comment interval (intermediaries close idle connections).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Concurrent event streams at most.
@@ -95,13 +95,16 @@ struct Feed {
     app: AppState,
     fleet: watch::Receiver<Arc<FleetState>>,
     live: broadcast::Receiver<Live>,
-    proxy_poll: Interval,
+    registry: watch::Receiver<u64>,
     shutdown: CancellationToken,
     topology_sent: HashMap<String, Sent>,
     /// Services changed within their coalescing window, flushed at `flush_at`.
     dirty: HashSet<String>,
     flush_at: Option<Instant>,
     proxies_sent: HashMap<String, ProxyView>,
+    /// When the proxies are compared next (`None`: nothing changed since the last time).
+    proxies_due: Option<Instant>,
+    proxies_scanned: Option<Instant>,
     /// Messages ready to go: at most one per service and proxy plus one live row.
     ready: VecDeque<Event>,
     /// Released when the stream is dropped.
@@ -120,25 +123,29 @@ fn message<T: Serialize>(name: &str, data: &T) -> Option<Event> {
 
 impl Feed {
     fn new(app: &AppState, permit: OwnedSemaphorePermit) -> Feed {
-        let mut proxy_poll = tokio::time::interval(PROXY_POLL);
-        proxy_poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut fleet = app.state.subscribe();
-        // The first snapshot is sent at once (below), not as a change.
+        // The first snapshot and proxy list are sent at once (below), not as changes.
         fleet.borrow_and_update();
+        let mut registry = app.registry.subscribe();
+        registry.borrow_and_update();
         let mut feed = Feed {
             app: app.clone(),
             fleet,
             live: app.admin.subscribe(),
-            proxy_poll,
+            registry,
             shutdown: app.shutdown.clone(),
             topology_sent: HashMap::new(),
             dirty: HashSet::new(),
             flush_at: None,
             proxies_sent: HashMap::new(),
+            proxies_due: None,
+            proxies_scanned: None,
             ready: VecDeque::new(),
             _permit: permit,
         };
-        feed.topology(Instant::now());
+        let now = Instant::now();
+        feed.topology(now);
+        feed.proxies(now);
         feed
     }
 
@@ -148,6 +155,7 @@ impl Feed {
                 return Some(e);
             }
             let flush_at = self.flush_at;
+            let proxies_due = self.proxies_due;
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return None,
@@ -155,7 +163,10 @@ impl Feed {
                     if changed.is_err() {
                         return None;
                     }
-                    self.topology(Instant::now());
+                    let now = Instant::now();
+                    self.topology(now);
+                    // `behind` compares with the fleet's versions.
+                    self.proxies_changed(now);
                 }
                 () = sleep_until(flush_at), if flush_at.is_some() => {
                     self.flush_at = None;
@@ -170,7 +181,17 @@ impl Feed {
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
-                _ = self.proxy_poll.tick() => self.proxies(),
+                changed = self.registry.changed(), if proxies_due.is_none() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    self.proxies_changed(Instant::now());
+                }
+                () = sleep_until(proxies_due), if proxies_due.is_some() => {
+                    self.proxies_due = None;
+                    self.registry.borrow_and_update();
+                    self.proxies(Instant::now());
+                }
             }
         }
     }
@@ -217,16 +238,32 @@ impl Feed {
         }
     }
 
+    /// Schedules a comparison of the proxies: at once, or [`COALESCE`] after the last.
+    fn proxies_changed(&mut self, now: Instant) {
+        if self.proxies_due.is_none() {
+            let next = self
+                .proxies_scanned
+                .map_or(now, |at| (at + COALESCE).max(now));
+            self.proxies_due = Some(next);
+        }
+    }
+
     /// Queues a `proxy` message for every proxy whose view changed.
-    fn proxies(&mut self) {
+    fn proxies(&mut self, now: Instant) {
+        self.proxies_scanned = Some(now);
         let fleet = self.app.state.current();
-        for p in self.app.registry.list() {
-            let view = ProxyView::new(&p, &fleet);
+        let list = self.app.registry.list();
+        // The registry forgets long-gone proxies (it is bounded); so does this client.
+        let known: HashSet<&str> = list.iter().map(|p| p.proxy_id.as_str()).collect();
+        self.proxies_sent
+            .retain(|id, _| known.contains(id.as_str()));
+        for p in &list {
+            let view = ProxyView::new(p, &fleet);
             if self.proxies_sent.get(&p.proxy_id) == Some(&view) {
                 continue;
             }
             self.push("proxy", &view);
-            self.proxies_sent.insert(p.proxy_id, view);
+            self.proxies_sent.insert(p.proxy_id.clone(), view);
         }
     }
 }

@@ -1055,15 +1055,10 @@ fn a_proxy_is_behind_until_it_acks_the_change_of_its_services() {
     svc.config_version = 12;
     fleet.services.insert("other".into(), svc);
     let mut p = ProxyInfo {
-        proxy_id: "p".into(),
-        listen_addr: "127.0.0.1:6379".into(),
-        build_version: "0".into(),
         services: vec!["svc".into()],
         streams: 1,
         acked_version: Some(9),
-        last_nack: None,
-        last_nack_version: None,
-        last_seen: std::time::SystemTime::now(),
+        ..ProxyInfo::new("p", std::time::SystemTime::now())
     };
     let view = |p: &ProxyInfo| super::model::ProxyView::new(p, &fleet);
     assert!(view(&p).behind);

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use pivot_control_plane::grpc::ProxyRegistry;
 use pivot_control_plane::{Config, ControlPlane, ServiceSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,6 +19,7 @@ pub const ADMIN_TOKEN: &str = "pvt_test-admin-token-0123456789abcdef";
 pub struct Running {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    pub registry: std::sync::Arc<ProxyRegistry>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<Result<(), pivot_control_plane::Error>>,
 }
@@ -55,11 +57,13 @@ pub async fn start(data_dir: &Path, services: &[&str]) -> Running {
         .collect();
     let cp = ControlPlane::bind(config).await.unwrap();
     let (http, grpc) = (cp.http_addr(), cp.grpc_addr());
+    let registry = cp.registry();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(cp.run(shutdown.clone()));
     Running {
         http,
         grpc,
+        registry,
         shutdown,
         task,
     }

@@ -1,0 +1,1057 @@
+//! `pivotctl`: Pivot's admin API (`pivot.v1.Admin`, gRPC) from the command line.
+//!
+//! Tables for people, `--json` for scripts (the same field names as the REST API), and an
+//! exit code that says what went wrong (see `EXIT CODES` in `--help`), so that a script can
+//! tell "no such service" from "the control plane is down" without parsing messages.
+
+// Printing to stdout is this program's job; it goes through `output::Out`.
+#![allow(clippy::print_stdout)]
+
+mod output;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use futures_util::StreamExt;
+use pivot_proto::v1 as pb;
+use pivot_proto::v1::admin_client::AdminClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::output::{Out, PipeClosed, Table, fields, or_dash};
+
+const EXIT_CODES: &str = "\
+EXIT CODES:
+    0  success
+    1  internal error of the control plane, or an unexpected answer
+    2  usage error (bad flags or arguments)
+    3  not found (service, rule, user, token)
+    4  conflict: exists already, in use, or a failover is running
+    5  not authenticated (no or unknown token) or not allowed (viewer token)
+    6  control plane unreachable, or the Redis nodes could not complete the operation
+    7  invalid input, rejected by the control plane (the message names the field)";
+
+/// Manage Pivot: services, routing policy and rules, proxy users, the proxy fleet, events,
+/// the audit log and failovers, through the control plane's gRPC admin API.
+#[derive(Debug, Parser)]
+#[command(name = "pivotctl", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Address of the control plane's gRPC listener.
+    #[arg(
+        long,
+        env = "PIVOT_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    server: String,
+
+    /// Admin API token (role admin, or viewer for read-only commands).
+    #[arg(long, env = "PIVOT_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+
+    /// Print JSON (one document; one line per message with --follow) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// How long to wait for the control plane to answer a request.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show the calling token's name and role.
+    Whoami,
+    /// List services, or show, create or delete one.
+    Services {
+        #[command(subcommand)]
+        cmd: Option<ServicesCmd>,
+    },
+    /// Show a service's topology: master, replicas with health and lag, Sentinels.
+    Topology {
+        /// Service (Sentinel master name).
+        service: String,
+    },
+    /// Command routing rules of a service.
+    Rules {
+        #[command(subcommand)]
+        cmd: RulesCmd,
+    },
+    /// Routing policy of a service.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Users clients authenticate to the proxies as.
+    Users {
+        #[command(subcommand)]
+        cmd: UsersCmd,
+    },
+    /// The proxy fleet: versions, status, connections.
+    Proxies,
+    /// Topology and configuration events, newest first (or as they happen with --follow).
+    Events(EventsArgs),
+    /// The audit log: who changed what, newest first.
+    Audit(AuditArgs),
+    /// Fail a service over to a replica without losing acknowledged writes.
+    Failover {
+        /// Service (Sentinel master name).
+        service: String,
+        /// Do not ask for confirmation (needed when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServicesCmd {
+    /// List services (the default).
+    List,
+    /// Show one service.
+    Show {
+        /// Service name.
+        name: String,
+    },
+    /// Register a service.
+    Create {
+        /// Sentinel master name.
+        name: String,
+        /// A Sentinel's HOST:PORT; repeat for each.
+        #[arg(long = "sentinel", required = true, value_name = "HOST:PORT")]
+        sentinels: Vec<String>,
+        /// ACL user the proxies authenticate to Redis as (with the password from
+        /// PIVOT_BACKEND_PASSWORD).
+        #[arg(long)]
+        backend_user: Option<String>,
+    },
+    /// Delete a service.
+    Delete {
+        /// Service name.
+        name: String,
+        /// Delete even while connected proxies serve it.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCmd {
+    /// List the rules.
+    List {
+        /// Service name.
+        service: String,
+    },
+    /// Add or replace the rule of a command.
+    Set {
+        /// Service name.
+        service: String,
+        /// Command name, or CONTAINER|SUB (`script|load`).
+        command: String,
+        /// master, replica, any or deny.
+        target: String,
+    },
+    /// Remove the rule of a command.
+    Rm {
+        /// Service name.
+        service: String,
+        /// Command name, or CONTAINER|SUB.
+        command: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Show the policy.
+    Show {
+        /// Service name.
+        service: String,
+    },
+    /// Change some of the policy's settings; the others stay.
+    Set(PolicySetArgs),
+}
+
+#[derive(Debug, Args)]
+struct PolicySetArgs {
+    /// Service name.
+    service: String,
+    /// master-only, replicas or all.
+    #[arg(long)]
+    read_policy: Option<String>,
+    /// eventual, read-your-writes or strong.
+    #[arg(long)]
+    consistency: Option<String>,
+    /// master or replicas(N).
+    #[arg(long)]
+    write_ack: Option<String>,
+    /// Bytes a replica may lag behind and still serve reads; `none` for no limit.
+    #[arg(long)]
+    max_replica_lag: Option<String>,
+    /// How long proxies hold requests while there is no master (`10s`); `none` for the
+    /// proxies' own default.
+    #[arg(long)]
+    failover_hold: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCmd {
+    /// List the user names.
+    List {
+        /// Service name.
+        service: String,
+    },
+    /// Create a user or set its password, read from PIVOT_USER_PASSWORD or, when that is
+    /// not set, from the first line of stdin (never from the command line).
+    Set {
+        /// Service name.
+        service: String,
+        /// User name (`default` is the one `AUTH password` authenticates as).
+        name: String,
+    },
+    /// Delete a user (its clients are disconnected).
+    Rm {
+        /// Service name.
+        service: String,
+        /// User name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct EventsArgs {
+    /// Only this service.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only this kind (`master-changed`, `failover-finished`, ...); repeatable.
+    #[arg(long = "kind")]
+    kinds: Vec<String>,
+    /// How many (1-1000).
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// Only events older than this id (paging).
+    #[arg(long)]
+    before: Option<i64>,
+    /// Keep printing new events as they happen (until interrupted).
+    #[arg(long, short = 'f')]
+    follow: bool,
+}
+
+#[derive(Debug, Args)]
+struct AuditArgs {
+    /// Only this service.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only this actor (`token:NAME`, `config`).
+    #[arg(long)]
+    actor: Option<String>,
+    /// How many (1-1000).
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// Only entries older than this id (paging).
+    #[arg(long)]
+    before: Option<i64>,
+}
+
+/// Why a command failed, with the exit code it maps to.
+#[derive(Debug)]
+enum Failure {
+    /// The control plane said no.
+    Status(Status),
+    /// Local problem (usage, connection, input).
+    Local { code: u8, message: String },
+    /// Stdout closed.
+    Pipe,
+}
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Self {
+        Failure::Status(s)
+    }
+}
+
+impl From<PipeClosed> for Failure {
+    fn from(_: PipeClosed) -> Self {
+        Failure::Pipe
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure::Local {
+        code: 2,
+        message: message.into(),
+    }
+}
+
+fn exit_code(code: Code) -> u8 {
+    match code {
+        Code::NotFound => 3,
+        Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => 4,
+        Code::Unauthenticated | Code::PermissionDenied => 5,
+        Code::Unavailable | Code::DeadlineExceeded => 6,
+        Code::InvalidArgument | Code::OutOfRange => 7,
+        _ => 1,
+    }
+}
+
+type Client = AdminClient<InterceptedService<Channel, Auth>>;
+
+/// Adds the bearer token to every call.
+#[derive(Debug, Clone)]
+struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let auth = match &cli.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| usage("the token has characters a header cannot carry"))?,
+        ),
+        None => None,
+    };
+    let endpoint = Endpoint::from_shared(cli.server.clone())
+        .map_err(|e| usage(format!("invalid --server `{}`: {e}", cli.server)))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| Failure::Local {
+        code: 6,
+        message: format!("cannot reach the control plane at {}: {e}", cli.server),
+    })?;
+    Ok(AdminClient::with_interceptor(channel, Auth(auth)))
+}
+
+/// A unary request with the `--timeout` deadline.
+fn req<T>(cli: &Cli, body: T) -> Request<T> {
+    let mut r = Request::new(body);
+    r.set_timeout(cli.timeout);
+    r
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Out::new(cli.json);
+    match run(&cli, &out).await {
+        Ok(()) | Err(Failure::Pipe) => ExitCode::SUCCESS,
+        Err(Failure::Local { code, message }) => {
+            eprintln!("pivotctl: {message}");
+            ExitCode::from(code)
+        }
+        Err(Failure::Status(s)) => {
+            let hint = if s.code() == Code::Unauthenticated && cli.token.is_none() {
+                " (set --token or PIVOT_TOKEN)"
+            } else {
+                ""
+            };
+            eprintln!("pivotctl: {}{hint}", s.message());
+            ExitCode::from(exit_code(s.code()))
+        }
+    }
+}
+
+async fn run(cli: &Cli, out: &Out) -> Result<(), Failure> {
+    if let Cmd::Completions { shell } = &cli.cmd {
+        let mut buf = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "pivotctl", &mut buf);
+        return Ok(out.text(&String::from_utf8_lossy(&buf))?);
+    }
+    let mut c = connect(cli).await?;
+    match &cli.cmd {
+        Cmd::Completions { .. } => Ok(()),
+        Cmd::Whoami => {
+            let me = c
+                .who_am_i(req(cli, pb::WhoAmIRequest {}))
+                .await?
+                .into_inner();
+            if out.json() {
+                return Ok(out.value(&me, false)?);
+            }
+            Ok(out.text(&format!("{} ({})\n", me.name, me.role))?)
+        }
+        Cmd::Services { cmd } => services(cli, out, &mut c, cmd.as_ref()).await,
+        Cmd::Topology { service } => {
+            let t = c
+                .get_topology(req(
+                    cli,
+                    pb::GetTopologyRequest {
+                        service: service.clone(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            if out.json() {
+                return Ok(out.value(&t, false)?);
+            }
+            Ok(out.text(&topology_text(&t))?)
+        }
+        Cmd::Rules { cmd } => rules(cli, out, &mut c, cmd).await,
+        Cmd::Policy { cmd } => policy(cli, out, &mut c, cmd).await,
+        Cmd::Users { cmd } => users(cli, out, &mut c, cmd).await,
+        Cmd::Proxies => {
+            let r = c
+                .list_proxies(req(cli, pb::ListProxiesRequest {}))
+                .await?
+                .into_inner();
+            if out.json() {
+                return Ok(out.value(&r, false)?);
+            }
+            let mut t = Table::new(&[
+                "ID",
+                "ADDRESS",
+                "BUILD",
+                "SERVICES",
+                "STATE",
+                "VERSION",
+                "CONNS",
+                "OPS/S",
+                "LAST SEEN",
+                "LAST NACK",
+            ]);
+            for p in &r.proxies {
+                t.row(proxy_row(p, r.version));
+            }
+            Ok(out.text(&t.render())?)
+        }
+        Cmd::Events(a) => events(cli, out, &mut c, a).await,
+        Cmd::Audit(a) => {
+            let r = c
+                .list_audit(req(
+                    cli,
+                    pb::ListAuditRequest {
+                        service: a.service.clone().unwrap_or_default(),
+                        actor: a.actor.clone().unwrap_or_default(),
+                        before: a.before.unwrap_or(0),
+                        limit: a.limit,
+                    },
+                ))
+                .await?
+                .into_inner();
+            if out.json() {
+                return Ok(out.value(&r, false)?);
+            }
+            let mut t = Table::new(&["ID", "AT", "ACTOR", "ACTION", "SERVICE", "TARGET"]);
+            for e in &r.entries {
+                t.row(vec![
+                    e.id.to_string(),
+                    e.at.clone(),
+                    e.actor.clone(),
+                    e.action.clone(),
+                    or_dash(&e.service),
+                    or_dash(&e.target),
+                ]);
+            }
+            Ok(out.text(&t.render())?)
+        }
+        Cmd::Failover { service, yes } => {
+            if !yes {
+                confirm(&format!(
+                    "Fail over `{service}`? Writes pause for a moment while a replica takes over."
+                ))?;
+            }
+            // A failover takes seconds: give it at least a minute.
+            let mut r = Request::new(pb::FailoverRequest {
+                service: service.clone(),
+            });
+            r.set_timeout(cli.timeout.max(Duration::from_secs(60)));
+            let report = c.failover(r).await?.into_inner();
+            if out.json() {
+                return Ok(out.value(&report, false)?);
+            }
+            Ok(out.text(&format!(
+                "{service}: {} -> {} (writes paused {} ms, replicas caught up in {} ms, promotion {} ms, total {} ms)\n",
+                report.old_master,
+                report.new_master,
+                report.paused_ms,
+                report.catch_up_ms,
+                report.promotion_ms,
+                report.total_ms
+            ))?)
+        }
+    }
+}
+
+/// Asks on the terminal; refuses when stdin is not one (scripts pass --yes).
+fn confirm(question: &str) -> Result<(), Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(
+            "refusing to fail over without confirmation: stdin is not a terminal (pass --yes)",
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| usage(format!("cannot read the answer: {e}")))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Failure::Local {
+            code: 1,
+            message: "not confirmed; nothing done".into(),
+        })
+    }
+}
+
+async fn services(
+    cli: &Cli,
+    out: &Out,
+    c: &mut Client,
+    cmd: Option<&ServicesCmd>,
+) -> Result<(), Failure> {
+    match cmd.unwrap_or(&ServicesCmd::List) {
+        ServicesCmd::List => {
+            let r = c
+                .list_services(req(cli, pb::ListServicesRequest {}))
+                .await?
+                .into_inner();
+            if out.json() {
+                return Ok(out.value(&r.services, false)?);
+            }
+            let mut t = Table::new(&[
+                "NAME",
+                "MASTER",
+                "REPLICAS",
+                "SENTINELS",
+                "READ POLICY",
+                "RULES",
+                "USERS",
+                "VERSION",
+            ]);
+            for s in &r.services {
+                let (topo, policy) = (
+                    s.topology.clone().unwrap_or_default(),
+                    s.policy.clone().unwrap_or_default(),
+                );
+                t.row(vec![
+                    s.name.clone(),
+                    or_dash(&topo.master),
+                    format!(
+                        "{}/{} healthy",
+                        topo.replicas.iter().filter(|r| r.healthy).count(),
+                        topo.replicas.len()
+                    ),
+                    format!(
+                        "{}/{} reachable",
+                        topo.sentinels.iter().filter(|s| s.reachable).count(),
+                        topo.sentinels.len()
+                    ),
+                    policy.read_policy,
+                    policy.rules.len().to_string(),
+                    s.users.len().to_string(),
+                    s.config_version.to_string(),
+                ]);
+            }
+            Ok(out.text(&t.render())?)
+        }
+        ServicesCmd::Show { name } => {
+            let s = c
+                .get_service(req(cli, pb::GetServiceRequest { name: name.clone() }))
+                .await?
+                .into_inner();
+            if out.json() {
+                return Ok(out.value(&s, false)?);
+            }
+            let policy = s.policy.clone().unwrap_or_default();
+            let mut text = fields(&[
+                ("name", s.name.clone()),
+                ("sentinels", s.sentinels.join(", ")),
+                (
+                    "backend auth",
+                    match (&s.backend_username, s.backend_password_set) {
+                        (_, false) => "none".into(),
+                        (Some(u), true) => format!("user {u}, password set"),
+                        (None, true) => "default user, password set".into(),
+                    },
+                ),
+                ("users", or_dash(&s.users.join(", "))),
+                ("config version", s.config_version.to_string()),
+            ]);
+            text.push('\n');
+            text.push_str(&policy_text(&policy));
+            if let Some(t) = &s.topology {
+                text.push('\n');
+                text.push_str(&topology_text(t));
+            }
+            Ok(out.text(&text)?)
+        }
+        ServicesCmd::Create {
+            name,
+            sentinels,
+            backend_user,
+        } => {
+            let password = std::env::var("PIVOT_BACKEND_PASSWORD").ok();
+            let backend_auth = match (backend_user, password) {
+                (user, Some(password)) => Some(pb::BackendAuthInput {
+                    username: user.clone().unwrap_or_default(),
+                    password,
+                }),
+                (Some(_), None) => {
+                    return Err(usage("--backend-user needs PIVOT_BACKEND_PASSWORD"));
+                }
+                (None, None) => None,
+            };
+            let s = c
+                .create_service(req(
+                    cli,
+                    pb::CreateServiceRequest {
+                        name: name.clone(),
+                        sentinels: sentinels.clone(),
+                        backend_auth,
+                        policy: None,
+                    },
+                ))
+                .await?
+                .into_inner();
+            if out.json() {
+                return Ok(out.value(&s, false)?);
+            }
+            Ok(out.text(&format!(
+                "created service {} (config version {})\n",
+                s.name, s.config_version
+            ))?)
+        }
+        ServicesCmd::Delete { name, force } => {
+            c.delete_service(req(
+                cli,
+                pb::DeleteServiceRequest {
+                    name: name.clone(),
+                    force: *force,
+                },
+            ))
+            .await?;
+            if out.json() {
+                return Ok(out.value(&serde_json::json!({"deleted": name}), false)?);
+            }
+            Ok(out.text(&format!("deleted service {name}\n"))?)
+        }
+    }
+}
+
+async fn rules(cli: &Cli, out: &Out, c: &mut Client, cmd: &RulesCmd) -> Result<(), Failure> {
+    match cmd {
+        RulesCmd::List { service } => {
+            let r = c
+                .list_rules(req(
+                    cli,
+                    pb::ListRulesRequest {
+                        service: service.clone(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            if out.json() {
+                return Ok(out.value(&r.rules, false)?);
+            }
+            let mut t = Table::new(&["COMMAND", "TARGET"]);
+            for rule in &r.rules {
+                t.row(vec![rule.command.clone(), rule.target.clone()]);
+            }
+            Ok(out.text(&t.render())?)
+        }
+        RulesCmd::Set {
+            service,
+            command,
+            target,
+        } => {
+            let r = c
+                .put_rule(req(
+                    cli,
+                    pb::PutRuleRequest {
+                        service: service.clone(),
+                        rule: Some(pb::RuleView {
+                            command: command.clone(),
+                            target: target.clone(),
+                        }),
+                    },
+                ))
+                .await?
+                .into_inner();
+            change(out, &r, r.version, &format!("rule {command} -> {target}"))
+        }
+        RulesCmd::Rm { service, command } => {
+            let r = c
+                .delete_rule(req(
+                    cli,
+                    pb::DeleteRuleRequest {
+                        service: service.clone(),
+                        command: command.clone(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            change(out, &r, r.version, &format!("rule {command} removed"))
+        }
+    }
+}
+
+/// Prints the outcome of a change: its config version, or that nothing changed.
+fn change<T: serde::Serialize>(out: &Out, r: &T, version: u64, what: &str) -> Result<(), Failure> {
+    if out.json() {
+        return Ok(out.value(r, false)?);
+    }
+    if version == 0 {
+        Ok(out.text(&format!("{what}: unchanged\n"))?)
+    } else {
+        Ok(out.text(&format!("{what}: config version {version}\n"))?)
+    }
+}
+
+async fn policy(cli: &Cli, out: &Out, c: &mut Client, cmd: &PolicyCmd) -> Result<(), Failure> {
+    match cmd {
+        PolicyCmd::Show { service } => {
+            let p = c
+                .get_policy(req(
+                    cli,
+                    pb::GetPolicyRequest {
+                        service: service.clone(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            if out.json() {
+                return Ok(out.value(&p, false)?);
+            }
+            Ok(out.text(&policy_text(&p))?)
+        }
+        PolicyCmd::Set(a) => {
+            let none = |v: &Option<String>| v.as_deref() == Some("none");
+            let max_replica_lag = match a.max_replica_lag.as_deref() {
+                None | Some("none") => None,
+                Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                    usage(format!(
+                        "--max-replica-lag: `{v}` is not a number of bytes or none"
+                    ))
+                })?),
+            };
+            let input = pb::PolicyInput {
+                read_policy: a.read_policy.clone(),
+                consistency: a.consistency.clone(),
+                write_ack: a.write_ack.clone(),
+                max_replica_lag,
+                clear_max_replica_lag: none(&a.max_replica_lag),
+                failover_hold: a.failover_hold.clone().filter(|v| v != "none"),
+                clear_failover_hold: none(&a.failover_hold),
+                ..Default::default()
+            };
+            let r = c
+                .update_policy(req(
+                    cli,
+                    pb::UpdatePolicyRequest {
+                        service: a.service.clone(),
+                        policy: Some(input),
+                    },
+                ))
+                .await?
+                .into_inner();
+            change(out, &r, r.version, &format!("policy of {}", a.service))
+        }
+    }
+}
+
+async fn users(cli: &Cli, out: &Out, c: &mut Client, cmd: &UsersCmd) -> Result<(), Failure> {
+    match cmd {
+        UsersCmd::List { service } => {
+            let r = c
+                .list_users(req(
+                    cli,
+                    pb::ListUsersRequest {
+                        service: service.clone(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            if out.json() {
+                return Ok(out.value(&r.users, false)?);
+            }
+            let mut t = Table::new(&["USER"]);
+            for u in &r.users {
+                t.row(vec![u.clone()]);
+            }
+            Ok(out.text(&t.render())?)
+        }
+        UsersCmd::Set { service, name } => {
+            let password = match std::env::var("PIVOT_USER_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    if std::io::stdin().is_terminal() {
+                        eprint!("password for {name}: ");
+                    }
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(|e| usage(format!("cannot read the password: {e}")))?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            let r = c
+                .put_user(req(
+                    cli,
+                    pb::PutUserRequest {
+                        service: service.clone(),
+                        name: name.clone(),
+                        password,
+                    },
+                ))
+                .await?
+                .into_inner();
+            change(
+                out,
+                &r,
+                r.version,
+                &format!(
+                    "user {name} {}",
+                    if r.created { "created" } else { "updated" }
+                ),
+            )
+        }
+        UsersCmd::Rm { service, name } => {
+            let r = c
+                .delete_user(req(
+                    cli,
+                    pb::DeleteUserRequest {
+                        service: service.clone(),
+                        name: name.clone(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            change(out, &r, r.version, &format!("user {name} deleted"))
+        }
+    }
+}
+
+async fn events(cli: &Cli, out: &Out, c: &mut Client, a: &EventsArgs) -> Result<(), Failure> {
+    // With --follow, subscribe first so that nothing between the listing and the stream
+    // is missed (an event in both is printed once: ids only increase).
+    let stream = if a.follow {
+        let r = Request::new(pb::WatchEventsRequest {
+            service: a.service.clone().unwrap_or_default(),
+        });
+        // No deadline on the stream itself.
+        Some(c.watch_events(r).await?.into_inner())
+    } else {
+        None
+    };
+    let r = c
+        .list_events(req(
+            cli,
+            pb::ListEventsRequest {
+                service: a.service.clone().unwrap_or_default(),
+                kinds: a.kinds.clone(),
+                before: a.before.unwrap_or(0),
+                limit: a.limit,
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut last_id = r.events.first().map_or(0, |e| e.id);
+    let Some(mut stream) = stream else {
+        if out.json() {
+            return Ok(out.value(&r, false)?);
+        }
+        let mut t = Table::new(&EVENT_HEADERS);
+        for e in &r.events {
+            t.row(event_row(e));
+        }
+        return Ok(out.text(&t.render())?);
+    };
+    // Following: oldest first, then as they come, one line each.
+    let print = |e: &pb::EventView| -> Result<(), Failure> {
+        if out.json() {
+            Ok(out.value(e, true)?)
+        } else {
+            Ok(out.text(&format!("{}\n", event_row(e).join("  ")))?)
+        }
+    };
+    for e in r.events.iter().rev() {
+        print(e)?;
+    }
+    while let Some(m) = stream.next().await {
+        let m = m?;
+        if let Some(pb::live_message::Msg::Event(e)) = m.msg
+            && e.id > last_id
+            && (a.kinds.is_empty() || a.kinds.contains(&e.kind))
+        {
+            last_id = e.id;
+            print(&e)?;
+        }
+    }
+    Err(Failure::Local {
+        code: 6,
+        message: "the control plane ended the event stream".into(),
+    })
+}
+
+const EVENT_HEADERS: [&str; 8] = [
+    "ID",
+    "AT",
+    "SERVICE",
+    "KIND",
+    "VERSION",
+    "OLD MASTER",
+    "NEW MASTER",
+    "REASON",
+];
+
+fn event_row(e: &pb::EventView) -> Vec<String> {
+    vec![
+        e.id.to_string(),
+        e.at.clone(),
+        e.service.clone(),
+        e.kind.clone(),
+        e.version.to_string(),
+        or_dash(&e.old_master),
+        or_dash(&e.new_master),
+        e.reason.clone(),
+    ]
+}
+
+fn proxy_row(p: &pb::ProxyView, version: u64) -> Vec<String> {
+    let state = if !p.connected {
+        "disconnected"
+    } else if p.silent {
+        "silent"
+    } else if p.behind {
+        "behind"
+    } else {
+        "ok"
+    };
+    vec![
+        p.proxy_id.clone(),
+        p.listen_addr.clone(),
+        p.build_version.clone(),
+        p.services.join(","),
+        state.to_string(),
+        format!(
+            "{}/{version}",
+            p.acked_version.map_or("-".to_string(), |v| v.to_string())
+        ),
+        p.client_connections.to_string(),
+        format!("{:.0}", p.ops_per_sec),
+        p.last_seen.clone(),
+        or_dash(&p.last_nack),
+    ]
+}
+
+fn policy_text(p: &pb::PolicyView) -> String {
+    let mut text = fields(&[
+        ("read policy", p.read_policy.clone()),
+        ("consistency", p.consistency.clone()),
+        ("write ack", p.write_ack.clone()),
+        (
+            "max replica lag",
+            p.max_replica_lag
+                .map_or("none".to_string(), |b| format!("{b} bytes")),
+        ),
+        (
+            "failover hold",
+            p.failover_hold
+                .clone()
+                .unwrap_or_else(|| "proxy default".to_string()),
+        ),
+        ("rules", p.rules.len().to_string()),
+    ]);
+    for r in &p.rules {
+        text.push_str(&format!("  {} -> {}\n", r.command, r.target));
+    }
+    text
+}
+
+fn topology_text(t: &pb::TopologyView) -> String {
+    let mut text = fields(&[
+        ("service", t.service.clone()),
+        ("master", or_dash(&t.master)),
+        ("why", t.master_reason.clone()),
+        ("config epoch", t.config_epoch.to_string()),
+        (
+            "changed",
+            format!(
+                "version {} at {}",
+                t.changed_version,
+                or_dash(&t.changed_at)
+            ),
+        ),
+    ]);
+    text.push('\n');
+    let mut nodes = Table::new(&["ROLE", "ADDRESS", "HEALTH", "LAG", "LINK DOWN", "REASON"]);
+    if !t.master.is_empty() {
+        nodes.row(vec![
+            "master".into(),
+            t.master.clone(),
+            "ok".into(),
+            "-".into(),
+            "-".into(),
+            String::new(),
+        ]);
+    }
+    for r in &t.replicas {
+        nodes.row(vec![
+            "replica".into(),
+            r.addr.clone(),
+            if r.healthy { "ok" } else { "unhealthy" }.into(),
+            r.lag_bytes.map_or("-".into(), |l| format!("{l} B")),
+            if r.link_down_ms > 0 {
+                format!("{} ms", r.link_down_ms)
+            } else {
+                "-".into()
+            },
+            r.reason.clone(),
+        ]);
+    }
+    for s in &t.sentinels {
+        nodes.row(vec![
+            if s.configured {
+                "sentinel"
+            } else {
+                "sentinel (discovered)"
+            }
+            .into(),
+            s.addr.clone(),
+            if s.reachable { "ok" } else { "unreachable" }.into(),
+            "-".into(),
+            "-".into(),
+            String::new(),
+        ]);
+    }
+    text.push_str(&nodes.render());
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_distinguish_what_went_wrong() {
+        assert_eq!(exit_code(Code::NotFound), 3);
+        assert_eq!(exit_code(Code::AlreadyExists), 4);
+        assert_eq!(exit_code(Code::FailedPrecondition), 4);
+        assert_eq!(exit_code(Code::PermissionDenied), 5);
+        assert_eq!(exit_code(Code::Unavailable), 6);
+        assert_eq!(exit_code(Code::InvalidArgument), 7);
+        assert_eq!(exit_code(Code::Internal), 1);
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}
