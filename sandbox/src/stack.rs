@@ -19,6 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Topology, TopologyOptions};
 
+/// The admin API token of a stack whose options name none: the sandbox is a local test
+/// and development stack, so a fixed, well-known token is a convenience, not a secret.
+pub const DEFAULT_ADMIN_TOKEN: &str = "pvt_sandbox-admin-token-not-a-secret";
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -43,6 +47,8 @@ pub struct StackOptions {
     pub proxy_users: Vec<(String, String)>,
     /// Command rules of the service.
     pub rules: Vec<CommandRule>,
+    /// Admin token of the REST API (`--admin-token`); `None`: [`DEFAULT_ADMIN_TOKEN`].
+    pub admin_token: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -60,6 +66,7 @@ impl Default for StackOptions {
             backend_auth: None,
             proxy_users: Vec::new(),
             rules: Vec::new(),
+            admin_token: None,
         }
     }
 }
@@ -273,6 +280,11 @@ impl Stack {
                 password: password.clone(),
             })
             .collect();
+        config.admin_token = Some(
+            self.admin_token()
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("admin token: {e}"))?,
+        );
         let cp = ControlPlane::bind(config).await?;
         // A restart reuses the same ports, so that proxies find it again.
         self.options.http_listen = cp.http_addr();
@@ -327,6 +339,14 @@ impl Stack {
             .context("control plane not running")?
             .admin
             .clone())
+    }
+
+    /// The REST API's admin token (`Authorization: Bearer <token>`).
+    pub fn admin_token(&self) -> &str {
+        self.options
+            .admin_token
+            .as_deref()
+            .unwrap_or(DEFAULT_ADMIN_TOKEN)
     }
 
     /// Control plane HTTP base URL.
