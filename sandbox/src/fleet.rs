@@ -197,6 +197,11 @@ async fn measure(
     wait_api_acked(&api, &id_prefix, n, version, opened, options.timeout).await?;
     tokio::time::sleep(options.settle).await;
     let rss_streams_kib = cp.rss_kib()?;
+    // At rest: keepalives and status reports only.
+    let idle_window = options.status_interval * 2;
+    let cpu_before = cp.cpu_time()?;
+    tokio::time::sleep(idle_window).await;
+    let idle_cpu = cp.cpu_time()?.saturating_sub(cpu_before);
 
     let mut rounds = Vec::with_capacity(options.rounds);
     for round in 0..options.rounds {
@@ -223,6 +228,8 @@ async fn measure(
         open,
         rss_idle_kib,
         rss_streams_kib,
+        idle_cpu,
+        idle_window,
         rss_after_changes_kib,
         rounds,
         restart,

@@ -22,6 +22,7 @@ async fn fleet_bench_smoke() -> Result<()> {
         rounds: 1,
         pause: Duration::from_millis(100),
         settle: Duration::from_millis(200),
+        status_interval: Duration::from_millis(500),
         timeout: Duration::from_secs(10),
         ..FleetBenchOptions::new(control_plane_bin()?)
     };

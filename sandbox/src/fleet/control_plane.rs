@@ -332,7 +332,7 @@ impl ControlPlaneProcess {
                 }),
             }
         }
-        counts.sort_by(|a, b| b.count.cmp(&a.count));
+        counts.sort_by_key(|c| std::cmp::Reverse(c.count));
         Ok(counts)
     }
 }

@@ -87,6 +87,11 @@ pub struct Report {
     pub rss_idle_kib: u64,
     /// With every stream open, KiB.
     pub rss_streams_kib: u64,
+    /// Control-plane CPU at rest with every stream open (keepalives and status reports)
+    /// over `idle_window`.
+    pub idle_cpu: Duration,
+    /// How long `idle_cpu` was measured.
+    pub idle_window: Duration,
     /// After the rule changes, KiB.
     pub rss_after_changes_kib: u64,
     /// The timed changes.
@@ -156,6 +161,11 @@ impl fmt::Display for Report {
             self.cores,
             self.connect_concurrency,
             ms(self.open)
+        )?;
+        writeln!(
+            f,
+            "At rest with every stream open (status reports, keepalives) the control plane used {:.1} % of a core.",
+            100.0 * self.idle_cpu.as_secs_f64() / self.idle_window.as_secs_f64().max(1e-9)
         )?;
         writeln!(f)?;
         if !self.rounds.is_empty() {
