@@ -88,7 +88,7 @@ pub struct Fleet {
 impl Fleet {
     /// Starts `n` proxies, at most `concurrency` of them connecting at a time (a proxy
     /// holds its slot until its first stream delivered a config, or failed), and waits
-    /// until every one has received its first config, for at most `timeout`.
+    /// until every one has received its first config; all of it within `timeout`.
     pub async fn open(
         n: usize,
         concurrency: usize,
@@ -103,11 +103,22 @@ impl Fleet {
             tasks: TaskTracker::new(),
             probe: Arc::new(Mutex::new(None)),
         };
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::from_std(start + timeout);
         let slots = Arc::new(Semaphore::new(concurrency.max(1)));
         let settings = Arc::new(settings);
         for index in 0..n {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                bail!("connection slots closed");
+            // A control plane that accepts streams but never sends a config would hold
+            // every slot forever.
+            let permit = match tokio::time::timeout_at(deadline, slots.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => bail!("connection slots closed"),
+                Err(_) => bail!(
+                    "timed out after {timeout:?} opening streams: {index} of {n} started, {} have their first config",
+                    fleet.served()
+                ),
             };
             let sim = Sim {
                 index,
@@ -126,7 +137,6 @@ impl Fleet {
             });
         }
         fleet.tasks.close();
-        let start = Instant::now();
         fleet
             .wait_for("every proxy's first config", start, timeout, |_, r| {
                 r.streams_served.load(Ordering::Acquire) >= 1
@@ -198,6 +208,13 @@ impl Fleet {
             .collect();
         times.sort();
         Ok(times)
+    }
+
+    /// Proxies that have received a config on some stream.
+    fn served(&self) -> usize {
+        (self.records.iter())
+            .filter(|r| r.streams_served.load(Ordering::Acquire) >= 1)
+            .count()
     }
 
     /// Connection attempts of all proxies so far.
