@@ -756,3 +756,96 @@ pub(crate) fn install(shared: &Shared, table: RoutingTable, source: &'static str
     // is the same as before): receivers see a change either way.
     shared.applied.send_replace(version);
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::routing::{LOCAL_VERSION_BIT, NodeAddr};
+
+    fn table(version: u64, master: &str, epoch: u64, cp: &str) -> RoutingTable {
+        let mut t = RoutingTable::empty("svc");
+        t.version = version;
+        t.config_version = version & !LOCAL_VERSION_BIT;
+        let (host, port) = master.rsplit_once(':').unwrap();
+        t.master = Some(NodeAddr::new(host, port.parse().unwrap()));
+        t.config_epoch = epoch;
+        t.control_plane_id = Arc::from(cp);
+        t
+    }
+
+    #[test]
+    fn older_topologies_from_other_sources_wait() {
+        let m1 = "10.0.0.1:6379";
+        let m2 = "10.0.0.2:6379";
+        // Control plane A runs master m2 at epoch 5, version 5000.
+        let running = table(5000, m2, 5, "aaaa");
+        let local = table(LOCAL_VERSION_BIT | 1, m2, 5, "aaaa");
+        // (name, running, next, refused)
+        let cases = [
+            (
+                "nothing runs yet",
+                RoutingTable::empty("svc"),
+                table(40, m1, 4, "bbbb"),
+                false,
+            ),
+            (
+                "B, same master, lower version",
+                running.clone(),
+                table(40, m2, 5, "bbbb"),
+                false,
+            ),
+            (
+                "B, newer epoch",
+                running.clone(),
+                table(40, m1, 6, "bbbb"),
+                false,
+            ),
+            (
+                "B, lagging behind the failover",
+                running.clone(),
+                table(40, m1, 4, "bbbb"),
+                true,
+            ),
+            (
+                "A itself goes back (aborted promotion)",
+                running.clone(),
+                table(5001, m1, 4, "aaaa"),
+                false,
+            ),
+            (
+                "A after the proxy followed the Sentinels",
+                local,
+                table(5001, m1, 4, "aaaa"),
+                true,
+            ),
+            (
+                "ids unknown on both sides: one control plane",
+                table(7, m2, 5, ""),
+                table(8, m1, 4, ""),
+                false,
+            ),
+        ];
+        for (name, running, next, refused) in cases {
+            let why = older_topology(&running, &next);
+            assert_eq!(why.is_some(), refused, "{name}: {why:?}");
+        }
+        let why = older_topology(&running, &table(40, m1, 4, "bbbb")).unwrap();
+        assert!(
+            why.contains("10.0.0.1:6379 at Sentinel epoch 4")
+                && why.contains("10.0.0.2:6379 at epoch 5")
+                && why.contains("control plane aaaa"),
+            "{why}"
+        );
+        // A table without a master at an older epoch is not taken from another source either.
+        let mut none = table(41, m1, 4, "bbbb");
+        none.master = None;
+        assert!(older_topology(&running, &none).is_some());
+    }
+
+    #[test]
+    fn rejections_read_as_their_reason() {
+        assert_eq!(Rejected::Invalid("bad".into()).to_string(), "bad");
+        assert_eq!(Rejected::OlderTopology("old".into()).to_string(), "old");
+    }
+}
