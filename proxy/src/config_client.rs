@@ -221,14 +221,21 @@ fn read_pem(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, String> {
 /// An error and its sources, `: `-separated (tonic's own message is often just
 /// "transport error", the cause is in the sources).
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
+    with_causes(e.to_string(), e.source())
+}
+
+/// `first`, then each cause's text, `: `-separated, leaving out a cause that only
+/// repeats the text before it (layers often wrap with the same words).
+fn with_causes(first: String, mut source: Option<&dyn std::error::Error>) -> String {
+    let mut out = first;
+    let mut last = out.clone();
     while let Some(s) = source {
-        let s_text = s.to_string();
-        if !out.ends_with(&s_text) {
+        let text = s.to_string();
+        if text != last && !last.ends_with(&text) {
             out.push_str(": ");
-            out.push_str(&s_text);
+            out.push_str(&text);
         }
+        last = text;
         source = s.source();
     }
     out
@@ -500,12 +507,11 @@ async fn stream_once(
 
 /// `CODE: message` of a gRPC status, with the transport error's causes when it has one.
 fn status_text(status: &tonic::Status) -> String {
-    let mut out = format!("{}: {}", status.code(), status.message());
-    if let Some(source) = std::error::Error::source(status) {
-        out.push_str(": ");
-        out.push_str(&error_chain(source));
-    }
-    out
+    let text = with_causes(
+        status.message().to_string(),
+        std::error::Error::source(status),
+    );
+    format!("{}: {text}", status.code())
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
