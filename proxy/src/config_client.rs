@@ -330,7 +330,7 @@ pub async fn run(shared: Arc<Shared>, settings: Settings, shutdown: Cancellation
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        if failures_in_a_row > 0 && failures_in_a_row % count == 0 {
+        if failures_in_a_row > 0 && failures_in_a_row.is_multiple_of(count) {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }

@@ -62,7 +62,7 @@ async fn a_proxy_moves_to_the_second_control_plane_without_a_client_error() -> R
     let mut proxy = start_proxy_with(proxy_config).await?;
     proxy.wait_ready(T).await?;
     ensure!(
-        &*proxy.shared.base.load().control_plane_id == first_id,
+        *proxy.shared.base.load().control_plane_id == *first_id,
         "the proxy streams from the first endpoint"
     );
 
@@ -138,7 +138,7 @@ async fn a_proxy_moves_to_the_second_control_plane_without_a_client_error() -> R
         foreign_version_shown |= p
             .as_ref()
             .is_some_and(|p| p.running_version == Some(first_version));
-        let applied = &*proxy.shared.base.load().control_plane_id == second.control_plane_id;
+        let applied = *proxy.shared.base.load().control_plane_id == *second.control_plane_id;
         let ok = p.filter(|p| p.streams == 1 && applied);
         async move { ok }
     })
