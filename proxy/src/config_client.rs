@@ -850,6 +850,61 @@ mod tests {
     }
 
     #[test]
+    fn upstreams_from_flags() {
+        let mut config = Config::for_service("svc", "http://127.0.0.1:1");
+        config.control_plane = vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()];
+        config.control_plane_token = Some("s3cret-token-0123456789".parse().unwrap());
+        let up = Upstreams::from_config(&config).unwrap();
+        assert_eq!(
+            up.urls().collect::<Vec<_>>(),
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+        let auth = up.authorization.as_ref().unwrap();
+        assert!(auth.is_sensitive());
+        assert_eq!(auth.to_str().unwrap(), "Bearer s3cret-token-0123456789");
+        assert!(!format!("{up:?}").contains("s3cret"), "{up:?}");
+
+        // TLS files are read up front; errors name the flag.
+        let dir = tempfile::tempdir().unwrap();
+        config.control_plane = vec!["https://127.0.0.1:1".into()];
+        config.control_plane_tls_ca = Some(dir.path().join("missing.pem"));
+        let e = Upstreams::from_config(&config).unwrap_err();
+        assert!(
+            e.starts_with("--control-plane-tls-ca ") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        config.control_plane_tls_ca = Some(not_pem);
+        let e = Upstreams::from_config(&config).unwrap_err();
+        assert!(e.contains("not a PEM file"), "{e}");
+    }
+
+    #[test]
+    fn causes_are_joined_without_repeats() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let e = E(
+            "transport error",
+            Some(Box::new(E(
+                "transport error",
+                Some(Box::new(E("connection refused", None))),
+            ))),
+        );
+        assert_eq!(error_chain(&e), "transport error: connection refused");
+    }
+
+    #[test]
     fn rejections_read_as_their_reason() {
         assert_eq!(Rejected::Invalid("bad".into()).to_string(), "bad");
         assert_eq!(Rejected::OlderTopology("old".into()).to_string(), "old");
