@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::auth::AdminToken;
 use crate::error::Error;
 use crate::grpc::credentials::{ProxyToken, ProxyTokenParser, TlsFiles};
 use crate::state::{BackendAuth, CommandRule, Consistency, ReadPolicy, WriteAck};
@@ -196,6 +197,19 @@ pub struct Config {
     )]
     pub backend_auth: Vec<BackendAuthSpec>,
 
+    /// The admin token of the REST API: stored (hashed) as an admin token at start unless
+    /// it already is. Without it, a store with no admin token gets a generated one, printed
+    /// once on stderr. At least 32 printable characters; prefer the environment to keep it
+    /// out of the process list. Never logged.
+    #[arg(
+        long,
+        env = "PIVOT_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        value_parser = AdminTokenParser
+    )]
+    pub admin_token: Option<AdminToken>,
+
     /// How often every Sentinel is polled (events trigger an immediate poll as well).
     #[arg(long, env = "PIVOT_SENTINEL_POLL_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sentinel_poll_interval: Duration,
@@ -243,6 +257,34 @@ impl FromStr for BackendAuthSpec {
             service: name.trim().to_string(),
             auth: creds.parse()?,
         })
+    }
+}
+
+/// Parses `--admin-token` without echoing it: clap's usual error repeats the invalid
+/// value, which here is a secret.
+#[derive(Debug, Clone, Copy)]
+struct AdminTokenParser;
+
+impl clap::builder::TypedValueParser for AdminTokenParser {
+    type Value = AdminToken;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<AdminToken, clap::Error> {
+        let invalid = |m: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid --admin-token / PIVOT_ADMIN_TOKEN: {m}\n"),
+            )
+        };
+        value
+            .to_str()
+            .ok_or_else(|| invalid("not valid UTF-8".into()))?
+            .parse()
+            .map_err(invalid)
     }
 }
 
@@ -533,6 +575,26 @@ mod tests {
         assert!(!err.contains("s3cret"), "{err}");
         let half = Config::try_parse_from(["x", "--grpc-tls-cert", "/c.pem"]).unwrap();
         assert!(matches!(half.validate(), Err(Error::Config(m)) if m.contains("--grpc-tls-key")));
+    }
+
+    #[test]
+    fn admin_token_flag_is_redacted() {
+        let c = Config::try_parse_from([
+            "pivot-control-plane",
+            "--admin-token",
+            "pvt_s3cret0123456789abcdef0123456789",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.admin_token.as_ref().map(AdminToken::expose),
+            Some("pvt_s3cret0123456789abcdef0123456789")
+        );
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        let err = Config::try_parse_from(["x", "--admin-token", "s3cret"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("32"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

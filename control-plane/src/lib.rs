@@ -19,6 +19,7 @@
 //! until its `CancellationToken` is cancelled and then drains within a bounded time.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod failover;
@@ -30,6 +31,7 @@ pub mod state;
 pub mod store;
 pub mod topology;
 pub mod watchers;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +51,7 @@ pub use config::{
 pub use error::Error;
 pub use state::{BackendAuth, CommandRule, Consistency, Policy, ReadPolicy, Target, WriteAck};
 
+use crate::auth::{Bootstrap, Tokens};
 use crate::grpc::credentials::{ProxyTokens, TokenCheck};
 use crate::grpc::{Discovery, ProxyRegistry};
 use crate::metrics::Metrics;
@@ -66,6 +69,7 @@ pub struct ControlPlane {
     state: Arc<State>,
     watchers: Arc<Watchers>,
     admin: Admin,
+    tokens: Tokens,
     registry: Arc<ProxyRegistry>,
     metrics: Arc<Metrics>,
     writer: Writer,
@@ -141,11 +145,14 @@ impl ControlPlane {
                 .await
                 .map_err(|e| Error::Config(format!("--proxy-user: {e}")))?;
         }
+        let tokens = Tokens::new(store.clone());
+        bootstrap_token(&tokens, &admin, config.admin_token.as_ref()).await?;
         Ok(ControlPlane {
             store,
             state,
             watchers,
             admin,
+            tokens,
             registry,
             metrics,
             writer,
@@ -211,12 +218,13 @@ impl ControlPlane {
             .start(&services, tracker.clone(), stop.clone());
         tracker.close();
 
-        let app = http::AppState {
-            state: self.state.clone(),
-            registry: self.registry.clone(),
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
-        };
+        let app = http::AppState::new(
+            self.admin.clone(),
+            self.tokens.clone(),
+            self.registry.clone(),
+            self.metrics.clone(),
+            stop.clone(),
+        );
         let http_server = axum::serve(self.http, http::router(app))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut http_task = tokio::spawn(async move { http_server.await });
@@ -293,6 +301,45 @@ impl ControlPlane {
             None => Ok(()),
         }
     }
+}
+
+/// Makes sure the API has an admin token (see [`auth`]'s module docs), auditing what it
+/// adds. A generated token is printed on stderr: the one place a secret is shown, once,
+/// to whoever started the control plane.
+async fn bootstrap_token(
+    tokens: &Tokens,
+    admin: &Admin,
+    configured: Option<&auth::AdminToken>,
+) -> Result<(), Error> {
+    let (name, actor) = match tokens.bootstrap(configured).await? {
+        Bootstrap::Unchanged => return Ok(()),
+        Bootstrap::Configured { name } => {
+            info!(token = %name, "admin token from --admin-token / PIVOT_ADMIN_TOKEN stored");
+            (name, "PIVOT_ADMIN_TOKEN")
+        }
+        Bootstrap::Generated { name, secret } => {
+            eprintln!(
+                "pivot-control-plane: no admin token was configured; generated one (shown once, \
+                 only its hash is stored):\n\n    {}\n\nUse it as `Authorization: Bearer <token>` \
+                 for the API at /api/v1 and to log in to the web UI; create more tokens with \
+                 POST /api/v1/tokens. Set PIVOT_ADMIN_TOKEN to choose the token yourself.\n",
+                secret.expose()
+            );
+            info!(token = %name, "generated the bootstrap admin token (printed on stderr)");
+            (name, "bootstrap")
+        }
+    };
+    admin
+        .record(
+            &Actor::new(actor),
+            "token.create",
+            None,
+            &name,
+            serde_json::Value::Null,
+            serde_json::json!({"name": name, "role": auth::Role::Admin}),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Registers the services `--service` names (or updates their Sentinels) and sets the
@@ -490,11 +537,13 @@ mod tests {
             args.extend_from_slice(extra);
             Config::try_parse_from(args).unwrap()
         };
+        // What the flags did (the first start also audits its generated admin token).
         let actions = |cp: &ControlPlane| {
             let admin = cp.admin();
             async move {
                 admin
                     .audit(store::AuditQuery {
+                        actor: Some("config".into()),
                         limit: 100,
                         ..Default::default()
                     })

@@ -504,6 +504,11 @@ impl Store {
         Ok(rows.into_iter().map(AuditEntry::from).collect())
     }
 
+    /// The connection pool, for the modules that own their own tables (`auth`).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         self.pool.close().await;

@@ -26,6 +26,7 @@ async fn start(dir: &Path, tokens: &[&str]) -> (Running, String) {
     config.http_listen = "127.0.0.1:0".parse().unwrap();
     config.grpc_listen = "127.0.0.1:0".parse().unwrap();
     config.proxy_tokens = tokens.iter().map(|t| t.parse().unwrap()).collect();
+    config.admin_token = Some(common::ADMIN_TOKEN.parse().unwrap());
     let cp = ControlPlane::bind(config).await.unwrap();
     let id = cp.control_plane_id().to_string();
     let (http, grpc, registry) = (cp.http_addr(), cp.grpc_addr(), cp.registry());

@@ -18,4 +18,4 @@ pub mod process;
 pub mod stack;
 
 pub use process::{RedisNode, SandboxError, SentinelNode, Topology, TopologyOptions};
-pub use stack::{ControlPlaneHandle, ProxyHandle, Stack, StackOptions};
+pub use stack::{ControlPlaneHandle, DEFAULT_ADMIN_TOKEN, ProxyHandle, Stack, StackOptions};

@@ -51,6 +51,10 @@ struct Args {
     /// Sentinel down-after-milliseconds.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     down_after: Duration,
+    /// Admin token of the control plane's REST API and web UI (default: the sandbox's
+    /// well-known token, printed at start).
+    #[arg(long, env = "PIVOT_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Sentinel failover-timeout.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     failover_timeout: Duration,
@@ -114,6 +118,7 @@ async fn run(args: Args) -> Result<()> {
             .copied()
             .zip(args.proxy_admin_listen.iter().copied())
             .collect(),
+        admin_token: args.admin_token.clone(),
         ..StackOptions::default()
     };
     println!(
@@ -144,9 +149,19 @@ async fn run(args: Args) -> Result<()> {
         );
     }
     println!(
-        "  control plane   http://{}  (web page, /api/v1/topology, /metrics)",
+        "  control plane   http://{}  (web UI, REST API /api/v1, /metrics)",
         cp.http_addr
     );
+    if args.admin_token.is_some() {
+        println!(
+            "                  admin token: the one given (--admin-token / PIVOT_ADMIN_TOKEN)"
+        );
+    } else {
+        println!(
+            "                  admin token {}  (Authorization: Bearer <token>)",
+            stack.admin_token()
+        );
+    }
     println!("                  grpc {}", cp.grpc_addr);
     for p in &stack.proxies {
         println!(

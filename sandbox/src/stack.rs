@@ -19,6 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Topology, TopologyOptions};
 
+/// The admin API token of a stack whose options name none: the sandbox is a local test
+/// and development stack, so a fixed, well-known token is a convenience, not a secret.
+pub const DEFAULT_ADMIN_TOKEN: &str = "pvt_sandbox-admin-token-not-a-secret";
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -43,6 +47,8 @@ pub struct StackOptions {
     pub proxy_users: Vec<(String, String)>,
     /// Command rules of the service.
     pub rules: Vec<CommandRule>,
+    /// Admin token of the REST API (`--admin-token`); `None`: [`DEFAULT_ADMIN_TOKEN`].
+    pub admin_token: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -60,6 +66,7 @@ impl Default for StackOptions {
             backend_auth: None,
             proxy_users: Vec::new(),
             rules: Vec::new(),
+            admin_token: None,
         }
     }
 }
@@ -216,7 +223,7 @@ impl Stack {
         if self.control_plane.is_some() {
             bail!("the control plane is already running");
         }
-        let handle = spawn_control_plane(self.control_plane_config()).await?;
+        let handle = spawn_control_plane(self.control_plane_config()?).await?;
         // A restart reuses the same ports, so that proxies find it again.
         self.options.http_listen = handle.http_addr;
         self.options.grpc_listen = handle.grpc_addr;
@@ -228,7 +235,7 @@ impl Stack {
     /// Sentinels with the options' policy and credentials, its data directory and
     /// addresses. Changed (another data directory, port 0, tokens, TLS) and given to
     /// [`spawn_control_plane`], it starts another control plane on the same Sentinels.
-    pub fn control_plane_config(&self) -> pivot_control_plane::Config {
+    pub fn control_plane_config(&self) -> Result<pivot_control_plane::Config> {
         let mut config = pivot_control_plane::Config::with_data_dir(&self.data_dir);
         config.http_listen = self.options.http_listen;
         config.grpc_listen = self.options.grpc_listen;
@@ -288,7 +295,12 @@ impl Stack {
                 password: password.clone(),
             })
             .collect();
-        config
+        config.admin_token = Some(
+            self.admin_token()
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("admin token: {e}"))?,
+        );
+        Ok(config)
     }
 
     /// Stops the control plane (the proxies keep running).
@@ -328,6 +340,14 @@ impl Stack {
             .context("control plane not running")?
             .admin
             .clone())
+    }
+
+    /// The REST API's admin token (`Authorization: Bearer <token>`).
+    pub fn admin_token(&self) -> &str {
+        self.options
+            .admin_token
+            .as_deref()
+            .unwrap_or(DEFAULT_ADMIN_TOKEN)
     }
 
     /// Control plane HTTP base URL.

@@ -39,7 +39,7 @@ async fn a_proxy_moves_to_the_second_control_plane_without_a_client_error() -> R
 
     // The second control plane: same Sentinels and flags, its own store and ports.
     let second_dir = tempfile::tempdir()?;
-    let mut config = stack.control_plane_config();
+    let mut config = stack.control_plane_config()?;
     config.data_dir = second_dir.path().to_path_buf();
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     config.http_listen = any;

@@ -153,7 +153,7 @@ async fn mutual_tls_and_tokens_decide_who_subscribes() -> Result<()> {
 
     // A control plane that requires both a client certificate from the CA and a token.
     let data = tempfile::tempdir()?;
-    let mut config = stack.control_plane_config();
+    let mut config = stack.control_plane_config()?;
     config.data_dir = data.path().to_path_buf();
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     config.http_listen = any;
@@ -286,7 +286,7 @@ async fn token_control_plane(
     grpc: SocketAddr,
     tokens: &[&str],
 ) -> Result<ControlPlaneHandle> {
-    let mut config = stack.control_plane_config();
+    let mut config = stack.control_plane_config()?;
     config.data_dir = dir.to_path_buf();
     config.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.grpc_listen = grpc;

@@ -80,7 +80,10 @@ async fn a_nacked_update_leaves_the_proxy_on_its_last_good_version() -> Result<(
     .await?;
 
     // The API shows the reason and the rejected version.
-    let body: serde_json::Value = reqwest::get(format!("{http}/api/v1/proxies"))
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(format!("{http}/api/v1/proxies"))
+        .bearer_auth(stack.admin_token())
+        .send()
         .await?
         .error_for_status()?
         .json()
@@ -92,6 +95,7 @@ async fn a_nacked_update_leaves_the_proxy_on_its_last_good_version() -> Result<(
     assert_eq!(shown["last_nack"], reason.as_str(), "{shown}");
     assert_eq!(shown["last_nack_version"], rejected, "{shown}");
     assert_eq!(shown["acked_version"], good, "{shown}");
+    assert_eq!(shown["running_version"], good, "{shown}");
 
     // Registered again: the next update is good, and the proxy takes it.
     admin

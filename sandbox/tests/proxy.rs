@@ -266,11 +266,12 @@ async fn master_only_policy_sends_no_reads_to_replicas() -> Result<()> {
     eprintln!("policy master-only: master served {master}, replicas {replicas} of 300 GETs");
     assert_eq!(replicas, 0);
     assert_eq!(master, 300);
-    let topo = http_json(&format!("{}/api/v1/topology", stack.http_url()?)).await?;
-    assert_eq!(
-        topo["services"][0]["policy"]["read_policy"], "master-only",
-        "{topo}"
-    );
+    let policy = http_json(&format!(
+        "{}/api/v1/services/mymaster/policy",
+        stack.http_url()?
+    ))
+    .await?;
+    assert_eq!(policy["read_policy"], "master-only", "{policy}");
     stack.shutdown().await
 }
 

@@ -12,6 +12,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The admin token every test control plane is started with.
+pub const ADMIN_TOKEN: &str = "pvt_test-admin-token-0123456789abcdef";
+
 /// A control plane running in this process.
 pub struct Running {
     pub http: SocketAddr,
@@ -47,6 +50,7 @@ pub async fn start(data_dir: &Path, services: &[&str]) -> Running {
     config.http_listen = "127.0.0.1:0".parse().unwrap();
     config.grpc_listen = "127.0.0.1:0".parse().unwrap();
     config.sentinel_poll_interval = Duration::from_millis(200);
+    config.admin_token = Some(ADMIN_TOKEN.parse().unwrap());
     config.services = services
         .iter()
         .map(|s| s.parse::<ServiceSpec>().unwrap())
@@ -65,12 +69,12 @@ pub async fn start(data_dir: &Path, services: &[&str]) -> Running {
     }
 }
 
-/// A minimal HTTP/1.0 GET; returns (status, body).
+/// A minimal HTTP/1.0 GET with the admin token; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: test\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8(buf).unwrap();

@@ -51,9 +51,12 @@ where
     }
 }
 
-/// GET a JSON document.
+/// GET a JSON document with the sandbox's default admin token.
 pub async fn http_json(url: &str) -> Result<serde_json::Value> {
-    let resp = reqwest::get(url)
+    let resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(pivot_sandbox::DEFAULT_ADMIN_TOKEN)
+        .send()
         .await
         .with_context(|| format!("GET {url}"))?;
     Ok(resp.json().await?)
