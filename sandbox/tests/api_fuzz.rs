@@ -83,7 +83,7 @@ async fn openapi_fuzzing_finds_no_server_error() -> Result<()> {
             &seed,
             "--no-shrink",
         ])
-        .args(["--workers", "2", "--request-timeout", "10"])
+        .args(["--workers", "1", "--request-timeout", "10"])
         .args(["--suppress-health-check", "filter_too_much,too_slow"])
         .args(["--output-truncate", "true"])
         .arg("--report-dir")
