@@ -11,6 +11,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::auth::AdminToken;
 use crate::error::Error;
+use crate::grpc::credentials::{ProxyToken, ProxyTokenParser, TlsFiles};
 use crate::state::{BackendAuth, CommandRule, Consistency, ReadPolicy, WriteAck};
 use crate::topology::NodeAddr;
 
@@ -58,6 +59,37 @@ pub struct Config {
         default_value = "127.0.0.1:50051"
     )]
     pub grpc_listen: SocketAddr,
+
+    /// Certificate chain (PEM) of the gRPC listener: with `--grpc-tls-key`, proxies
+    /// connect over TLS (`https://` endpoints). Read at start.
+    #[arg(long, env = "PIVOT_GRPC_TLS_CERT", value_name = "FILE")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of `--grpc-tls-cert`.
+    #[arg(long, env = "PIVOT_GRPC_TLS_KEY", value_name = "FILE")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) that sign the proxies' client certificates: with it, a
+    /// proxy must present a certificate signed by one of them (mutual TLS). Needs
+    /// `--grpc-tls-cert`.
+    #[arg(long, env = "PIVOT_GRPC_TLS_CLIENT_CA", value_name = "FILE")]
+    pub grpc_tls_client_ca: Option<PathBuf>,
+
+    /// A token proxies must present to subscribe to the config stream (`authorization:
+    /// Bearer TOKEN`; the proxy's `--control-plane-token`). With none, any proxy that
+    /// reaches the gRPC listener may subscribe. Several are accepted at once (rotation).
+    /// At least 16 printable characters without spaces; only their SHA-256 is kept, never
+    /// logged. Repeatable; in PIVOT_PROXY_TOKENS separate tokens with `;` (prefer the
+    /// environment or the config file to keep them out of the process list).
+    #[arg(
+        long = "proxy-token",
+        env = "PIVOT_PROXY_TOKENS",
+        value_name = "TOKEN",
+        value_delimiter = ';',
+        hide_env_values = true,
+        value_parser = ProxyTokenParser
+    )]
+    pub proxy_tokens: Vec<ProxyToken>,
 
     /// Registers or updates a service: NAME is the Sentinel master name, followed by the
     /// addresses of its Sentinels. Repeatable; in PIVOT_SERVICES separate services with `;`.
@@ -475,7 +507,16 @@ impl Config {
                 "--sentinel-poll-interval must be at least 10ms".into(),
             ));
         }
-        Ok(())
+        self.grpc_tls().validate()
+    }
+
+    /// The gRPC listener's TLS files (`--grpc-tls-*`).
+    pub fn grpc_tls(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.grpc_tls_cert.clone(),
+            key: self.grpc_tls_key.clone(),
+            client_ca: self.grpc_tls_client_ca.clone(),
+        }
     }
 }
 
@@ -501,6 +542,39 @@ mod tests {
         assert!("m=".parse::<BackendAuthSpec>().is_err());
         assert!("m=:pw".parse::<BackendAuthSpec>().is_err());
         assert!("nopass".parse::<BackendAuthSpec>().is_err());
+    }
+
+    #[test]
+    fn proxy_tokens_and_grpc_tls_flags() {
+        let c = Config::try_parse_from([
+            "pivot-control-plane",
+            "--proxy-token",
+            "s3cret-one-0123456789",
+            "--proxy-token",
+            "s3cret-two-0123456789",
+            "--grpc-tls-cert",
+            "/etc/pivot/cp.pem",
+            "--grpc-tls-key",
+            "/etc/pivot/cp.key",
+            "--grpc-tls-client-ca",
+            "/etc/pivot/proxies-ca.pem",
+        ])
+        .unwrap();
+        assert_eq!(c.proxy_tokens.len(), 2);
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        assert_eq!(
+            c.grpc_tls().client_ca,
+            Some("/etc/pivot/proxies-ca.pem".into())
+        );
+        c.validate().unwrap();
+        // A bad token is refused without being echoed.
+        let err = Config::try_parse_from(["x", "--proxy-token", "s3cret"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("16"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let half = Config::try_parse_from(["x", "--grpc-tls-cert", "/c.pem"]).unwrap();
+        assert!(matches!(half.validate(), Err(Error::Config(m)) if m.contains("--grpc-tls-key")));
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! stream that stays open while nothing arrives on it for three report periods (a hung
 //! proxy, a half-open connection keepalive has not caught yet) marks its proxy silent.
 
+pub mod admin;
 pub mod convert;
+pub mod credentials;
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -377,6 +379,9 @@ pub struct Discovery {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     nonces: Arc<Nonces>,
+    /// This control plane's identity (its store's), sent in every update: the scope of
+    /// its versions.
+    control_plane_id: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -412,7 +417,22 @@ impl Discovery {
                 prefix: rand::random(),
                 next: AtomicU64::new(1),
             }),
+            control_plane_id: Arc::from(""),
         }
+    }
+
+    /// Announces `id` (the store's `control_plane_id`) in every update, and takes a
+    /// proxy's running version into account only when it comes from this id.
+    pub fn with_control_plane_id(mut self, id: &str) -> Self {
+        self.control_plane_id = Arc::from(id);
+        self
+    }
+
+    /// Whether a version a proxy reports (from control plane `from`) was issued by another
+    /// control plane, whose versions are unrelated to ours. Empty ids are unknown: taken
+    /// as ours, as before control planes announced one.
+    fn foreign(&self, from: &str) -> bool {
+        !from.is_empty() && !self.control_plane_id.is_empty() && *from != *self.control_plane_id
     }
 }
 
@@ -450,7 +470,16 @@ impl ProxyDiscovery for Discovery {
         }
 
         let now = SystemTime::now();
-        self.registry.hello(&hello, now);
+        if self.foreign(&hello.running_control_plane_id) {
+            // It runs another control plane's config: its version says nothing about ours.
+            debug!(proxy_id = %hello.proxy_id, from = %hello.running_control_plane_id,
+                version = hello.running_version, "proxy runs another control plane's config");
+            let mut ours = hello.clone();
+            ours.running_version = 0;
+            self.registry.hello(&ours, now);
+        } else {
+            self.registry.hello(&hello, now);
+        }
         self.metrics
             .proxies_connected
             .set(i64::try_from(self.registry.connected()).unwrap_or(i64::MAX));
@@ -598,6 +627,7 @@ impl Session {
             nonce,
             services,
             unknown_services: unknown,
+            control_plane_id: self.svc.control_plane_id.to_string(),
         }
     }
 
@@ -652,20 +682,25 @@ impl Session {
                     at: now,
                 });
             }
-            Some(Msg::Status(status)) => match self.svc.registry.status(&id, &status, now) {
-                Ok(()) => {
-                    self.silent_after = Duration::from_millis(status.interval_ms)
-                        .saturating_mul(SILENT_AFTER_INTERVALS);
+            Some(Msg::Status(mut status)) => {
+                if self.svc.foreign(&status.running_control_plane_id) {
+                    status.running_version = 0;
                 }
-                Err(why) if !std::mem::replace(&mut self.bad_status_logged, true) => {
-                    warn!(
-                        why,
-                        ?status,
-                        "status report ignored (later ones only at debug level)"
-                    );
+                match self.svc.registry.status(&id, &status, now) {
+                    Ok(()) => {
+                        self.silent_after = Duration::from_millis(status.interval_ms)
+                            .saturating_mul(SILENT_AFTER_INTERVALS);
+                    }
+                    Err(why) if !std::mem::replace(&mut self.bad_status_logged, true) => {
+                        warn!(
+                            why,
+                            ?status,
+                            "status report ignored (later ones only at debug level)"
+                        );
+                    }
+                    Err(why) => debug!(why, ?status, "status report ignored"),
                 }
-                Err(why) => debug!(why, ?status, "status report ignored"),
-            },
+            }
             Some(Msg::Hello(_)) => warn!("repeated Hello on an open stream; ignored"),
             None => debug!("empty ProxyMessage; ignored"),
         }
@@ -697,6 +732,7 @@ mod tests {
             running_version: 7,
             uptime_ms,
             interval_ms: 2000,
+            running_control_plane_id: String::new(),
         }
     }
 
@@ -707,6 +743,7 @@ mod tests {
             build_version: "test".into(),
             services: vec!["mymaster".into()],
             running_version: 0,
+            running_control_plane_id: String::new(),
         }
     }
 

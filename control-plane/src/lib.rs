@@ -38,6 +38,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pivot_proto::v1::admin_server::AdminServer;
 use pivot_proto::v1::proxy_discovery_server::ProxyDiscoveryServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -53,6 +54,7 @@ pub use error::Error;
 pub use state::{BackendAuth, CommandRule, Consistency, Policy, ReadPolicy, Target, WriteAck};
 
 use crate::auth::{Bootstrap, Tokens};
+use crate::grpc::credentials::{ProxyTokens, TokenCheck};
 use crate::grpc::{Discovery, ProxyRegistry};
 use crate::metrics::Metrics;
 use crate::state::State;
@@ -80,6 +82,16 @@ pub struct ControlPlane {
     grpc: TcpListener,
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
+    /// Who may subscribe (`--proxy-token`, `--grpc-tls-*`) and this control plane's id.
+    grpc_access: GrpcAccess,
+}
+
+/// The config stream's credentials and identity, fixed at `bind`.
+#[derive(Debug)]
+struct GrpcAccess {
+    tokens: ProxyTokens,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    control_plane_id: String,
 }
 
 async fn bind_listener(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Error> {
@@ -103,7 +115,14 @@ impl ControlPlane {
         let http_addr = local(&http, "--http-listen", config.http_listen)?;
         let grpc_addr = local(&grpc, "--grpc-listen", config.grpc_listen)?;
 
+        // Certificates are read before the store opens: a bad file changes nothing.
+        let tls = config.grpc_tls().server_config()?;
         let store = Store::open(&config.data_dir).await?;
+        let grpc_access = GrpcAccess {
+            tokens: ProxyTokens::new(&config.proxy_tokens),
+            tls,
+            control_plane_id: store.control_plane_id().await?,
+        };
         apply_service_flags(&config, &store).await?;
         // The store is the source of truth: services registered by earlier runs are
         // watched too. Flags change what they name and leave the rest as stored.
@@ -145,7 +164,13 @@ impl ControlPlane {
             grpc,
             http_addr,
             grpc_addr,
+            grpc_access,
         })
+    }
+
+    /// This control plane's identity (its store's), announced in every config update.
+    pub fn control_plane_id(&self) -> &str {
+        &self.grpc_access.control_plane_id
     }
 
     /// The handle for configuration changes (policy, rules, users), published live.
@@ -171,6 +196,16 @@ impl ControlPlane {
     /// Runs the watchers and both servers until `shutdown` is cancelled (or a server
     /// fails), then drains within a bounded time.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        // Before anything starts, so that an error leaves nothing running.
+        let mut grpc_builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)));
+        if let Some(tls) = self.grpc_access.tls.clone() {
+            // Checked in `bind` already.
+            grpc_builder = grpc_builder
+                .tls_config(tls)
+                .map_err(|e| Error::Config(format!("--grpc-tls-*: {e}")))?;
+        }
         // Everything below stops on `stop`: the caller's shutdown, or a failed server.
         let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
@@ -192,6 +227,7 @@ impl ControlPlane {
             self.metrics.clone(),
             stop.clone(),
         );
+        let admin_api = grpc::admin::AdminService::new(app.clone());
         let http_server = axum::serve(self.http, http::router(app))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut http_task = tokio::spawn(async move { http_server.await });
@@ -202,17 +238,26 @@ impl ControlPlane {
             self.writer.clone(),
             self.metrics.clone(),
             stop.clone(),
-        );
-        let grpc_server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .add_service(ProxyDiscoveryServer::new(discovery))
+        )
+        .with_control_plane_id(&self.grpc_access.control_plane_id);
+        let check = TokenCheck::new(self.grpc_access.tokens.clone(), self.metrics.clone());
+        let grpc_server = grpc_builder
+            .add_service(ProxyDiscoveryServer::with_interceptor(discovery, check))
+            .add_service(AdminServer::new(admin_api))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.grpc),
                 stop.clone().cancelled_owned(),
             );
         let mut grpc_task = tokio::spawn(grpc_server);
-        info!(http = %self.http_addr, grpc = %self.grpc_addr, services = services.len(), "control plane running");
+        info!(
+            http = %self.http_addr,
+            grpc = %self.grpc_addr,
+            services = services.len(),
+            control_plane_id = %self.grpc_access.control_plane_id,
+            grpc_tls = self.grpc_access.tls.is_some(),
+            proxy_tokens = self.grpc_access.tokens.required(),
+            "control plane running"
+        );
 
         let mut failure: Option<Error> = None;
         let (mut http_done, mut grpc_done) = (false, false);

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub proxy_acks: Counter,
     /// NACKs received from proxies.
     pub proxy_nacks: Counter,
+    /// Config streams refused for a missing or wrong proxy token.
+    pub proxy_auth_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -141,6 +143,12 @@ impl Metrics {
             "NACKs received from proxies",
             proxy_nacks.clone(),
         );
+        let proxy_auth_failures = Counter::default();
+        registry.register(
+            "proxy_auth_failures",
+            "Proxy config streams refused for a missing or wrong proxy token (--proxy-token)",
+            proxy_auth_failures.clone(),
+        );
         Self {
             registry,
             config_version,
@@ -154,6 +162,7 @@ impl Metrics {
             promotions,
             proxy_acks,
             proxy_nacks,
+            proxy_auth_failures,
         }
     }
 

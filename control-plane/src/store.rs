@@ -655,6 +655,24 @@ impl Store {
         Ok(u64::try_from(max).unwrap_or(0))
     }
 
+    /// This store's identity: a random 63-bit number created with the store (kept in
+    /// `meta` as `control_plane_id`) and never changed, as 16 hex digits. Proxies order
+    /// config versions only among updates of one identity (see `ConfigUpdate` in the
+    /// proto): another store, even at a higher version, is another sequence. A copy of the
+    /// data directory keeps the identity, so a second control plane needs its own store.
+    pub async fn control_plane_id(&self) -> Result<String, Error> {
+        let candidate = i64::try_from(rand::random::<u64>() >> 1).unwrap_or(1);
+        // Whoever inserts first wins; every later call reads the same row.
+        sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('control_plane_id', ?1)")
+            .bind(candidate)
+            .execute(&self.pool)
+            .await?;
+        let id: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'control_plane_id'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(format!("{id:016x}"))
+    }
+
     /// Records that versions up to `upto` (inclusive) may be handed out.
     pub async fn reserve_versions(&self, upto: u64) -> Result<(), Error> {
         sqlx::query(
@@ -895,6 +913,26 @@ mod tests {
             details: serde_json::json!({"k": 1}),
             at: SystemTime::now(),
         }
+    }
+
+    #[tokio::test]
+    async fn the_control_plane_id_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let id = store.control_plane_id().await.unwrap();
+        assert_eq!(id.len(), 16);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        assert_eq!(store.control_plane_id().await.unwrap(), id);
+        store.close().await;
+        let reopened = Store::open(dir.path()).await.unwrap();
+        assert_eq!(
+            reopened.control_plane_id().await.unwrap(),
+            id,
+            "kept across restarts"
+        );
+        // Another store is another control plane.
+        let (_d, other) = fresh().await;
+        assert_ne!(other.control_plane_id().await.unwrap(), id);
     }
 
     #[tokio::test]

@@ -25,6 +25,7 @@ fn hello(id: &str, services: &[&str]) -> ProxyMessage {
             build_version: "test".into(),
             services: services.iter().map(|s| s.to_string()).collect(),
             running_version: 0,
+            ..Default::default()
         })),
     }
 }
@@ -142,6 +143,7 @@ fn status(uptime_ms: u64, commands: u64, interval_ms: u64) -> ProxyMessage {
             running_version: 0,
             uptime_ms,
             interval_ms,
+            ..Default::default()
         })),
     }
 }

@@ -83,6 +83,8 @@ async fn secrets_are_not_logged() {
     let user_flag = "FLAG-user-secret-2";
     let backend_api = "API-backend-secret-3";
     let user_api = "API-user-secret-4";
+    let proxy_token = "PROXY-token-secret-5";
+    let wrong_proxy_token = "WRONG-proxy-token-secret-6";
 
     let dir = tempfile::tempdir().unwrap();
     let sentinel = common::closed_port();
@@ -102,10 +104,13 @@ async fn secrets_are_not_logged() {
         &format!("svc=app:{user_flag}"),
         "--admin-token",
         admin_token,
+        "--proxy-token",
+        proxy_token,
     ])
     .unwrap();
     let cp = ControlPlane::bind(config).await.unwrap();
     let http = cp.http_addr();
+    let grpc = cp.grpc_addr();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(cp.run(shutdown.clone()));
 
@@ -161,6 +166,31 @@ async fn secrets_are_not_logged() {
     assert_eq!(status, 400);
     let (status, _) = call(http, &new_token, "GET", "/api/v1/services/svc", None).await;
     assert_eq!(status, 200);
+    // Proxy streams: a refused token, then the right one (its Hello and status traced).
+    for (token, accepted) in [(wrong_proxy_token, false), (proxy_token, true)] {
+        use pivot_proto::v1::proxy_discovery_client::ProxyDiscoveryClient;
+        use pivot_proto::v1::proxy_message::Msg;
+        use pivot_proto::v1::{Hello, ProxyMessage};
+        let mut client = ProxyDiscoveryClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(ProxyMessage {
+            msg: Some(Msg::Hello(Hello {
+                proxy_id: "p".into(),
+                services: vec!["svc".into()],
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let result = client.stream_config(request).await;
+        assert_eq!(result.is_ok(), accepted, "{result:?}");
+    }
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), task)
@@ -185,6 +215,8 @@ async fn secrets_are_not_logged() {
         backend_api,
         user_api,
         new_token.as_str(),
+        proxy_token,
+        wrong_proxy_token,
     ] {
         assert!(!logged.contains(secret), "`{secret}` was logged");
     }

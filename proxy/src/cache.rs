@@ -129,6 +129,7 @@ mod tests {
                 ..Default::default()
             }],
             unknown_services: Vec::new(),
+            control_plane_id: "0123456789abcdef".into(),
         }
     }
 

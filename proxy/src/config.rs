@@ -1,6 +1,8 @@
 //! Command-line and environment configuration, validated in one pass before anything binds.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -27,13 +29,48 @@ pub struct Config {
     #[arg(long, env = "PIVOT_LISTEN", default_value = "127.0.0.1:6379")]
     pub listen: SocketAddr,
 
-    /// gRPC endpoint of the control plane.
+    /// gRPC endpoints of the control plane(s), `http://` or `https://` URLs. The proxy
+    /// streams its config from one; when that stream fails or the endpoint is unreachable
+    /// it moves to the next (round-robin), keeping its clients and its last config.
+    /// Comma-separated and/or repeatable.
     #[arg(
         long,
         env = "PIVOT_CONTROL_PLANE",
+        value_name = "URL",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:50051"
     )]
-    pub control_plane: String,
+    pub control_plane: Vec<String>,
+
+    /// Token presented to the control plane (`authorization: Bearer TOKEN`), one of its
+    /// `--proxy-token`s. Prefer the environment to keep it out of the process list.
+    #[arg(
+        long,
+        env = "PIVOT_CONTROL_PLANE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        value_parser = TokenParser
+    )]
+    pub control_plane_token: Option<Token>,
+
+    /// CA certificate(s) (PEM) that sign the control plane's certificate, for `https://`
+    /// endpoints (default: the system's roots).
+    #[arg(long, env = "PIVOT_CONTROL_PLANE_TLS_CA", value_name = "FILE")]
+    pub control_plane_tls_ca: Option<PathBuf>,
+
+    /// Client certificate chain (PEM) presented to the control plane (mutual TLS); needs
+    /// `--control-plane-tls-key`.
+    #[arg(long, env = "PIVOT_CONTROL_PLANE_TLS_CERT", value_name = "FILE")]
+    pub control_plane_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of `--control-plane-tls-cert`.
+    #[arg(long, env = "PIVOT_CONTROL_PLANE_TLS_KEY", value_name = "FILE")]
+    pub control_plane_tls_key: Option<PathBuf>,
+
+    /// Name the control plane's certificate must carry (a DNS name or IP address in its
+    /// subjectAltName), when it is not the host of the endpoint URL.
+    #[arg(long, env = "PIVOT_CONTROL_PLANE_TLS_SERVER_NAME", value_name = "NAME")]
+    pub control_plane_tls_server_name: Option<String>,
 
     /// Address of the admin HTTP listener (/healthz, /readyz, /metrics, /status).
     #[arg(long, env = "PIVOT_ADMIN_LISTEN", default_value = "127.0.0.1:9121")]
@@ -179,13 +216,54 @@ impl Config {
         if self.sentinel_poll_interval < Duration::from_millis(10) {
             return Err("--sentinel-poll-interval must be at least 10ms".into());
         }
-        if !(self.control_plane.starts_with("http://")
-            || self.control_plane.starts_with("https://"))
+        self.validate_control_plane()
+    }
+
+    fn validate_control_plane(&self) -> Result<(), String> {
+        if self.control_plane.is_empty() {
+            return Err("--control-plane needs at least one URL".into());
+        }
+        if self.control_plane.len() > MAX_CONTROL_PLANES {
+            return Err(format!(
+                "--control-plane takes at most {MAX_CONTROL_PLANES} URLs"
+            ));
+        }
+        for (i, url) in self.control_plane.iter().enumerate() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "--control-plane must be http:// or https:// URLs, got '{url}'"
+                ));
+            }
+            if self.control_plane[..i].contains(url) {
+                return Err(format!("--control-plane lists {url} twice"));
+            }
+        }
+        let tls_flags = self.control_plane_tls_ca.is_some()
+            || self.control_plane_tls_cert.is_some()
+            || self.control_plane_tls_key.is_some()
+            || self.control_plane_tls_server_name.is_some();
+        if tls_flags
+            && let Some(plain) = self.control_plane.iter().find(|u| u.starts_with("http://"))
         {
             return Err(format!(
-                "--control-plane must be an http:// or https:// URL, got '{}'",
-                self.control_plane
+                "--control-plane-tls-* need https:// control plane URLs, got '{plain}' (it would not use TLS)"
             ));
+        }
+        match (&self.control_plane_tls_cert, &self.control_plane_tls_key) {
+            (Some(_), None) => {
+                return Err("--control-plane-tls-cert needs --control-plane-tls-key".into());
+            }
+            (None, Some(_)) => {
+                return Err("--control-plane-tls-key needs --control-plane-tls-cert".into());
+            }
+            _ => {}
+        }
+        if self
+            .control_plane_tls_server_name
+            .as_ref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err("--control-plane-tls-server-name must not be empty".into());
         }
         Ok(())
     }
@@ -195,7 +273,12 @@ impl Config {
         Config {
             service: service.to_string(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            control_plane: control_plane.to_string(),
+            control_plane: vec![control_plane.to_string()],
+            control_plane_token: None,
+            control_plane_tls_ca: None,
+            control_plane_tls_cert: None,
+            control_plane_tls_key: None,
+            control_plane_tls_server_name: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             workers: 1,
             proxy_id: None,
@@ -223,6 +306,80 @@ impl Config {
     }
 }
 
+/// Most control plane endpoints one proxy takes.
+const MAX_CONTROL_PLANES: usize = 16;
+/// Shortest token, as the control plane's `--proxy-token` requires.
+const MIN_TOKEN_LEN: usize = 16;
+/// Longest token (an HTTP/2 header value; this only bounds a mistake).
+const MAX_TOKEN_LEN: usize = 4096;
+
+/// The control plane token (`--control-plane-token`). `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The token itself, for the `authorization` metadata.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = String;
+
+    /// The control plane's rules for `--proxy-token`: at least 16 printable ASCII
+    /// characters without spaces. The error never quotes the token.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "a token needs at least {MIN_TOKEN_LEN} characters (got {})",
+                s.len()
+            ));
+        }
+        if s.len() > MAX_TOKEN_LEN {
+            return Err(format!("a token has at most {MAX_TOKEN_LEN} characters"));
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a token is printable ASCII without spaces".into());
+        }
+        Ok(Token(s.to_string()))
+    }
+}
+
+/// Parses `--control-plane-token` without echoing it (clap's error for a `FromStr` value
+/// quotes the value).
+#[derive(Debug, Clone, Copy)]
+struct TokenParser;
+
+impl clap::builder::TypedValueParser for TokenParser {
+    type Value = Token;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<Token, clap::Error> {
+        let invalid = |m: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid --control-plane-token / PIVOT_CONTROL_PLANE_TOKEN: {m}\n"),
+            )
+        };
+        value
+            .to_str()
+            .ok_or_else(|| invalid("not valid UTF-8".into()))?
+            .parse()
+            .map_err(invalid)
+    }
+}
+
 /// Parses `512m`, `64k`, `1g` or a plain number of bytes.
 pub fn parse_bytes(s: &str) -> Result<usize, String> {
     let s = s.trim().to_ascii_lowercase();
@@ -247,6 +404,80 @@ mod tests {
     use super::*;
 
     #[test]
+    fn many_control_planes() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["pivot-proxy", "--service", "m"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap()
+        };
+        // Comma-separated, repeatable, or both; order kept.
+        let c = parse(&[
+            "--control-plane",
+            "http://a:50051,http://b:50051",
+            "--control-plane",
+            "http://c:50051",
+        ]);
+        assert_eq!(
+            c.control_plane,
+            ["http://a:50051", "http://b:50051", "http://c:50051"]
+        );
+        c.validate().unwrap();
+        // The single-endpoint form.
+        let c = parse(&["--control-plane", "https://cp.example:50051"]);
+        assert_eq!(c.control_plane, ["https://cp.example:50051"]);
+        c.validate().unwrap();
+        let twice = parse(&["--control-plane", "http://a:1,http://a:1"]);
+        assert!(twice.validate().unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn token_and_tls_flags() {
+        let c = Config::try_parse_from([
+            "pivot-proxy",
+            "--service",
+            "m",
+            "--control-plane",
+            "https://a:50051,https://b:50051",
+            "--control-plane-token",
+            "s3cret-token-0123456789",
+            "--control-plane-tls-ca",
+            "/etc/pivot/ca.pem",
+            "--control-plane-tls-cert",
+            "/etc/pivot/proxy.pem",
+            "--control-plane-tls-key",
+            "/etc/pivot/proxy.key",
+        ])
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.control_plane_token.as_ref().map(Token::expose),
+            Some("s3cret-token-0123456789")
+        );
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        let err = Config::try_parse_from([
+            "pivot-proxy",
+            "--service",
+            "m",
+            "--control-plane-token",
+            "s3cret",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("16") && !err.contains("s3cret"), "{err}");
+        // TLS flags with a plain endpoint: refused rather than silently unused.
+        let mut plain = c.clone();
+        plain.control_plane = vec!["https://a:50051".into(), "http://b:50051".into()];
+        assert!(plain.validate().unwrap_err().contains("https://"));
+        let mut half = c.clone();
+        half.control_plane_tls_key = None;
+        assert!(
+            half.validate()
+                .unwrap_err()
+                .contains("--control-plane-tls-key")
+        );
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_bytes("1024").unwrap(), 1024);
         assert_eq!(parse_bytes("512k").unwrap(), 512 << 10);
@@ -261,7 +492,8 @@ mod tests {
         let c = Config::try_parse_from(["pivot-proxy", "--service", "mymaster"]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:6379");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9121");
-        assert_eq!(c.control_plane, "http://127.0.0.1:50051");
+        assert_eq!(c.control_plane, ["http://127.0.0.1:50051"]);
+        assert!(c.control_plane_token.is_none());
         assert_eq!(c.cache_dir, None);
         assert_eq!(c.sentinel_follow_after, Duration::from_secs(1));
         assert_eq!(c.status_interval, Duration::from_secs(2));
@@ -285,6 +517,15 @@ mod tests {
             "m",
             "--control-plane",
             "127.0.0.1:1",
+        ])
+        .unwrap();
+        assert!(bad.validate().unwrap_err().contains("--control-plane"));
+        let bad = Config::try_parse_from([
+            "pivot-proxy",
+            "--service",
+            "m",
+            "--control-plane",
+            "http://a:1,127.0.0.1:1",
         ])
         .unwrap();
         assert!(bad.validate().unwrap_err().contains("--control-plane"));

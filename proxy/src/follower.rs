@@ -382,6 +382,7 @@ fn local_config(
     svc.topology = Some(wire::topology(decided));
     match RoutingTable::from_proto(update.version, svc) {
         Ok(mut table) => {
+            table.control_plane_id = Arc::from(base.control_plane_id.as_str());
             // A version of its own, so that connections see a new table; the control
             // plane's stays in `config_version`.
             table.version = LOCAL_VERSION_BIT | (LOCAL_TABLES.fetch_add(1, Ordering::Relaxed) + 1);
@@ -543,10 +544,16 @@ mod tests {
                 }],
             }],
             unknown_services: Vec::new(),
+            control_plane_id: "cp-a".into(),
         };
         let (update, table) = local_config(&base, "svc", &topo("10.0.0.2:6379", 2)).unwrap();
         assert!(table.is_local());
         assert_eq!(table.config_version, 42);
+        assert_eq!(
+            &*table.control_plane_id, "cp-a",
+            "the base's, for its version"
+        );
+        assert_eq!(table.config_epoch, 2);
         assert_eq!(table.master.as_ref().unwrap().to_string(), "10.0.0.2:6379");
         assert_eq!(table.read_policy, crate::routing::ReadPolicy::MasterOnly);
         assert!(table.users.contains_key(b"app".as_slice()));

@@ -98,6 +98,33 @@ impl RetryReason {
     ];
 }
 
+/// Why a config stream attempt failed (label `kind` of
+/// `pivot_proxy_control_plane_failures_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlPlaneFailure {
+    /// No connection: refused, unreachable, timed out, or the TLS handshake failed.
+    Connect,
+    /// The control plane refused this proxy's token (`UNAUTHENTICATED` or
+    /// `PERMISSION_DENIED`).
+    Unauthenticated,
+    /// The stream could not be opened for another reason (including a client
+    /// certificate the control plane refused, which TLS 1.3 reports after the handshake).
+    Subscribe,
+    /// An open stream ended with an error, or closed before delivering a config.
+    Stream,
+}
+
+impl ControlPlaneFailure {
+    fn as_str(self) -> &'static str {
+        match self {
+            ControlPlaneFailure::Connect => "connect",
+            ControlPlaneFailure::Unauthenticated => "unauthenticated",
+            ControlPlaneFailure::Subscribe => "subscribe",
+            ControlPlaneFailure::Stream => "stream",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
@@ -156,6 +183,8 @@ pub struct Metrics {
     pub config_nacks: Counter,
     /// Whether the config stream to the control plane is up (1) or not (0).
     pub control_plane_connected: Gauge,
+    /// Failed config stream attempts, by kind (see [`ControlPlaneFailure`]).
+    control_plane_failures: Family<KindLabel, Counter>,
     /// Requests that waited for a usable master.
     pub held: Counter,
     /// Requests waiting for a usable master now (see [`HoldGuard`]).
@@ -275,6 +304,7 @@ impl Metrics {
             config_acks,
             config_nacks,
             control_plane_connected: Gauge::default(),
+            control_plane_failures: Family::default(),
             held: Counter::default(),
             holding: Gauge::default(),
             hold_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -373,7 +403,30 @@ impl Metrics {
             "1 while the config stream to the control plane is up",
             m.control_plane_connected.clone(),
         );
+        m.registry.register(
+            "control_plane_failures",
+            "Config stream attempts that failed or ended with an error, by kind",
+            m.control_plane_failures.clone(),
+        );
         m
+    }
+
+    /// Counts a failed config stream attempt.
+    pub fn control_plane_failure(&self, kind: ControlPlaneFailure) {
+        self.control_plane_failures
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Failed config stream attempts of `kind` so far.
+    pub fn control_plane_failures(&self, kind: ControlPlaneFailure) -> u64 {
+        self.control_plane_failures
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .get()
     }
 
     /// Counts one command.

@@ -164,6 +164,12 @@ pub struct RoutingTable {
     pub service: String,
     /// The master the Sentinels decided on; `None` while there is none.
     pub master: Option<NodeAddr>,
+    /// Sentinel config epoch of `master`: comparable across control planes, unlike
+    /// versions.
+    pub config_epoch: u64,
+    /// The control plane whose config this table comes from (`ConfigUpdate.control_plane_id`;
+    /// empty if unknown): the scope of `config_version`.
+    pub control_plane_id: Arc<str>,
     /// Every replica the control plane reported, healthy or not.
     pub replicas: Vec<ReplicaRoute>,
     /// Healthy replicas only: the read pool, precomputed.
@@ -209,6 +215,8 @@ impl RoutingTable {
             config_version: 0,
             service: service.to_string(),
             master: None,
+            config_epoch: 0,
+            control_plane_id: Arc::from(""),
             replicas: Vec::new(),
             readable: Vec::new(),
             read_policy: ReadPolicy::Replicas,
@@ -352,6 +360,8 @@ impl RoutingTable {
                 .then(|| std::time::Duration::from_millis(policy.failover_hold_ms)),
             service: svc.name.clone(),
             master,
+            config_epoch: topo.config_epoch,
+            control_plane_id: Arc::from(""),
             replicas,
             readable,
             read_policy,

@@ -187,6 +187,7 @@ pub struct Proxy {
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
     cache: Option<Arc<crate::cache::Cache>>,
+    upstreams: config_client::Upstreams,
 }
 
 impl Proxy {
@@ -194,6 +195,8 @@ impl Proxy {
     /// naming the flag that moves it.
     pub async fn bind(config: Config) -> Result<Proxy, Error> {
         config.validate().map_err(Error::Config)?;
+        // Certificates and keys are read before anything binds.
+        let upstreams = config_client::Upstreams::from_config(&config).map_err(Error::Config)?;
         let listener =
             bind_listener(config.listen, config.tcp_backlog).map_err(|e| Error::Bind {
                 flag: "--listen",
@@ -249,6 +252,7 @@ impl Proxy {
             local_addr,
             admin_addr,
             cache,
+            upstreams,
         })
     }
 
@@ -283,8 +287,10 @@ impl Proxy {
             local_addr,
             admin_addr,
             cache,
+            upstreams,
         } = self;
-        info!(%local_addr, %admin_addr, service = %config.service, workers = config.workers, "pivot-proxy listening");
+        info!(%local_addr, %admin_addr, service = %config.service, workers = config.workers,
+            control_planes = %upstreams.urls().collect::<Vec<_>>().join(","), "pivot-proxy listening");
         let proxy_id = shared.proxy_id.clone();
         let tasks = TaskTracker::new();
         let feed = Arc::new(config_client::Feed::new());
@@ -292,7 +298,7 @@ impl Proxy {
             config_client::run(
                 shared.clone(),
                 config_client::Settings {
-                    endpoint: config.control_plane.clone(),
+                    upstreams,
                     proxy_id,
                     listen_addr: local_addr.to_string(),
                     feed: feed.clone(),

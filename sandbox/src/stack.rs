@@ -78,6 +78,8 @@ pub struct ControlPlaneHandle {
     pub http_addr: SocketAddr,
     /// gRPC address.
     pub grpc_addr: SocketAddr,
+    /// Its identity (its store's), announced in every config update.
+    pub control_plane_id: String,
     /// Configuration changes (policy, rules, users), published to the proxies live.
     pub admin: Admin,
     /// The proxies it has seen and their last status reports.
@@ -221,6 +223,19 @@ impl Stack {
         if self.control_plane.is_some() {
             bail!("the control plane is already running");
         }
+        let handle = spawn_control_plane(self.control_plane_config()?).await?;
+        // A restart reuses the same ports, so that proxies find it again.
+        self.options.http_listen = handle.http_addr;
+        self.options.grpc_listen = handle.grpc_addr;
+        self.control_plane = Some(handle);
+        Ok(())
+    }
+
+    /// The configuration the stack's control plane runs with: the service on the stack's
+    /// Sentinels with the options' policy and credentials, its data directory and
+    /// addresses. Changed (another data directory, port 0, tokens, TLS) and given to
+    /// [`spawn_control_plane`], it starts another control plane on the same Sentinels.
+    pub fn control_plane_config(&self) -> Result<pivot_control_plane::Config> {
         let mut config = pivot_control_plane::Config::with_data_dir(&self.data_dir);
         config.http_listen = self.options.http_listen;
         config.grpc_listen = self.options.grpc_listen;
@@ -285,21 +300,7 @@ impl Stack {
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!("admin token: {e}"))?,
         );
-        let cp = ControlPlane::bind(config).await?;
-        // A restart reuses the same ports, so that proxies find it again.
-        self.options.http_listen = cp.http_addr();
-        self.options.grpc_listen = cp.grpc_addr();
-        let shutdown = CancellationToken::new();
-        let handle = ControlPlaneHandle {
-            http_addr: cp.http_addr(),
-            grpc_addr: cp.grpc_addr(),
-            admin: cp.admin(),
-            registry: cp.registry(),
-            shutdown: shutdown.clone(),
-            task: tokio::spawn(cp.run(shutdown)),
-        };
-        self.control_plane = Some(handle);
-        Ok(())
+        Ok(config)
     }
 
     /// Stops the control plane (the proxies keep running).
@@ -378,6 +379,24 @@ impl Stack {
         }
         Ok(())
     }
+}
+
+/// Binds and runs a control plane with `config` in this process. The stack does not track
+/// it: the caller stops it (or it stops when dropped with the runtime).
+pub async fn spawn_control_plane(
+    config: pivot_control_plane::Config,
+) -> Result<ControlPlaneHandle> {
+    let cp = ControlPlane::bind(config).await?;
+    let shutdown = CancellationToken::new();
+    Ok(ControlPlaneHandle {
+        http_addr: cp.http_addr(),
+        grpc_addr: cp.grpc_addr(),
+        control_plane_id: cp.control_plane_id().to_string(),
+        admin: cp.admin(),
+        registry: cp.registry(),
+        shutdown: shutdown.clone(),
+        task: tokio::spawn(cp.run(shutdown)),
+    })
 }
 
 /// Starts one proxy for `service` against the control plane at `grpc`.

@@ -45,9 +45,73 @@ fn is_json(headers: &HeaderMap) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
+/// Where a request body type has JSON objects.
+///
+/// serde's derived `Deserialize` also reads a struct from an array (its fields by
+/// position), so `[]` would pass for a body whose fields are all optional and
+/// `"backend_auth": ["user", "pw"]` for credentials. The API takes objects only; each body
+/// type lists its object positions and [`check_objects`] refuses anything else there
+/// before the typed parse.
+pub trait JsonShape {
+    /// Paths of the objects: `""` the body itself, `"policy"` a field, `"rules[]"` every
+    /// element of an array field; nested with `.` (`"policy.rules[]"`).
+    const OBJECTS: &'static [&'static str];
+}
+
+/// Refuses a non-object at any of `T`'s object positions (absent and `null` are left to
+/// the typed parse).
+fn check_objects<T: JsonShape>(value: &serde_json::Value) -> Result<(), ApiError> {
+    fn walk(v: &serde_json::Value, segments: &[&str], path: &str) -> Result<(), ApiError> {
+        let Some((first, rest)) = segments.split_first() else {
+            return match v {
+                serde_json::Value::Object(_) | serde_json::Value::Null => Ok(()),
+                _ if path.is_empty() => Err(ApiError::bad_request(
+                    "invalid type: the body must be a JSON object",
+                )),
+                _ => Err(ApiError::invalid_field(
+                    path,
+                    "invalid type: expected an object",
+                )),
+            };
+        };
+        let (field, each) = match first.strip_suffix("[]") {
+            Some(f) => (f, true),
+            None => (*first, false),
+        };
+        let Some(inner) = v.get(field) else {
+            return Ok(());
+        };
+        let here = if path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        match (each, inner) {
+            (true, serde_json::Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, rest, &format!("{here}[{i}]"))?;
+                }
+                Ok(())
+            }
+            (true, _) => Ok(()),
+            (false, _) => walk(inner, rest, &here),
+        }
+    }
+    for pattern in T::OBJECTS {
+        let segments: Vec<&str> = pattern.split('.').filter(|s| !s.is_empty()).collect();
+        if segments.is_empty() && !value.is_object() {
+            return Err(ApiError::bad_request(
+                "invalid type: the body must be a JSON object",
+            ));
+        }
+        walk(value, &segments, "")?;
+    }
+    Ok(())
+}
+
 impl<T, S> FromRequest<S> for ApiJson<T>
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + JsonShape,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -68,7 +132,10 @@ where
 }
 
 /// Parses `bytes` as a `T`; errors name the field at fault.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<T: DeserializeOwned + JsonShape>(bytes: &[u8]) -> Result<T, ApiError> {
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        check_objects::<T>(&value)?;
+    }
     // Only a body that is not JSON at all is a syntax error: serde_json also reports some
     // wrong types (a number where an enum's string goes) as syntax errors, and those name
     // a field. Checked on the error path only.
@@ -252,7 +319,9 @@ mod tests {
     use super::*;
     use crate::http::model::{PolicyBody, PolicyPatch};
 
-    fn field_of<T: DeserializeOwned + std::fmt::Debug>(json: &str) -> (Option<String>, String) {
+    fn field_of<T: DeserializeOwned + JsonShape + std::fmt::Debug>(
+        json: &str,
+    ) -> (Option<String>, String) {
         let e = parse_json::<T>(json.as_bytes()).unwrap_err();
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         (e.body().field.clone(), e.body().error.clone())
@@ -324,6 +393,28 @@ mod tests {
         assert!(msg.starts_with("invalid JSON"), "{msg}");
         let (field, _) = field_of::<PolicyBody>("[]");
         assert_eq!(field, None);
+    }
+
+    #[test]
+    fn objects_only_where_objects_go() {
+        use crate::http::model::{NewServiceBody, ServicePatch};
+        let (field, msg) = field_of::<ServicePatch>("[]");
+        assert_eq!(field, None);
+        assert!(msg.contains("JSON object"), "{msg}");
+        let (field, _) = field_of::<ServicePatch>(r#"{"backend_auth": ["u", "pw"]}"#);
+        assert_eq!(field.as_deref(), Some("backend_auth"));
+        let (field, _) = field_of::<PolicyPatch>(
+            r#"{"rules": [{"command": "get", "target": "any"}, ["set", "deny"]]}"#,
+        );
+        assert_eq!(field.as_deref(), Some("rules[1]"));
+        let (field, _) = field_of::<NewServiceBody>(
+            r#"{"name": "a", "sentinels": ["h:1"], "policy": {"read_policy": "all", "consistency": "strong", "write_ack": "master", "rules": [[]]}}"#,
+        );
+        assert_eq!(field.as_deref(), Some("policy.rules[0]"));
+        assert!(parse_json::<ServicePatch>(br#"{"backend_auth": null}"#).is_ok());
+        // A wrong type that is not an object position is the typed parse's.
+        let (field, _) = field_of::<PolicyPatch>(r#"{"rules": 5}"#);
+        assert_eq!(field.as_deref(), Some("rules"));
     }
 
     #[test]

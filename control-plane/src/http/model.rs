@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::extract::JsonShape;
 use crate::auth::{Role, TokenInfo};
 use crate::config::HoldDuration;
 use crate::grpc::ProxyInfo;
@@ -1149,6 +1150,29 @@ pub struct CreatedToken {
 pub struct Status {
     /// `ok` or `ready`.
     pub status: String,
+}
+
+// Where each request body has objects (see `JsonShape`).
+impl JsonShape for NewServiceBody {
+    const OBJECTS: &'static [&'static str] = &["", "backend_auth", "policy", "policy.rules[]"];
+}
+impl JsonShape for ServicePatch {
+    const OBJECTS: &'static [&'static str] = &["", "backend_auth"];
+}
+impl JsonShape for PolicyBody {
+    const OBJECTS: &'static [&'static str] = &["", "rules[]"];
+}
+impl JsonShape for PolicyPatch {
+    const OBJECTS: &'static [&'static str] = &["", "rules[]"];
+}
+impl JsonShape for RuleTarget {
+    const OBJECTS: &'static [&'static str] = &[""];
+}
+impl JsonShape for UserBody {
+    const OBJECTS: &'static [&'static str] = &[""];
+}
+impl JsonShape for NewToken {
+    const OBJECTS: &'static [&'static str] = &[""];
 }
 
 #[cfg(test)]
