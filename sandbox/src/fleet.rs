@@ -143,6 +143,7 @@ pub async fn run(options: FleetBenchOptions) -> Result<Report> {
     let dir = tempfile::tempdir().context("temporary directory")?;
     let service = topology.master_name().to_string();
     let token = format!("fleet-bench-{:032x}", rand::random::<u128>());
+    let proxy_token = format!("fleet-proxies-{:032x}", rand::random::<u128>());
     let spec = ControlPlaneSpec {
         binary: options.control_plane_bin.clone(),
         data_dir: dir.path().join("data"),
@@ -152,10 +153,11 @@ pub async fn run(options: FleetBenchOptions) -> Result<Report> {
             .unwrap_or_else(|| dir.path().join("control-plane.log")),
         service: (service.clone(), topology.sentinel_addrs()),
         admin_token: token.clone(),
+        proxy_token: proxy_token.clone(),
         log_filter: options.control_plane_log.clone(),
     };
     let mut cp = ControlPlaneProcess::start(spec, options.timeout).await?;
-    let outcome = measure(&options, &mut cp, &service, &token)
+    let outcome = measure(&options, &mut cp, &service, &token, &proxy_token)
         .await
         .map_err(|e| {
             anyhow::anyhow!(
@@ -175,6 +177,7 @@ async fn measure(
     cp: &mut ControlPlaneProcess,
     service: &str,
     token: &str,
+    proxy_token: &str,
 ) -> Result<Report> {
     cp.wait_ready(options.timeout).await?;
     let api = Api::new(format!("http://{}", cp.http_addr()), token.to_string())?;
@@ -187,6 +190,7 @@ async fn measure(
         service: service.to_string(),
         id_prefix: id_prefix.clone(),
         status_interval: options.status_interval,
+        token: Some(proxy_token.to_string()),
     };
     let n = options.proxies;
     let opened = Instant::now();

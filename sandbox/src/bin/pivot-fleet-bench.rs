@@ -12,16 +12,16 @@ use tracing_subscriber::EnvFilter;
 
 /// Starts Redis (a master and two replicas) and three Sentinels on 127.0.0.1, the real
 /// `pivot-control-plane` binary as a child process, and N simulated proxies, each with its
-/// own gRPC connection and config stream (Hello, a status report every 2 s, an ACK per
-/// update, reconnecting with the real proxy's backoff). Then times a command-rule change through the REST API until
-/// every stream has ACKed it and until `GET /api/v1/proxies` shows it (several rounds),
-/// samples the control plane's memory before and after the streams, and times every stream's
-/// return after a control-plane restart (SIGTERM, then a start on the same ports and data
-/// directory). The simulated fleet runs on one thread, so that the control plane has the
-/// rest of the machine.
+/// own gRPC connection and config stream (Hello with a proxy token, a status report every
+/// 2 s, an ACK per update, reconnecting with the real proxy's backoff). Then times a
+/// command-rule change through the REST API until every stream has ACKed it and until
+/// `GET /api/v1/proxies` shows it (several rounds), samples the control plane's memory and
+/// CPU, and times every stream's return after a control-plane restart (SIGTERM, then a
+/// start on the same ports and data directory). The simulated fleet runs on one thread,
+/// so that the control plane has the rest of the machine. Results: docs/performance.md.
 ///
-/// Build both binaries with the same profile first:
-/// `cargo build --release -p pivot-control-plane -p pivot-sandbox`.
+/// It runs the `pivot-control-plane` next to its own executable: build it with the same
+/// profile first (`cargo build --release -p pivot-control-plane`).
 #[derive(Debug, Parser)]
 #[command(name = "pivot-fleet-bench", version, about, long_about)]
 struct Args {

@@ -80,6 +80,8 @@ pub struct ControlPlaneSpec {
     pub service: (String, Vec<SocketAddr>),
     /// The first admin token (`PIVOT_ADMIN_TOKEN`).
     pub admin_token: String,
+    /// The token proxies present (`PIVOT_PROXY_TOKENS`).
+    pub proxy_token: String,
     /// Its `RUST_LOG`.
     pub log_filter: String,
 }
@@ -150,6 +152,7 @@ impl ControlPlaneProcess {
             // Parsed by `log_summary`.
             .args(["--log-format", "json"])
             .env("PIVOT_ADMIN_TOKEN", &self.spec.admin_token)
+            .env("PIVOT_PROXY_TOKENS", &self.spec.proxy_token)
             .env("RUST_LOG", &self.spec.log_filter)
             .stdin(Stdio::null())
             .stdout(log)

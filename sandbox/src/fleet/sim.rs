@@ -2,9 +2,10 @@
 //! one `ProxyDiscovery.StreamConfig` stream, says `Hello`, reports its status right after
 //! and then every status interval (2 s, the proxy's default), answers every update with an
 //! ACK (or a NACK, on the same grounds as the real proxy's checks that need no routing
-//! table), and reconnects with the real proxy's backoff (`proxy/src/config_client.rs`:
-//! 100 ms doubling to 5 s, times a jitter of 0.8-1.2, back to 100 ms after a stream that
-//! delivered). What each one saw is kept in lock-free counters the bench reads.
+//! table), presents the proxy token, and reconnects with the real proxy's backoff for one
+//! control plane (`proxy/src/config_client.rs`: a jittered wait (0.8-1.2) of 100 ms after
+//! a stream that delivered and after the first failure, doubling after each further
+//! failure up to 5 s). What each one saw is kept in lock-free counters the bench reads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,6 +71,9 @@ pub struct FleetSettings {
     pub id_prefix: String,
     /// How often each proxy reports its status (the proxy's `--status-interval`).
     pub status_interval: Duration,
+    /// The token presented as `authorization: Bearer ...` (the proxy's
+    /// `--control-plane-token`).
+    pub token: Option<String>,
 }
 
 /// N simulated proxies, each its own task and connection. The tasks run until
@@ -127,6 +131,7 @@ impl Fleet {
                 settings: settings.clone(),
                 probe: (index == 0).then(|| fleet.probe.clone()),
                 slot: Some(permit),
+                control_plane_id: String::new(),
             };
             let cancel = fleet.cancel.clone();
             fleet.tasks.spawn(async move {
@@ -300,6 +305,8 @@ struct Sim {
     probe: Option<Arc<Mutex<Option<v1::ConfigUpdate>>>>,
     /// The connection slot held until the first stream delivered or failed.
     slot: Option<OwnedSemaphorePermit>,
+    /// `control_plane_id` of the last update ACKed (the scope of its version).
+    control_plane_id: String,
 }
 
 impl Sim {
@@ -312,20 +319,31 @@ impl Sim {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The real proxy's loop: a stream, then a jittered, doubling backoff.
+    /// The real proxy's loop (`config_client::run` with one endpoint): a stream, then a
+    /// jittered wait that doubles after every failure and starts over after a stream that
+    /// delivered.
     async fn run(mut self) {
         let mut backoff = MIN_BACKOFF;
+        let mut failures_in_a_row = 0u32;
         loop {
             let outcome = self.stream_once().await;
             self.slot = None;
             match outcome {
-                Ok(true) => backoff = MIN_BACKOFF,
-                Ok(false) => {}
-                Err(e) => debug!(proxy = self.index, error = %e, "config stream failed"),
+                Ok(true) => {
+                    backoff = MIN_BACKOFF;
+                    failures_in_a_row = 0;
+                }
+                Ok(false) => failures_in_a_row += 1,
+                Err(e) => {
+                    failures_in_a_row += 1;
+                    debug!(proxy = self.index, error = %e, "config stream failed");
+                }
             }
             let jitter = rand::rng().random_range(0.8..1.2);
             tokio::time::sleep(backoff.mul_f64(jitter)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if failures_in_a_row > 0 {
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
     }
 
@@ -352,6 +370,7 @@ impl Sim {
                 build_version: concat!("fleet-bench-", env!("CARGO_PKG_VERSION")).to_string(),
                 services: vec![self.settings.service.clone()],
                 running_version: self.record().acked_version.load(Ordering::Acquire),
+                running_control_plane_id: self.control_plane_id.clone(),
             })),
         };
         tx.send(hello)
@@ -360,8 +379,15 @@ impl Sim {
         tx.send(self.status())
             .await
             .map_err(|_| "stream closed".to_string())?;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(token) = &self.settings.token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| "the proxy token is not a valid header value".to_string())?;
+            request.metadata_mut().insert("authorization", value);
+        }
         let mut updates = client
-            .stream_config(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .stream_config(request)
             .await
             .map_err(|e| format!("subscribe: {e}"))?
             .into_inner();
@@ -427,6 +453,9 @@ impl Sim {
                 return Ok(true);
             }
             if acked {
+                if self.control_plane_id != update.control_plane_id {
+                    self.control_plane_id.clone_from(&update.control_plane_id);
+                }
                 let record = self.record();
                 record.acked_at.store(self.now(), Ordering::Release);
                 record
@@ -445,6 +474,7 @@ impl Sim {
         v1::ProxyMessage {
             msg: Some(Msg::Status(v1::Status {
                 running_version: self.record().acked_version.load(Ordering::Acquire),
+                running_control_plane_id: self.control_plane_id.clone(),
                 uptime_ms: millis(self.epoch.elapsed()),
                 interval_ms: millis(self.settings.status_interval),
                 ..v1::Status::default()
