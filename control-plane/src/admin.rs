@@ -417,6 +417,25 @@ impl Admin {
             .await
     }
 
+    /// Changes the policy of `service` with `edit`, which gets the current policy: a
+    /// read-modify-write serialised with every other change, so that concurrent edits of
+    /// different fields never undo each other. Returns the policy now, and the config
+    /// version that carries it (`None`: nothing changed).
+    pub async fn update_policy(
+        &self,
+        actor: &Actor,
+        service: &str,
+        edit: impl FnOnce(&Policy) -> Result<Policy, Error>,
+    ) -> Result<(Policy, Option<u64>), Error> {
+        let _guard = self.changes.lock().await;
+        let policy = edit(&self.policy(service)?)?;
+        check_policy("", &policy)?;
+        let version = self
+            .set_policy_locked(actor, "policy.set", service, "", policy)
+            .await?;
+        Ok((self.policy(service)?, version))
+    }
+
     async fn set_policy_locked(
         &self,
         actor: &Actor,

@@ -12,6 +12,7 @@
 //! stream that stays open while nothing arrives on it for three report periods (a hung
 //! proxy, a half-open connection keepalive has not caught yet) marks its proxy silent.
 
+pub mod admin;
 pub mod convert;
 pub mod credentials;
 

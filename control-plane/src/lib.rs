@@ -38,6 +38,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pivot_proto::v1::admin_server::AdminServer;
 use pivot_proto::v1::proxy_discovery_server::ProxyDiscoveryServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -226,6 +227,7 @@ impl ControlPlane {
             self.metrics.clone(),
             stop.clone(),
         );
+        let admin_api = grpc::admin::AdminService::new(app.clone());
         let http_server = axum::serve(self.http, http::router(app))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut http_task = tokio::spawn(async move { http_server.await });
@@ -241,6 +243,7 @@ impl ControlPlane {
         let check = TokenCheck::new(self.grpc_access.tokens.clone(), self.metrics.clone());
         let grpc_server = grpc_builder
             .add_service(ProxyDiscoveryServer::with_interceptor(discovery, check))
+            .add_service(AdminServer::new(admin_api))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.grpc),
                 stop.clone().cancelled_owned(),

@@ -89,8 +89,7 @@ async fn openapi_fuzzing_finds_no_server_error() -> Result<()> {
         .arg("--report-dir")
         .arg(reports.path())
         .env("SCHEMATHESIS_HOOKS", HOOKS)
-        // Its cache (`.schemathesis/`, which replays earlier failures) stays out of the
-        // source tree and out of the next run.
+        // Its cache (`.schemathesis/`) goes to the temporary directory, not the repository.
         .current_dir(reports.path())
         // No telemetry, no colours in the captured output.
         .env("SCHEMATHESIS_TELEMETRY", "false")

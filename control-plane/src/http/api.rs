@@ -315,7 +315,6 @@ async fn put_policy(
     let policy = body
         .into_policy("")
         .map_err(|(f, m)| ApiError::invalid_field(f, m))?;
-    let _serial = app.policy_edits.lock().await;
     let changed = app.admin.set_policy(&actor(&caller), &name, policy).await?;
     policy_change(&app, &name, changed).await
 }
@@ -336,12 +335,14 @@ async fn patch_policy(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<PolicyPatch>,
 ) -> Result<Json<PolicyChange>, ApiError> {
-    // Read-modify-write: serialised with the API's other policy and rule changes.
-    let _serial = app.policy_edits.lock().await;
-    let policy = body
-        .apply(&app.admin.policy(&name)?)
-        .map_err(|(f, m)| ApiError::invalid_field(f, m))?;
-    let changed = app.admin.set_policy(&actor(&caller), &name, policy).await?;
+    // Read-modify-write inside `Admin`, serialised with every other change.
+    let (_, changed) = app
+        .admin
+        .update_policy(&actor(&caller), &name, |current| {
+            body.apply(current)
+                .map_err(|(field, message)| crate::Error::InvalidField { field, message })
+        })
+        .await?;
     policy_change(&app, &name, changed).await
 }
 
@@ -388,7 +389,6 @@ async fn put_rule(
 ) -> Result<Response, ApiError> {
     let rule = CommandRule::new(&command, body.target.into())
         .map_err(|m| ApiError::invalid_field("command", m))?;
-    let _serial = app.policy_edits.lock().await;
     let (created, changed) = app
         .admin
         .put_rule(&actor(&caller), &name, rule.clone())
@@ -419,7 +419,6 @@ async fn delete_rule(
     State(app): State<AppState>,
     ApiPath((name, command)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let _serial = app.policy_edits.lock().await;
     app.admin
         .delete_rule(&actor(&caller), &name, &command)
         .await?;

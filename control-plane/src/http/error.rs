@@ -144,6 +144,7 @@ impl From<crate::Error> for ApiError {
             Error::Invalid(m) => ApiError::bad_request(m),
             Error::InvalidField { field, message } => ApiError::invalid_field(field, message),
             Error::Conflict(m) => ApiError::conflict(m),
+            Error::Unavailable(m) => ApiError::unavailable(m),
             other => ApiError::internal(&other),
         }
     }

@@ -63,9 +63,6 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Permits for concurrent event streams ([`sse::MAX_STREAMS`]).
     pub streams: Arc<Semaphore>,
-    /// Serialises the API's policy read-modify-writes (PATCH) with its other policy and
-    /// rule changes, so that none undoes another.
-    pub policy_edits: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -85,7 +82,6 @@ impl AppState {
             metrics,
             shutdown,
             streams: Arc::new(Semaphore::new(sse::MAX_STREAMS)),
-            policy_edits: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 }

@@ -1,6 +1,7 @@
-//! `GET /api/v1/events/stream`: live updates as Server-Sent Events.
+//! `GET /api/v1/events/stream`: live updates as Server-Sent Events, and the [`Feed`] behind
+//! them, which the gRPC admin API's `WatchEvents` streams too.
 //!
-//! One [`Feed`] per client merges four sources into named messages:
+//! One [`Feed`] per client merges four sources into [`LiveItem`]s:
 //!
 //! - `topology`: the fleet snapshot (`watch`), diffed per service against what this client
 //!   was last sent, and coalesced to at most one message per service per
@@ -72,16 +73,41 @@ pub async fn events_stream(
     _: ReadAccess,
     State(app): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
-        ApiError::unavailable(format!(
-            "too many open event streams (at most {MAX_STREAMS}); retry later"
-        ))
-    })?;
-    let feed = Feed::new(&app, permit);
+    let feed = Feed::open(&app).map_err(ApiError::unavailable)?;
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
-        feed.next().await.map(|e| (Ok(e), feed))
+        loop {
+            let item = feed.next().await?;
+            if let Some(e) = sse_message(&item) {
+                return Some((Ok(e), feed));
+            }
+        }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// One live update, whatever the transport.
+#[derive(Debug, Clone)]
+pub enum LiveItem {
+    /// A service's topology changed (or this is the feed's first message about it).
+    Topology(TopologyMessage),
+    /// An event row was stored.
+    Event(EventView),
+    /// An audit row was stored.
+    Audit(AuditView),
+    /// A proxy's view changed (or this is the feed's first message about it).
+    Proxy(ProxyView),
+    /// The feed fell behind the store's broadcast: the client should refetch.
+    Resync,
+}
+
+fn sse_message(item: &LiveItem) -> Option<Event> {
+    match item {
+        LiveItem::Topology(t) => message("topology", t),
+        LiveItem::Event(e) => message("event", e),
+        LiveItem::Audit(a) => message("audit", a),
+        LiveItem::Proxy(p) => message("proxy", p),
+        LiveItem::Resync => message("resync", &serde_json::json!({})),
+    }
 }
 
 /// What was last sent for one service.
@@ -91,7 +117,7 @@ struct Sent {
 }
 
 /// One client's merged sources (see the module docs).
-struct Feed {
+pub struct Feed {
     app: AppState,
     fleet: watch::Receiver<Arc<FleetState>>,
     live: broadcast::Receiver<Live>,
@@ -106,7 +132,7 @@ struct Feed {
     proxies_due: Option<Instant>,
     proxies_scanned: Option<Instant>,
     /// Messages ready to go: at most one per service and proxy plus one live row.
-    ready: VecDeque<Event>,
+    ready: VecDeque<LiveItem>,
     /// Released when the stream is dropped.
     _permit: OwnedSemaphorePermit,
 }
@@ -121,7 +147,25 @@ fn message<T: Serialize>(name: &str, data: &T) -> Option<Event> {
     }
 }
 
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("ready", &self.ready.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Feed {
+    /// A feed of `app`'s live updates, starting with the current topology of every
+    /// service and every known proxy. Fails when [`MAX_STREAMS`] feeds are open (SSE and
+    /// gRPC together).
+    pub fn open(app: &AppState) -> Result<Feed, String> {
+        let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
+            format!("too many open event streams (at most {MAX_STREAMS}); retry later")
+        })?;
+        Ok(Feed::new(app, permit))
+    }
+
     fn new(app: &AppState, permit: OwnedSemaphorePermit) -> Feed {
         let mut fleet = app.state.subscribe();
         // The first snapshot and proxy list are sent at once (below), not as changes.
@@ -149,7 +193,8 @@ impl Feed {
         feed
     }
 
-    async fn next(&mut self) -> Option<Event> {
+    /// The next update; `None` when the control plane shuts down.
+    pub async fn next(&mut self) -> Option<LiveItem> {
         loop {
             if let Some(e) = self.ready.pop_front() {
                 return Some(e);
@@ -173,11 +218,11 @@ impl Feed {
                     self.topology(Instant::now());
                 }
                 live = self.live.recv() => match live {
-                    Ok(Live::Event(row)) => self.push("event", &EventView::from(row)),
-                    Ok(Live::Audit(entry)) => self.push("audit", &AuditView::from(entry)),
+                    Ok(Live::Event(row)) => self.ready.push_back(LiveItem::Event(EventView::from(row))),
+                    Ok(Live::Audit(entry)) => self.ready.push_back(LiveItem::Audit(AuditView::from(entry))),
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::debug!(missed, "event stream client fell behind; resync");
-                        self.push("resync", &serde_json::json!({}));
+                        self.ready.push_back(LiveItem::Resync);
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
@@ -193,12 +238,6 @@ impl Feed {
                     self.proxies(Instant::now());
                 }
             }
-        }
-    }
-
-    fn push<T: Serialize>(&mut self, name: &str, data: &T) {
-        if let Some(e) = message(name, data) {
-            self.ready.push_back(e);
         }
     }
 
@@ -225,14 +264,11 @@ impl Feed {
                 continue;
             }
             self.dirty.remove(name);
-            self.push(
-                "topology",
-                &TopologyMessage {
-                    service: name.clone(),
-                    version: fleet.version,
-                    topology: view.clone(),
-                },
-            );
+            self.ready.push_back(LiveItem::Topology(TopologyMessage {
+                service: name.clone(),
+                version: fleet.version,
+                topology: view.clone(),
+            }));
             self.topology_sent
                 .insert(name.clone(), Sent { at: now, view });
         }
@@ -262,8 +298,8 @@ impl Feed {
             if self.proxies_sent.get(&p.proxy_id) == Some(&view) {
                 continue;
             }
-            self.push("proxy", &view);
-            self.proxies_sent.insert(p.proxy_id.clone(), view);
+            self.proxies_sent.insert(p.proxy_id.clone(), view.clone());
+            self.ready.push_back(LiveItem::Proxy(view));
         }
     }
 }

@@ -1,0 +1,311 @@
+//! `pivotctl` against a running stack (real Redis, Sentinels, control plane, proxy): every
+//! subcommand, as a table and as JSON, and the exit codes that scripts rely on.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use pivot_sandbox::{Stack, StackOptions};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pivotctl");
+
+struct Ctl {
+    server: String,
+    token: String,
+}
+
+impl Ctl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("PIVOT_SERVER", &self.server)
+            .env("PIVOT_TOKEN", &self.token)
+            .env_remove("PIVOT_USER_PASSWORD")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn output(&self, args: &[&str]) -> Result<Output> {
+        self.command(args)
+            .output()
+            .with_context(|| format!("running pivotctl {args:?}"))
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.output(args)?;
+        if !out.status.success() {
+            bail!(
+                "pivotctl {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Runs with `--json` and parses stdout.
+    fn json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ok(&all)?;
+        serde_json::from_str(&text).with_context(|| format!("pivotctl {args:?}: {text}"))
+    }
+
+    /// Runs and expects exit `code`; returns stderr.
+    fn fails(&self, args: &[&str], code: i32) -> Result<String> {
+        let out = self.output(args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if out.status.code() != Some(code) {
+            bail!(
+                "pivotctl {args:?}: expected exit {code}, got {} (stdout {}, stderr {stderr})",
+                out.status,
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(stderr)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subcommand_against_a_running_stack() -> Result<()> {
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let cp = stack.control_plane.as_ref().context("control plane")?;
+    let ctl = Ctl {
+        server: format!("http://{}", cp.grpc_addr),
+        token: stack.admin_token().to_string(),
+    };
+    let svc = stack.topology.master_name().to_string();
+    let master = stack.topology.node(0).addr().to_string();
+
+    // whoami
+    assert!(ctl.ok(&["whoami"])?.contains("(admin)"));
+    assert_eq!(ctl.json(&["whoami"])?["role"], "admin");
+
+    // services
+    let table = ctl.ok(&["services"])?;
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains(&svc) && table.contains(&master), "{table}");
+    let list = ctl.json(&["services", "list"])?;
+    assert_eq!(list[0]["name"], svc.as_str());
+    assert_eq!(list[0]["topology"]["master"], master.as_str());
+    let show = ctl.ok(&["services", "show", &svc])?;
+    assert!(
+        show.contains("read policy:") && show.contains("master"),
+        "{show}"
+    );
+    assert_eq!(ctl.json(&["services", "show", &svc])?["name"], svc.as_str());
+
+    // topology
+    let t = ctl.ok(&["topology", &svc])?;
+    assert!(
+        t.contains("ROLE") && t.contains("replica") && t.contains("sentinel"),
+        "{t}"
+    );
+    let tj = ctl.json(&["topology", &svc])?;
+    assert_eq!(tj["master"], master.as_str());
+    assert_eq!(tj["replicas"].as_array().map(Vec::len), Some(2));
+
+    // rules: set, list, applied by the proxy, rm
+    let v0 = *stack.proxies[0].applied.borrow();
+    let set = ctl.ok(&["rules", "set", &svc, "FLUSHALL", "deny"])?;
+    assert!(set.contains("config version"), "{set}");
+    stack.proxies[0]
+        .wait_for_version_above(v0, Duration::from_secs(10))
+        .await?;
+    let mut c = stack.proxies[0]
+        .client()
+        .get_multiplexed_async_connection()
+        .await?;
+    let denied: redis::RedisResult<String> = redis::cmd("FLUSHALL").query_async(&mut c).await;
+    assert!(denied.is_err(), "FLUSHALL should be denied: {denied:?}");
+    assert!(
+        ctl.ok(&["rules", "list", &svc])?
+            .contains("flushall   deny")
+    );
+    assert_eq!(
+        ctl.json(&["rules", "list", &svc])?,
+        serde_json::json!([{"command": "flushall", "target": "deny"}])
+    );
+    let unchanged = ctl.json(&["rules", "set", &svc, "flushall", "deny"])?;
+    assert_eq!(unchanged["created"], false);
+    ctl.ok(&["rules", "rm", &svc, "flushall"])?;
+    assert_eq!(ctl.json(&["rules", "list", &svc])?, serde_json::json!([]));
+    assert!(
+        ctl.fails(&["rules", "rm", &svc, "flushall"], 3)?
+            .contains("no rule")
+    );
+    let e = ctl.fails(&["rules", "set", &svc, "get", "nowhere"], 7)?;
+    assert!(e.contains("rule.target"), "{e}");
+
+    // policy
+    let p = ctl.json(&[
+        "policy",
+        "set",
+        &svc,
+        "--read-policy",
+        "master-only",
+        "--failover-hold",
+        "3s",
+        "--max-replica-lag",
+        "1000000",
+    ])?;
+    assert_eq!(p["policy"]["read_policy"], "master-only");
+    assert!(p["version"].as_u64().unwrap_or(0) > 0);
+    let shown = ctl.ok(&["policy", "show", &svc])?;
+    assert!(
+        shown.contains("master-only") && shown.contains("3s"),
+        "{shown}"
+    );
+    let cleared = ctl.json(&["policy", "set", &svc, "--failover-hold", "none"])?;
+    assert_eq!(cleared["policy"]["failover_hold"], Value::Null);
+    assert_eq!(cleared["policy"]["max_replica_lag"], 1_000_000);
+    let e = ctl.fails(&["policy", "set", &svc, "--write-ack", "always"], 7)?;
+    assert!(e.contains("write_ack"), "{e}");
+
+    // users (the password from the environment, never argv)
+    let out = ctl
+        .command(&["users", "set", &svc, "alice"])
+        .env("PIVOT_USER_PASSWORD", "s3cret-pw")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8(out.stdout)?.contains("user alice created"));
+    assert_eq!(
+        ctl.json(&["users", "list", &svc])?,
+        serde_json::json!(["alice"])
+    );
+    ctl.ok(&["users", "rm", &svc, "alice"])?;
+    ctl.fails(&["users", "rm", &svc, "alice"], 3)?;
+
+    // proxies
+    let proxies = ctl.ok(&["proxies"])?;
+    assert!(
+        proxies.starts_with("ID") && proxies.contains(" ok "),
+        "{proxies}"
+    );
+    let pj = ctl.json(&["proxies"])?;
+    assert_eq!(pj["proxies"][0]["connected"], true);
+    assert!(pj["version"].as_u64().unwrap_or(0) > 0);
+
+    // events and audit
+    let ev = ctl.ok(&["events", "--service", &svc, "--limit", "5"])?;
+    assert!(
+        ev.starts_with("ID") && ev.contains("config-changed"),
+        "{ev}"
+    );
+    let ej = ctl.json(&["events", "--kind", "initial"])?;
+    assert_eq!(ej["events"][0]["kind"], "initial");
+    let audit = ctl.ok(&["audit", "--service", &svc])?;
+    assert!(
+        audit.contains("rule.put") && audit.contains("token:"),
+        "{audit}"
+    );
+    let aj = ctl.json(&["audit", "--limit", "2"])?;
+    assert_eq!(aj["entries"].as_array().map(Vec::len), Some(2));
+    assert!(aj["next_before"].as_i64().unwrap_or(0) > 0);
+
+    // events --follow: a change made while following shows up as a line
+    let mut follow = ctl
+        .command(&["--json", "events", "--follow", "--limit", "1"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = follow.stdout.take().context("stdout")?;
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take(2)
+            .collect::<Vec<_>>()
+    });
+    // The first line is the listing's last event; then ours.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut changed = false;
+    while !lines.is_finished() && Instant::now() < deadline {
+        if !changed {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ctl.ok(&["rules", "set", &svc, "keys", "deny"])?;
+            changed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    follow.kill()?;
+    follow.wait()?;
+    let lines = lines
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let last: Value = serde_json::from_str(&lines[1])?;
+    assert_eq!(last["kind"], "config-changed", "{last}");
+
+    // services create / delete, and their conflicts
+    let created = ctl.json(&[
+        "services",
+        "create",
+        "extra",
+        "--sentinel",
+        "127.0.0.1:1",
+        "--sentinel",
+        "127.0.0.1:2",
+    ])?;
+    assert_eq!(created["name"], "extra");
+    ctl.fails(
+        &["services", "create", "extra", "--sentinel", "127.0.0.1:1"],
+        4,
+    )?;
+    let e = ctl.fails(&["services", "create", "bad", "--sentinel", "nohost"], 7)?;
+    assert!(e.contains("sentinels[0]"), "{e}");
+    ctl.ok(&["services", "delete", "extra"])?;
+    ctl.fails(&["topology", "extra"], 3)?;
+    // The stack's proxy serves the main service: deleting it needs --force.
+    assert!(
+        ctl.fails(&["services", "delete", &svc], 4)?
+            .contains("force")
+    );
+
+    // failover: refused without confirmation when stdin is not a terminal, then done
+    ctl.fails(&["failover", &svc], 2)?;
+    let report = ctl.json(&["failover", &svc, "--yes"])?;
+    assert_eq!(report["old_master"], master.as_str());
+    assert_ne!(report["new_master"], master.as_str());
+
+    // a viewer token reads but cannot change (exit 5), no token (5), no server (6)
+    let http = stack.http_url()?;
+    let viewer: Value = reqwest::Client::new()
+        .post(format!("{http}/api/v1/tokens"))
+        .bearer_auth(stack.admin_token())
+        .json(&serde_json::json!({"name": "ro", "role": "viewer"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let ro = Ctl {
+        server: ctl.server.clone(),
+        token: viewer["token"].as_str().context("token")?.to_string(),
+    };
+    assert_eq!(ro.json(&["whoami"])?["role"], "viewer");
+    ro.ok(&["services"])?;
+    assert!(
+        ro.fails(&["rules", "set", &svc, "keys", "any"], 5)?
+            .contains("viewer")
+    );
+    let anon = Ctl {
+        server: ctl.server.clone(),
+        token: String::new(),
+    };
+    anon.fails(&["--token", "pvt_wrong", "services"], 5)?;
+    let down = Ctl {
+        server: "http://127.0.0.1:1".into(),
+        token: ctl.token.clone(),
+    };
+    down.fails(&["services"], 6)?;
+
+    // completions
+    assert!(ctl.ok(&["completions", "bash"])?.contains("pivotctl"));
+    stack.shutdown().await
+}
