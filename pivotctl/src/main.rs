@@ -10,6 +10,7 @@
 mod output;
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use pivot_proto::v1 as pb;
 use pivot_proto::v1::admin_client::AdminClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
 use crate::output::{Out, PipeClosed, Table, fields, or_dash};
@@ -56,6 +57,41 @@ struct Cli {
     /// Print JSON (one document; one line per message with --follow) instead of tables.
     #[arg(long, global = true)]
     json: bool,
+
+    /// CA certificate (PEM) that signed the control plane's certificate, for an
+    /// `https://` server (without it, the system's roots).
+    #[arg(long, env = "PIVOT_TLS_CA", value_name = "FILE", global = true)]
+    tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM), when the control plane requires one (mutual TLS).
+    #[arg(
+        long,
+        env = "PIVOT_TLS_CERT",
+        value_name = "FILE",
+        global = true,
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "PIVOT_TLS_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+
+    /// Name to check the control plane's certificate against, when it is not the
+    /// server URL's host.
+    #[arg(
+        long,
+        env = "PIVOT_TLS_SERVER_NAME",
+        value_name = "NAME",
+        global = true
+    )]
+    tls_server_name: Option<String>,
 
     /// How long to wait for the control plane to answer a request.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
@@ -304,6 +340,11 @@ fn exit_code(code: Code) -> u8 {
     }
 }
 
+/// A status made by the client's transport (not sent by the control plane).
+fn is_transport(s: &Status) -> bool {
+    s.code() == Code::Unknown && std::error::Error::source(s).is_some()
+}
+
 type Client = AdminClient<InterceptedService<Channel, Auth>>;
 
 /// Adds the bearer token to every call.
@@ -328,14 +369,47 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
         ),
         None => None,
     };
-    let endpoint = Endpoint::from_shared(cli.server.clone())
+    let mut endpoint = Endpoint::from_shared(cli.server.clone())
         .map_err(|e| usage(format!("invalid --server `{}`: {e}", cli.server)))?
         .connect_timeout(Duration::from_secs(5));
+    let tls_given = cli.tls_ca.is_some() || cli.tls_cert.is_some() || cli.tls_server_name.is_some();
+    if cli.server.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(client_tls(cli)?)
+            .map_err(|e| usage(format!("TLS settings: {e}")))?;
+    } else if tls_given {
+        return Err(usage(
+            "--tls-* flags need an https:// --server (the control plane's TLS listener)",
+        ));
+    }
     let channel = endpoint.connect().await.map_err(|e| Failure::Local {
         code: 6,
         message: format!("cannot reach the control plane at {}: {e}", cli.server),
     })?;
     Ok(AdminClient::with_interceptor(channel, Auth(auth)))
+}
+
+/// TLS settings from the `--tls-*` flags.
+fn client_tls(cli: &Cli) -> Result<ClientTlsConfig, Failure> {
+    let read = |path: &Path, flag: &str| {
+        std::fs::read(path).map_err(|e| usage(format!("{flag} {}: {e}", path.display())))
+    };
+    let mut tls = match &cli.tls_ca {
+        Some(ca) => {
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "--tls-ca")?))
+        }
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        tls = tls.identity(Identity::from_pem(
+            read(cert, "--tls-cert")?,
+            read(key, "--tls-key")?,
+        ));
+    }
+    if let Some(name) = &cli.tls_server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(tls)
 }
 
 /// A unary request with the `--timeout` deadline.
@@ -354,6 +428,21 @@ async fn main() -> ExitCode {
         Err(Failure::Local { code, message }) => {
             eprintln!("pivotctl: {message}");
             ExitCode::from(code)
+        }
+        Err(Failure::Status(s)) if is_transport(&s) => {
+            // The connection failed under the request (TLS refused, reset): the status
+            // only says "transport error"; the cause is in its source chain.
+            let mut message = s.message().to_string();
+            let mut source = std::error::Error::source(&s);
+            while let Some(e) = source {
+                message.push_str(&format!(": {e}"));
+                source = e.source();
+            }
+            eprintln!(
+                "pivotctl: cannot talk to the control plane at {}: {message}",
+                cli.server
+            );
+            ExitCode::from(6)
         }
         Err(Failure::Status(s)) => {
             let hint = if s.code() == Code::Unauthenticated && cli.token.is_none() {

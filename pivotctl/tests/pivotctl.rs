@@ -309,3 +309,92 @@ async fn every_subcommand_against_a_running_stack() -> Result<()> {
     assert!(ctl.ok(&["completions", "bash"])?.contains("pivotctl"));
     stack.shutdown().await
 }
+
+/// Writes a CA and a certificate signed by it for `name` (a server's DNS name, or a
+/// client) into `dir` as `ca.pem`, `NAME.pem`, `NAME.key`.
+fn pki(dir: &std::path::Path, names: &[(&str, bool)]) -> Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "pivotctl-test-ca");
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    for (name, server) in names {
+        let mut params = CertificateParams::new(if *server {
+            vec![name.to_string()]
+        } else {
+            vec![]
+        })?;
+        params.distinguished_name.push(DnType::CommonName, *name);
+        params.extended_key_usages = vec![if *server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca)?;
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem())?;
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls() -> Result<()> {
+    let stack = Stack::start(StackOptions {
+        proxies: vec![],
+        ..StackOptions::default()
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let p = |f: &str| dir.path().join(f).to_string_lossy().to_string();
+    pki(dir.path(), &[("cp.pivot.test", true), ("ops", false)])?;
+    let data = tempfile::tempdir()?;
+    let mut config = stack.control_plane_config()?;
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.data_dir = data.path().to_path_buf();
+    config.http_listen = any;
+    config.grpc_listen = any;
+    config.grpc_tls_cert = Some(p("cp.pivot.test.pem").into());
+    config.grpc_tls_key = Some(p("cp.pivot.test.key").into());
+    config.grpc_tls_client_ca = Some(p("ca.pem").into());
+    let cp = pivot_sandbox::stack::spawn_control_plane(config).await?;
+    let ctl = Ctl {
+        server: format!("https://{}", cp.grpc_addr),
+        token: stack.admin_token().to_string(),
+    };
+    let (ca, cert, key) = (p("ca.pem"), p("ops.pem"), p("ops.key"));
+    let tls = [
+        "--tls-ca",
+        ca.as_str(),
+        "--tls-server-name",
+        "cp.pivot.test",
+    ];
+    let mut with_cert = tls.to_vec();
+    with_cert.extend([
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+        "whoami",
+    ]);
+    assert!(ctl.ok(&with_cert)?.contains("(admin)"));
+    // Without a client certificate the control plane refuses the connection.
+    let mut without = tls.to_vec();
+    without.push("whoami");
+    ctl.fails(&without, 6)?;
+    // TLS flags with a plain-text server are a usage error.
+    let plain = Ctl {
+        server: format!("http://{}", cp.grpc_addr),
+        token: ctl.token.clone(),
+    };
+    plain.fails(&with_cert, 2)?;
+    cp.stop().await?;
+    stack.shutdown().await
+}
