@@ -154,7 +154,7 @@ export function mount(root, [rawName]) {
         field("Write acknowledgement", pf.ackMode, "replicas(N): a write is acknowledged once N replicas have it (WAIT)."),
         ackNField,
         field("Max replica lag (bytes)", pf.lag, "A replica further behind stops serving reads. Empty: no limit."),
-        field("Failover hold", pf.hold, "How long reads stay on the master after a failover, e.g. 10s. Empty: none."),
+        field("Failover hold", pf.hold, "How long proxies hold requests while the service has no usable master (then -TRYAGAIN), e.g. 10s. Empty: the proxies' own --failover-hold."),
         h("div", { class: "form-actions" },
           h("button", { type: "submit", class: "btn btn-primary", id: "policy-save" }, "Save policy"),
           h("button", { type: "button", class: "btn", id: "policy-reset" }, "Reset"))),
