@@ -210,6 +210,14 @@ pub struct Config {
     )]
     pub admin_token: Option<AdminToken>,
 
+    /// Accept queue of the HTTP and gRPC listeners. After a control-plane restart the
+    /// whole proxy fleet reconnects at once; a queue shorter than the fleet drops SYNs,
+    /// and each dropped one costs its proxy a 1 s retransmit (the kernel caps it at
+    /// net.core.somaxconn).
+    #[arg(long, env = "PIVOT_LISTEN_BACKLOG", value_name = "N", default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub listen_backlog: u32,
+
     /// How often every Sentinel is polled (events trigger an immediate poll as well).
     #[arg(long, env = "PIVOT_SENTINEL_POLL_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sentinel_poll_interval: Duration,

@@ -94,10 +94,23 @@ struct GrpcAccess {
     control_plane_id: String,
 }
 
-async fn bind_listener(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { flag, addr, source })
+/// A listener on `addr` with an accept queue of `backlog` (tokio's `bind` uses 1024).
+async fn bind_listener(
+    addr: SocketAddr,
+    backlog: u32,
+    flag: &'static str,
+) -> Result<TcpListener, Error> {
+    let bind = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    bind().map_err(|source| Error::Bind { flag, addr, source })
 }
 
 impl ControlPlane {
@@ -106,8 +119,10 @@ impl ControlPlane {
     /// `config.services`. A busy port gives an error naming the flag that moves it.
     pub async fn bind(config: Config) -> Result<ControlPlane, Error> {
         config.validate()?;
-        let http = bind_listener(config.http_listen, "--http-listen").await?;
-        let grpc = bind_listener(config.grpc_listen, "--grpc-listen").await?;
+        let http =
+            bind_listener(config.http_listen, config.listen_backlog, "--http-listen").await?;
+        let grpc =
+            bind_listener(config.grpc_listen, config.listen_backlog, "--grpc-listen").await?;
         let local = |l: &TcpListener, flag: &'static str, addr: SocketAddr| {
             l.local_addr()
                 .map_err(|source| Error::Bind { flag, addr, source })

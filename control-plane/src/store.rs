@@ -687,34 +687,7 @@ impl Store {
 
     /// Appends a topology event and publishes it to live subscribers.
     pub async fn insert_event(&self, e: &NewEvent) -> Result<(), Error> {
-        let details = e.details.to_string();
-        let at = unix_ms(e.at);
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO topology_events (service, version, kind, old_master, new_master, reason, details, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
-        )
-        .bind(&e.service)
-        .bind(to_i64(e.version))
-        .bind(e.kind)
-        .bind(&e.old_master)
-        .bind(&e.new_master)
-        .bind(&e.reason)
-        .bind(&details)
-        .bind(at)
-        .fetch_one(&self.pool)
-        .await?;
-        let _ = self.live.send(Live::Event(EventRow {
-            id,
-            service: e.service.clone(),
-            version: to_i64(e.version),
-            kind: e.kind.to_string(),
-            old_master: e.old_master.clone(),
-            new_master: e.new_master.clone(),
-            reason: e.reason.clone(),
-            details,
-            at,
-        }));
-        Ok(())
+        self.apply(&Write::Event(e.clone())).await
     }
 
     /// Events matching `q`, newest first.
@@ -766,61 +739,129 @@ impl Store {
 
     /// Applies one queued write.
     pub async fn apply(&self, w: &Write) -> Result<(), Error> {
-        match w {
-            Write::Event(e) => self.insert_event(e).await,
-            Write::ProxyHello {
-                proxy_id,
-                listen_addr,
-                build_version,
-                services,
+        self.apply_batch(std::slice::from_ref(w)).await
+    }
+
+    /// Applies `batch` in one transaction (one fsync for the lot, which is what makes a
+    /// fleet's ACKs to one change cheap), then publishes the stored events. If the
+    /// transaction fails, the writes are retried one by one so that one bad write loses
+    /// only itself.
+    pub async fn apply_batch(&self, batch: &[Write]) -> Result<(), Error> {
+        let in_tx = async {
+            let mut tx = self.pool.begin().await?;
+            let mut rows = Vec::new();
+            for w in batch {
+                rows.extend(apply_on(&mut tx, w).await?);
+            }
+            tx.commit().await?;
+            Ok::<_, Error>(rows)
+        };
+        let rows = match in_tx.await {
+            Ok(rows) => rows,
+            Err(e) if batch.len() > 1 => {
+                tracing::warn!(error = %e, writes = batch.len(), "batched store write failed; writing one by one");
+                let mut rows = Vec::new();
+                for w in batch {
+                    let mut conn = self.pool.acquire().await?;
+                    match apply_on(&mut conn, w).await {
+                        Ok(row) => rows.extend(row),
+                        Err(e) => tracing::warn!(error = %e, "store write failed"),
+                    }
+                }
+                rows
+            }
+            Err(e) => return Err(e),
+        };
+        for row in rows {
+            // No subscriber is fine.
+            let _ = self.live.send(Live::Event(row));
+        }
+        Ok(())
+    }
+}
+
+/// Applies one write on `conn`; an event returns its stored row.
+async fn apply_on(conn: &mut sqlx::SqliteConnection, w: &Write) -> Result<Option<EventRow>, Error> {
+    match w {
+        Write::Event(e) => {
+            let details = e.details.to_string();
+            let at = unix_ms(e.at);
+            let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO topology_events (service, version, kind, old_master, new_master, reason, details, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+                )
+                .bind(&e.service)
+                .bind(to_i64(e.version))
+                .bind(e.kind)
+                .bind(&e.old_master)
+                .bind(&e.new_master)
+                .bind(&e.reason)
+                .bind(&details)
+                .bind(at)
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(Some(EventRow {
+                id,
+                service: e.service.clone(),
+                version: to_i64(e.version),
+                kind: e.kind.to_string(),
+                old_master: e.old_master.clone(),
+                new_master: e.new_master.clone(),
+                reason: e.reason.clone(),
+                details,
                 at,
-            } => {
-                sqlx::query(
-                    "INSERT INTO proxies (proxy_id, listen_addr, build_version, services, last_seen)
+            }))
+        }
+        Write::ProxyHello {
+            proxy_id,
+            listen_addr,
+            build_version,
+            services,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO proxies (proxy_id, listen_addr, build_version, services, last_seen)
                      VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (proxy_id) DO UPDATE SET listen_addr = excluded.listen_addr,
                          build_version = excluded.build_version, services = excluded.services,
                          last_seen = excluded.last_seen",
-                )
-                .bind(proxy_id)
-                .bind(listen_addr)
-                .bind(build_version)
-                .bind(serde_json::Value::from(services.clone()).to_string())
-                .bind(unix_ms(*at))
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-            Write::ProxyAck {
-                proxy_id,
-                version,
-                at,
-            } => {
-                sqlx::query(
-                    "UPDATE proxies SET acked_version = ?2, last_seen = ?3 WHERE proxy_id = ?1",
-                )
-                .bind(proxy_id)
-                .bind(to_i64(*version))
-                .bind(unix_ms(*at))
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-            Write::ProxyNack {
-                proxy_id,
-                reason,
-                at,
-            } => {
-                sqlx::query(
-                    "UPDATE proxies SET last_nack = ?2, last_seen = ?3 WHERE proxy_id = ?1",
-                )
+            )
+            .bind(proxy_id)
+            .bind(listen_addr)
+            .bind(build_version)
+            .bind(serde_json::Value::from(services.clone()).to_string())
+            .bind(unix_ms(*at))
+            .execute(&mut *conn)
+            .await?;
+            Ok(None)
+        }
+        Write::ProxyAck {
+            proxy_id,
+            version,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE proxies SET acked_version = ?2, last_seen = ?3 WHERE proxy_id = ?1",
+            )
+            .bind(proxy_id)
+            .bind(to_i64(*version))
+            .bind(unix_ms(*at))
+            .execute(&mut *conn)
+            .await?;
+            Ok(None)
+        }
+        Write::ProxyNack {
+            proxy_id,
+            reason,
+            at,
+        } => {
+            sqlx::query("UPDATE proxies SET last_nack = ?2, last_seen = ?3 WHERE proxy_id = ?1")
                 .bind(proxy_id)
                 .bind(reason)
                 .bind(unix_ms(*at))
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await?;
-                Ok(())
-            }
+            Ok(None)
         }
     }
 }
@@ -840,48 +881,112 @@ fn policy_json(policy: &Policy) -> Result<String, Error> {
 #[derive(Debug, Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Write>,
+    /// Writes dropped because the queue was full, not yet reported.
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Writes taken off the queue and written in one transaction, at most.
+const BATCH: usize = 512;
+/// Dropped writes are reported at most this often (one line with the count, not one per
+/// write: the queue overflows exactly when the log is busiest).
+const DROP_REPORT: Duration = Duration::from_secs(5);
+
 impl Writer {
-    /// Queues a write without waiting; a full queue drops it with a warning (the store is
-    /// a record, never a reason to stall topology updates or proxy streams).
+    /// Queues a write without waiting; a full queue drops it, counted and reported by the
+    /// writer task (the store is a record, never a reason to stall topology updates or
+    /// proxy streams).
     pub fn send(&self, w: Write) {
-        if let Err(e) = self.tx.try_send(w) {
-            tracing::warn!(error = %e, "store write queue full or closed; dropping a write");
+        match self.tx.try_send(w) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("store writer stopped; dropping a write");
+            }
         }
     }
 }
 
+/// Drops ACK rows that a later ACK of the same proxy in the same batch supersedes (a
+/// proxy that ACKed twice while the writer was busy needs only its last version written).
+fn coalesce(batch: &mut Vec<Write>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = vec![true; batch.len()];
+    for (i, w) in batch.iter().enumerate().rev() {
+        if let Write::ProxyAck { proxy_id, .. } = w
+            && !seen.insert(proxy_id.clone())
+        {
+            keep[i] = false;
+        }
+    }
+    let mut k = keep.into_iter();
+    batch.retain(|_| k.next().unwrap_or(true));
+}
+
 /// Starts the writer task. It ends when all [`Writer`]s are dropped (after draining), or
-/// when `shutdown` is cancelled and the queue is then drained for at most 2 s.
+/// when `shutdown` is cancelled and the queue is then drained for at most 2 s. Writes are
+/// taken off the queue in batches of up to [`BATCH`], each written in one transaction.
 pub fn spawn_writer(
     store: Store,
     shutdown: CancellationToken,
 ) -> (Writer, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Write>(4096);
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = dropped.clone();
     let handle = tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut reported = tokio::time::Instant::now();
+        let write = |batch: &mut Vec<Write>| {
+            coalesce(batch);
+            let store = store.clone();
+            let taken = std::mem::take(batch);
+            async move {
+                if let Err(e) = store.apply_batch(&taken).await {
+                    tracing::warn!(error = %e, writes = taken.len(), "store writes failed");
+                }
+            }
+        };
         loop {
-            let w = tokio::select! {
+            let first = tokio::select! {
                 w = rx.recv() => w,
                 () = shutdown.cancelled() => break,
             };
-            let Some(w) = w else { return };
-            if let Err(e) = store.apply(&w).await {
-                tracing::warn!(error = %e, "store write failed");
+            let Some(first) = first else { return };
+            batch.push(first);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+            write(&mut batch).await;
+            if reported.elapsed() >= DROP_REPORT {
+                let n = counter.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if n > 0 {
+                    tracing::warn!(
+                        dropped = n,
+                        "store write queue was full; writes dropped (events or proxy rows)"
+                    );
+                }
+                reported = tokio::time::Instant::now();
             }
         }
         // Shutdown: write what is already queued, bounded.
         rx.close();
         let drain = async {
             while let Some(w) = rx.recv().await {
-                if let Err(e) = store.apply(&w).await {
-                    tracing::warn!(error = %e, "store write failed");
+                batch.push(w);
+                if batch.len() >= BATCH {
+                    write(&mut batch).await;
                 }
             }
+            write(&mut batch).await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     });
-    (Writer { tx }, handle)
+    (Writer { tx, dropped }, handle)
 }
 
 #[cfg(test)]
@@ -1170,5 +1275,33 @@ mod tests {
             Live::Event(e) => assert_eq!(e.id, all[3].id),
             Live::Audit(a) => panic!("{a:?}"),
         }
+    }
+
+    #[test]
+    fn a_later_ack_of_the_same_proxy_supersedes_an_earlier_one() {
+        let at = SystemTime::now();
+        let ack = |id: &str, version| Write::ProxyAck {
+            proxy_id: id.into(),
+            version,
+            at,
+        };
+        let mut batch = vec![
+            ack("a", 1),
+            ack("b", 1),
+            Write::Event(event("s", 2)),
+            ack("a", 2),
+        ];
+        coalesce(&mut batch);
+        let kept: Vec<String> = batch
+            .iter()
+            .map(|w| match w {
+                Write::ProxyAck {
+                    proxy_id, version, ..
+                } => format!("{proxy_id}{version}"),
+                Write::Event(e) => format!("event{}", e.version),
+                _ => "other".into(),
+            })
+            .collect();
+        assert_eq!(kept, ["b1", "event2", "a2"]);
     }
 }
