@@ -334,7 +334,9 @@ fn exit_code(code: Code) -> u8 {
         Code::NotFound => 3,
         Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => 4,
         Code::Unauthenticated | Code::PermissionDenied => 5,
-        Code::Unavailable | Code::DeadlineExceeded => 6,
+        // Cancelled: the connection went away under the request (the control plane
+        // never answers with it), e.g. a TLS handshake it refused.
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => 6,
         Code::InvalidArgument | Code::OutOfRange => 7,
         _ => 1,
     }
@@ -342,7 +344,7 @@ fn exit_code(code: Code) -> u8 {
 
 /// A status made by the client's transport (not sent by the control plane).
 fn is_transport(s: &Status) -> bool {
-    s.code() == Code::Unknown && std::error::Error::source(s).is_some()
+    matches!(s.code(), Code::Unknown | Code::Cancelled) && std::error::Error::source(s).is_some()
 }
 
 type Client = AdminClient<InterceptedService<Channel, Auth>>;
@@ -1135,6 +1137,7 @@ mod tests {
         assert_eq!(exit_code(Code::FailedPrecondition), 4);
         assert_eq!(exit_code(Code::PermissionDenied), 5);
         assert_eq!(exit_code(Code::Unavailable), 6);
+        assert_eq!(exit_code(Code::Cancelled), 6);
         assert_eq!(exit_code(Code::InvalidArgument), 7);
         assert_eq!(exit_code(Code::Internal), 1);
     }
