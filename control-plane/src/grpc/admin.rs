@@ -132,62 +132,108 @@ fn rule(field: &str, r: &pb::RuleView) -> Result<CommandRule, Status> {
     CommandRule::new(&r.command, target).map_err(|m| invalid(&format!("{field}.command"), m))
 }
 
-/// `base` with the fields `input` sets.
-fn apply(input: pb::PolicyInput, base: &Policy, prefix: &str) -> Result<Policy, Status> {
-    let field = |f: &str| format!("{prefix}{f}");
-    let mut p = base.clone();
-    if let Some(v) = &input.read_policy {
-        p.read_policy = parse::<ReadPolicy>(&field("read_policy"), v)?;
+/// The fields a `PolicyInput` sets, parsed and checked; applied to the current policy
+/// inside `Admin::update_policy` (so the read-modify-write is serialised there).
+#[derive(Debug, Default)]
+struct PolicyEdit {
+    read_policy: Option<ReadPolicy>,
+    consistency: Option<Consistency>,
+    rules: Option<Vec<CommandRule>>,
+    max_replica_lag: Option<Option<u64>>,
+    write_ack: Option<WriteAck>,
+    failover_hold: Option<Option<std::time::Duration>>,
+}
+
+/// `set` and `clear` of one optional field: at most one of them.
+fn set_or_clear<T>(field: &str, set: Option<T>, clear: bool) -> Result<Option<Option<T>>, Status> {
+    match (set, clear) {
+        (Some(_), true) => Err(invalid(field, "set it or clear it, not both")),
+        (Some(v), false) => Ok(Some(Some(v))),
+        (None, true) => Ok(Some(None)),
+        (None, false) => Ok(None),
     }
-    if let Some(v) = &input.consistency {
-        p.consistency = parse::<Consistency>(&field("consistency"), v)?;
-    }
-    if input.replace_rules {
-        p.rules = input
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| rule(&field(&format!("rules[{i}]")), r))
-            .collect::<Result<_, _>>()?;
-    } else if !input.rules.is_empty() {
-        return Err(invalid(
-            &field("rules"),
-            "set replace_rules to replace the rules (or use PutRule / DeleteRule)",
-        ));
-    }
-    match (input.max_replica_lag, input.clear_max_replica_lag) {
-        (Some(_), true) => {
+}
+
+impl PolicyEdit {
+    /// Parses `input`; errors name the field, prefixed with `prefix` (`policy.`).
+    fn parse(input: pb::PolicyInput, prefix: &str) -> Result<PolicyEdit, Status> {
+        let field = |f: &str| format!("{prefix}{f}");
+        let rules = if input.replace_rules {
+            let rules = input
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| rule(&field(&format!("rules[{i}]")), r))
+                .collect::<Result<_, _>>()?;
+            Some(rules)
+        } else if !input.rules.is_empty() {
             return Err(invalid(
-                &field("max_replica_lag"),
-                "set it or clear it, not both",
+                &field("rules"),
+                "set replace_rules to replace the rules (or use PutRule / DeleteRule)",
             ));
-        }
-        (Some(v), false) => p.max_replica_lag = Some(v),
-        (None, true) => p.max_replica_lag = None,
-        (None, false) => {}
-    }
-    if let Some(v) = &input.write_ack {
-        p.write_ack = parse::<WriteAck>(&field("write_ack"), v)?;
-    }
-    match (&input.failover_hold, input.clear_failover_hold) {
-        (Some(_), true) => {
-            return Err(invalid(
-                &field("failover_hold"),
-                "set it or clear it, not both",
-            ));
-        }
-        (Some(v), false) => {
-            let d = humantime::parse_duration(v)
-                .map_err(|e| invalid(&field("failover_hold"), format!("`{v}`: {e}")))?;
-            if d.is_zero() {
-                return Err(invalid(&field("failover_hold"), "must be at least 1ms"));
+        } else {
+            None
+        };
+        let hold = match &input.failover_hold {
+            Some(v) => {
+                let d = humantime::parse_duration(v)
+                    .map_err(|e| invalid(&field("failover_hold"), format!("`{v}`: {e}")))?;
+                if d.is_zero() {
+                    return Err(invalid(&field("failover_hold"), "must be at least 1ms"));
+                }
+                Some(d)
             }
-            p.failover_hold = Some(d);
-        }
-        (None, true) => p.failover_hold = None,
-        (None, false) => {}
+            None => None,
+        };
+        Ok(PolicyEdit {
+            read_policy: input
+                .read_policy
+                .as_deref()
+                .map(|v| parse(&field("read_policy"), v))
+                .transpose()?,
+            consistency: input
+                .consistency
+                .as_deref()
+                .map(|v| parse(&field("consistency"), v))
+                .transpose()?,
+            rules,
+            max_replica_lag: set_or_clear(
+                &field("max_replica_lag"),
+                input.max_replica_lag,
+                input.clear_max_replica_lag,
+            )?,
+            write_ack: input
+                .write_ack
+                .as_deref()
+                .map(|v| parse(&field("write_ack"), v))
+                .transpose()?,
+            failover_hold: set_or_clear(&field("failover_hold"), hold, input.clear_failover_hold)?,
+        })
     }
-    Ok(p)
+
+    /// `base` with the parsed fields set.
+    fn apply(self, base: &Policy) -> Policy {
+        let mut p = base.clone();
+        if let Some(v) = self.read_policy {
+            p.read_policy = v;
+        }
+        if let Some(v) = self.consistency {
+            p.consistency = v;
+        }
+        if let Some(v) = self.rules {
+            p.rules = v;
+        }
+        if let Some(v) = self.max_replica_lag {
+            p.max_replica_lag = v;
+        }
+        if let Some(v) = self.write_ack {
+            p.write_ack = v;
+        }
+        if let Some(v) = self.failover_hold {
+            p.failover_hold = v;
+        }
+        p
+    }
 }
 
 /// A wire enum's JSON string (`"master-only"`), the form the REST API shows.
@@ -406,7 +452,7 @@ impl AdminApi for AdminService {
         let c = self.caller(&req, true).await?;
         let r = req.into_inner();
         let policy = match r.policy {
-            Some(p) => Some(apply(p, &Policy::default(), "policy.")?),
+            Some(p) => Some(PolicyEdit::parse(p, "policy.")?.apply(&Policy::default())),
             None => None,
         };
         let spec = NewService {
@@ -491,22 +537,12 @@ impl AdminApi for AdminService {
     ) -> Result<Response<pb::PolicyChange>, Status> {
         let c = self.caller(&req, true).await?;
         let r = req.into_inner();
-        let input = r.policy.unwrap_or_default();
-        // Parse errors are statuses; carry one through the edit closure's error type.
-        let mut rejected = None;
+        let edit = PolicyEdit::parse(r.policy.unwrap_or_default(), "")?;
         let outcome = self
             .app
             .admin
-            .update_policy(&actor(&c), &r.service, |current| {
-                apply(input, current, "").map_err(|s| {
-                    rejected = Some(s);
-                    Error::Invalid("rejected".into())
-                })
-            })
+            .update_policy(&actor(&c), &r.service, |current| Ok(edit.apply(current)))
             .await;
-        if let Some(s) = rejected {
-            return Err(s);
-        }
         let (policy, changed) = outcome.map_err(status)?;
         Ok(Response::new(pb::PolicyChange {
             policy: Some(policy_pb(PolicyView::from(&policy))),
@@ -769,5 +805,103 @@ impl AdminApi for AdminService {
             .await
             .map_err(status)?;
         Ok(Response::new(failover_pb(report.into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn field_of(s: &Status) -> &str {
+        s.metadata()
+            .get("pivot-field")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    #[test]
+    fn policy_input_errors_name_the_field() {
+        let bad = |input: pb::PolicyInput, prefix: &str| {
+            let s = PolicyEdit::parse(input, prefix).unwrap_err();
+            assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            field_of(&s).to_string()
+        };
+        let input = |f: fn(&mut pb::PolicyInput)| {
+            let mut i = pb::PolicyInput::default();
+            f(&mut i);
+            i
+        };
+        assert_eq!(
+            bad(input(|i| i.read_policy = Some("sometimes".into())), ""),
+            "read_policy"
+        );
+        assert_eq!(
+            bad(
+                input(|i| i.write_ack = Some("replicas(0)".into())),
+                "policy."
+            ),
+            "policy.write_ack"
+        );
+        assert_eq!(
+            bad(
+                input(|i| {
+                    i.max_replica_lag = Some(1);
+                    i.clear_max_replica_lag = true;
+                }),
+                ""
+            ),
+            "max_replica_lag"
+        );
+        assert_eq!(
+            bad(input(|i| i.failover_hold = Some("soon".into())), ""),
+            "failover_hold"
+        );
+        assert_eq!(
+            bad(
+                input(|i| i.rules = vec![pb::RuleView {
+                    command: "get".into(),
+                    target: "replica".into()
+                }]),
+                ""
+            ),
+            "rules"
+        );
+        assert_eq!(
+            bad(
+                input(|i| {
+                    i.replace_rules = true;
+                    i.rules = vec![pb::RuleView {
+                        command: "get".into(),
+                        target: "elsewhere".into(),
+                    }];
+                }),
+                ""
+            ),
+            "rules[0].target"
+        );
+    }
+
+    #[test]
+    fn a_policy_edit_changes_only_what_it_sets() {
+        let base = Policy {
+            max_replica_lag: Some(10),
+            failover_hold: Some(std::time::Duration::from_secs(3)),
+            ..Policy::default()
+        };
+        let edit = PolicyEdit::parse(
+            pb::PolicyInput {
+                read_policy: Some("master-only".into()),
+                clear_failover_hold: true,
+                ..Default::default()
+            },
+            "",
+        )
+        .unwrap();
+        let p = edit.apply(&base);
+        assert_eq!(p.read_policy, ReadPolicy::MasterOnly);
+        assert_eq!(p.failover_hold, None);
+        assert_eq!(p.max_replica_lag, Some(10));
+        assert_eq!(p.consistency, base.consistency);
     }
 }
