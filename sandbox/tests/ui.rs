@@ -221,6 +221,28 @@ struct Ui {
     client: Client,
     base: String,
     shots: PathBuf,
+    /// axe-core's source, when installed (`npm ci` in sandbox/tests/clients).
+    axe: Option<String>,
+}
+
+/// axe-core (npm, pinned in sandbox/tests/clients/package-lock.json): the accessibility
+/// rules every page is checked against.
+fn axe_source() -> Result<Option<String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients/node_modules/axe-core/axe.min.js");
+    match std::fs::read_to_string(&path) {
+        Ok(src) => Ok(Some(src)),
+        Err(e) if required() => Err(anyhow::anyhow!(
+            "{}: {e} (run `npm ci` in sandbox/tests/clients)",
+            path.display()
+        )),
+        Err(_) => {
+            eprintln!(
+                "axe-core not installed: skipping the accessibility checks (npm ci in sandbox/tests/clients)"
+            );
+            Ok(None)
+        }
+    }
 }
 
 impl Ui {
@@ -324,6 +346,7 @@ impl Ui {
     /// A full-page screenshot `<name>.png`: the window grows until the viewport holds the
     /// whole page (at most 8000 px), and shrinks back after.
     async fn shot(&self, name: &str, size: (u32, u32)) -> Result<()> {
+        self.accessible(name).await?;
         let mut height = size.1;
         for _ in 0..3 {
             let v = self
@@ -348,6 +371,42 @@ impl Ui {
         self.set_size(size).await?;
         let path = self.shots.join(format!("{name}.png"));
         std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Runs axe-core's WCAG 2 A/AA rules on the page as it is; any violation fails the
+    /// test with the rule, its impact and the elements.
+    async fn accessible(&self, page: &str) -> Result<()> {
+        let Some(axe) = &self.axe else {
+            return Ok(());
+        };
+        self.client
+            .execute(&format!("{axe}\nreturn typeof axe;"), vec![])
+            .await
+            .context("loading axe-core")?;
+        let found = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } })
+                   .then(r => done({ passes: r.passes.length, violations: r.violations.map(v => ({
+                       id: v.id, impact: v.impact,
+                       nodes: v.nodes.slice(0, 5).map(n => n.target.join(' ')) })) }))
+                   .catch(e => done({ passes: 0, violations: [{ id: 'axe-error', impact: String(e), nodes: [] }] }));",
+                vec![],
+            )
+            .await
+            .context("running axe-core")?;
+        let violations = &found["violations"];
+        if violations.as_array().is_none_or(|v| !v.is_empty()) {
+            bail!("accessibility violations on the {page} page: {violations}");
+        }
+        let passes = found["passes"].as_u64().unwrap_or(0);
+        ensure!(
+            passes > 0,
+            "axe-core checked nothing on the {page} page: {found}"
+        );
+        eprintln!("{page}: axe-core, {passes} WCAG 2.1 A/AA rules passed, no violation");
         Ok(())
     }
 
@@ -436,6 +495,7 @@ async fn the_admin_ui_changes_policy_and_rules_and_fails_over() -> Result<()> {
         client,
         base: stack.http_url()?,
         shots,
+        axe: axe_source()?,
     };
     let outcome = flow(&ui, &stack).await;
     // The browser goes first (also after a failure), then chromedriver, then the stack.
