@@ -712,20 +712,6 @@ impl Store {
         .await?)
     }
 
-    /// Most recent events, newest first, optionally of one service.
-    pub async fn recent_events(
-        &self,
-        service: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<EventRow>, Error> {
-        self.events(&EventQuery {
-            service: service.map(str::to_string),
-            limit,
-            ..EventQuery::default()
-        })
-        .await
-    }
-
     /// A proxy's stored row.
     pub async fn proxy(&self, proxy_id: &str) -> Result<Option<ProxyRow>, Error> {
         Ok(sqlx::query_as(
@@ -1123,12 +1109,17 @@ mod tests {
         for (s, v) in [("a", 1), ("b", 2), ("a", 3)] {
             store.insert_event(&event(s, v)).await.unwrap();
         }
-        let all = store.recent_events(None, 10).await.unwrap();
+        let q = |service: Option<&str>, limit| EventQuery {
+            service: service.map(str::to_string),
+            limit,
+            ..EventQuery::default()
+        };
+        let all = store.events(&q(None, 10)).await.unwrap();
         assert_eq!(
             all.iter().map(|e| e.version).collect::<Vec<_>>(),
             vec![3, 2, 1]
         );
-        let a = store.recent_events(Some("a"), 1).await.unwrap();
+        let a = store.events(&q(Some("a"), 1)).await.unwrap();
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].version, 3);
         assert_eq!(a[0].details, r#"{"k":1}"#);

@@ -84,11 +84,4 @@ impl Watchers {
             token.cancel();
         }
     }
-
-    /// Names of the services being watched.
-    pub fn watched(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.lock().running.keys().cloned().collect();
-        v.sort();
-        v
-    }
 }

@@ -23,6 +23,7 @@ use crate::auth::{Caller, Role};
 use crate::error::Error;
 use crate::failover::FailoverOptions;
 use crate::http::AppState;
+use crate::http::api::{DEFAULT_LIMIT, MAX_LIMIT, check_kinds, next_before, version_of};
 use crate::http::model::{
     AuditView, EventView, FailoverView, PolicyView, ProxyView, ServiceView, TopologyView,
 };
@@ -30,10 +31,6 @@ use crate::http::sse::{Feed, LiveItem};
 use crate::state::{BackendAuth, CommandRule, Consistency, Policy, ReadPolicy, Target, WriteAck};
 use crate::store::{AuditQuery, EventQuery};
 use crate::topology::NodeAddr;
-
-/// Default and largest page of `ListEvents` / `ListAudit`.
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 1000;
 
 /// The gRPC admin service. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -45,6 +42,12 @@ impl AdminService {
     /// Serves the operations and views of `app` (the REST API's state).
     pub fn new(app: AppState) -> AdminService {
         AdminService { app }
+    }
+
+    /// The config version a change is carried by (as the REST API answers).
+    fn version_of(&self, service: &str, changed: Option<u64>) -> Result<u64, Status> {
+        let s = self.app.admin.service(service).map_err(status)?;
+        Ok(version_of(&s, changed))
     }
 
     /// The caller behind the request's bearer token; `write` requires the admin role.
@@ -382,26 +385,6 @@ fn before(n: i64) -> Result<Option<i64>, Status> {
     }
 }
 
-/// The `before` of the next page: a full page may have one, a short page is the last.
-fn next_before(ids: &[i64], limit: u32) -> i64 {
-    if ids.len() == limit as usize {
-        ids.last().copied().unwrap_or(0)
-    } else {
-        0
-    }
-}
-
-/// The config version a change is carried by; when nothing changed, the version that last
-/// changed the service (as the REST API answers).
-fn version_of(app: &AppState, service: &str, changed: Option<u64>) -> u64 {
-    changed.unwrap_or_else(|| {
-        app.admin
-            .service(service)
-            .map(|s| s.config_version.max(s.topology.changed_version))
-            .unwrap_or(0)
-    })
-}
-
 type LiveStream = Pin<Box<dyn Stream<Item = Result<pb::LiveMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -583,7 +566,7 @@ impl AdminApi for AdminService {
             .map_err(status)?;
         Ok(Response::new(pb::RuleChange {
             created,
-            version: version_of(&self.app, &r.service, changed),
+            version: self.version_of(&r.service, changed)?,
         }))
     }
 
@@ -601,7 +584,7 @@ impl AdminApi for AdminService {
             .map_err(status)?;
         Ok(Response::new(pb::RuleChange {
             created: false,
-            version: version_of(&self.app, &r.service, changed),
+            version: self.version_of(&r.service, changed)?,
         }))
     }
 
@@ -632,7 +615,7 @@ impl AdminApi for AdminService {
             .map_err(status)?;
         Ok(Response::new(pb::UserChange {
             created,
-            version: version_of(&self.app, &r.service, changed),
+            version: self.version_of(&r.service, changed)?,
         }))
     }
 
@@ -649,7 +632,7 @@ impl AdminApi for AdminService {
             .map_err(status)?;
         Ok(Response::new(pb::UserChange {
             created: false,
-            version: version_of(&self.app, &r.service, None),
+            version: self.version_of(&r.service, None)?,
         }))
     }
 
@@ -689,6 +672,7 @@ impl AdminApi for AdminService {
         self.caller(&req, false).await?;
         let r = req.into_inner();
         let limit = limit(r.limit)?;
+        check_kinds(&r.kinds).map_err(|m| invalid("kinds", m))?;
         let rows = self
             .app
             .admin
@@ -700,9 +684,9 @@ impl AdminApi for AdminService {
             })
             .await
             .map_err(status)?;
-        let ids: Vec<i64> = rows.iter().map(|e| e.id).collect();
+        let next = next_before(rows.iter().map(|e| e.id), rows.len(), limit).unwrap_or(0);
         Ok(Response::new(pb::ListEventsResponse {
-            next_before: next_before(&ids, limit),
+            next_before: next,
             events: rows
                 .into_iter()
                 .map(|e| event_pb(EventView::from(e)))
@@ -782,9 +766,9 @@ impl AdminApi for AdminService {
             })
             .await
             .map_err(status)?;
-        let ids: Vec<i64> = rows.iter().map(|e| e.id).collect();
+        let next = next_before(rows.iter().map(|e| e.id), rows.len(), limit).unwrap_or(0);
         Ok(Response::new(pb::ListAuditResponse {
-            next_before: next_before(&ids, limit),
+            next_before: next,
             entries: rows
                 .into_iter()
                 .map(|a| audit_pb(AuditView::from(a)))

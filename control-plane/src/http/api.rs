@@ -28,10 +28,10 @@ use crate::failover::FailoverOptions;
 use crate::state::{CommandRule, ServiceState};
 use crate::store::{AuditQuery, EventQuery};
 
-/// Default `limit` of the paged lists.
-const DEFAULT_LIMIT: u32 = 50;
+/// Default `limit` of the paged lists (REST and gRPC).
+pub(crate) const DEFAULT_LIMIT: u32 = 50;
 /// Largest `limit` of the paged lists.
-const MAX_LIMIT: u32 = 1000;
+pub(crate) const MAX_LIMIT: u32 = 1000;
 /// Most kinds in one `kind=` filter.
 const MAX_KINDS: usize = 32;
 
@@ -63,7 +63,7 @@ fn actor(caller: &Caller) -> Actor {
 
 /// The version a client waits for: the change's, or when nothing changed the version
 /// that last changed the service.
-fn version_of(s: &ServiceState, changed: Option<u64>) -> u64 {
+pub(crate) fn version_of(s: &ServiceState, changed: Option<u64>) -> u64 {
     changed.unwrap_or_else(|| s.config_version.max(s.topology.changed_version))
 }
 
@@ -111,7 +111,11 @@ fn before(value: Option<&str>) -> Result<Option<i64>, ApiError> {
     }
 }
 
-fn next_before(ids: impl DoubleEndedIterator<Item = i64>, len: usize, limit: u32) -> Option<i64> {
+pub(crate) fn next_before(
+    ids: impl DoubleEndedIterator<Item = i64>,
+    len: usize,
+    limit: u32,
+) -> Option<i64> {
     // A full page may have a next one; a short page is the last.
     (len == limit as usize).then(|| ids.last()).flatten()
 }
@@ -565,24 +569,24 @@ fn kinds(value: Option<&str>) -> Result<Vec<String>, ApiError> {
         return Ok(Vec::new());
     };
     let kinds: Vec<String> = value.split(',').map(|k| k.trim().to_string()).collect();
-    if kinds.len() > MAX_KINDS {
-        return Err(ApiError::invalid_field(
-            "kind",
-            format!("at most {MAX_KINDS} kinds"),
-        ));
-    }
-    for k in &kinds {
-        let ok = !k.is_empty()
-            && k.len() <= 64
-            && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
-        if !ok {
-            return Err(ApiError::invalid_field(
-                "kind",
-                "a comma-separated list of event kinds (`master-changed,failover-finished`)",
-            ));
-        }
-    }
+    check_kinds(&kinds).map_err(|m| ApiError::invalid_field("kind", m))?;
     Ok(kinds)
+}
+
+/// An event-kind filter: at most [`MAX_KINDS`] names of lowercase letters and `-`.
+pub(crate) fn check_kinds(kinds: &[String]) -> Result<(), String> {
+    if kinds.len() > MAX_KINDS {
+        return Err(format!("at most {MAX_KINDS} kinds"));
+    }
+    let valid = |k: &String| {
+        !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+    };
+    if !kinds.iter().all(valid) {
+        return Err(
+            "a comma-separated list of event kinds (`master-changed,failover-finished`)".into(),
+        );
+    }
+    Ok(())
 }
 
 /// Topology and configuration events, newest first.
