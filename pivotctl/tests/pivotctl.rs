@@ -2,7 +2,7 @@
 //! subcommand, as a table and as JSON, and the exit codes that scripts rely on.
 
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use pivot_sandbox::{Stack, StackOptions};
@@ -215,31 +215,29 @@ async fn every_subcommand_against_a_running_stack() -> Result<()> {
         .stdout(Stdio::piped())
         .spawn()?;
     let stdout = follow.stdout.take().context("stdout")?;
-    let lines = std::thread::spawn(move || {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stdout)
+        for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .take(2)
-            .collect::<Vec<_>>()
-    });
-    // The first line is the listing's last event; then ours.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut changed = false;
-    while !lines.is_finished() && Instant::now() < deadline {
-        if !changed {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            ctl.ok(&["rules", "set", &svc, "keys", "deny"])?;
-            changed = true;
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    });
+    let line = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(10))
+            .with_context(|| format!("pivotctl events --follow printed no {what}"))
+    };
+    // It subscribes before it lists: once the listing's line is out, a change is seen.
+    let first = line("listing")?;
+    ctl.ok(&["rules", "set", &svc, "keys", "deny"])?;
+    let second = line("new event");
     follow.kill()?;
     follow.wait()?;
-    let lines = lines
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    let lines = [first, second?];
     let last: Value = serde_json::from_str(&lines[1])?;
     assert_eq!(last["kind"], "config-changed", "{last}");
 
