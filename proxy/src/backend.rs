@@ -290,7 +290,13 @@ impl Backend {
             died_at: Mutex::new(None),
             sink,
         });
-        let span = info_span!("backend", key = %key);
+        // Entered on every poll: only worth it when debug events will use it (the warnings
+        // name the connection themselves).
+        let span = if tracing::enabled!(target: "pivot_proxy::backend", tracing::Level::DEBUG) {
+            info_span!("backend", key = %key)
+        } else {
+            tracing::Span::none()
+        };
         tokio::spawn(connection(shared.clone(), rx, opts, metrics).instrument(span));
         Backend { shared, tx }
     }
@@ -332,10 +338,33 @@ impl Backend {
     /// Queues a request; waits while the queue is full. A connection that is gone completes
     /// the request with [`BackendError::NotSent`].
     pub async fn send(&self, req: Request) {
+        // Without the future's machinery when there is room (nearly always).
+        let Err(req) = self.try_send(req) else {
+            return;
+        };
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(req)) = self.tx.send(req).await {
             let err = self.not_sent();
             self.shared.complete(req.reply, Err(err));
+        }
+    }
+
+    /// Queues a request if there is room: `Err` gives it back when the queue is full (then
+    /// [`Backend::send`] waits for room). A connection that is gone completes the request
+    /// with [`BackendError::NotSent`].
+    pub fn try_send(&self, req: Request) -> Result<(), Request> {
+        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        match self.tx.try_send(req) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(req)) => {
+                self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+                Err(req)
+            }
+            Err(mpsc::error::TrySendError::Closed(req)) => {
+                let err = self.not_sent();
+                self.shared.complete(req.reply, Err(err));
+                Ok(())
+            }
         }
     }
 
@@ -427,7 +456,7 @@ async fn connection(
         End::Failed(kind, reason) => {
             if !shared.abort.is_cancelled() {
                 metrics.backend_failure(*kind);
-                warn!(%reason, "backend connection failed");
+                warn!(backend = %key, %reason, "backend connection failed");
             }
             reason.clone()
         }
@@ -461,7 +490,7 @@ async fn open(
         .await
         .map_err(|e| e.to_string())?;
     if let Err(e) = stream.set_nodelay(true) {
-        warn!(error = %e, "cannot set TCP_NODELAY");
+        warn!(backend = %key, error = %e, "cannot set TCP_NODELAY");
     }
     let mut handshake = key.handshake();
     if let Some(c) = credentials {
@@ -620,13 +649,17 @@ async fn write_requests(
     wr: &mut OwnedWriteHalf,
 ) -> Option<End> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Made once, not per batch: each would add and remove a waiter under a lock.
+    let retired = shared.retire.cancelled();
+    let finished = shared.finish.cancelled();
+    tokio::pin!(retired, finished);
     loop {
         let first = tokio::select! {
             biased;
-            _ = shared.retire.cancelled() => None,
+            _ = &mut retired => None,
             req = rx.recv() => req,
             // Only once nothing is queued (`recv` above is polled first).
-            _ = shared.finish.cancelled() => rx.try_recv().ok(),
+            _ = &mut finished => rx.try_recv().ok(),
         };
         let Some(first) = first else {
             // Requests still queued were routed while this node had its old role: they must
@@ -637,9 +670,12 @@ async fn write_requests(
         let mut next = Some(first);
         while let Some(req) = next.take() {
             // Wait for room on the wire; the reader returns permits as replies arrive.
-            match shared.window.acquire().await {
+            match shared.window.try_acquire() {
                 Ok(permit) => permit.forget(),
-                Err(_) => return Some(End::Failed(BackendFailure::Lost, "closed".into())),
+                Err(_) => match shared.window.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return Some(End::Failed(BackendFailure::Lost, "closed".into())),
+                },
             }
             buf.extend_from_slice(&req.frame);
             lock(&shared.inflight).push_back(Pending {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
+use futures_util::task::AtomicWaker;
 
 /// What `CLIENT LIST` shows of a client's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,6 +45,47 @@ pub struct Visible {
     pub no_evict: bool,
 }
 
+/// A one-way flag that a connection's task waits on. Polling it is two atomic operations
+/// and no lock: it sits in the `select!` of every wait of the connection's reader and
+/// writer, which a `CancellationToken` (a mutex per poll, and another in its `Notify`)
+/// would make a measurable share of the cost of a request. Only one task may wait on it
+/// (it keeps one waker); a connection's reader and writer run in one task.
+#[derive(Debug, Default)]
+pub struct Signal {
+    raised: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    /// Raises the flag and wakes the task waiting on it.
+    pub fn raise(&self) {
+        if !self.raised.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// True once raised.
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
+    /// Completes once raised.
+    pub fn raised(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.is_raised() {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // Raised between the check and the registration: its wake may have missed us.
+            if self.is_raised() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+}
+
 /// One client connection, as the registry sees it.
 #[derive(Debug)]
 pub struct Client {
@@ -55,10 +96,13 @@ pub struct Client {
     /// The proxy's address it connected to.
     pub laddr: SocketAddr,
     created: Instant,
-    /// Milliseconds since `created` at the last request.
-    last_active_ms: AtomicU64,
-    /// Cancelled by `CLIENT KILL` or the output limit; the connection closes at once.
-    pub kill: CancellationToken,
+    /// Nanoseconds since `created` at the last read of requests.
+    last_active_ns: AtomicU64,
+    /// Raised by `CLIENT KILL` or the output limit; the connection closes at once.
+    pub kill: Signal,
+    /// Raised when the proxy shuts down: the connection stops reading requests, answers
+    /// those it has read, then closes.
+    pub stop: Signal,
     visible: Mutex<Visible>,
     /// Reply bytes received for this client and not yet written to it.
     output: AtomicUsize,
@@ -85,7 +129,7 @@ impl Client {
             && !self.overflowed.swap(true, Ordering::AcqRel)
         {
             tracing::warn!(client = self.id, addr = %self.addr, bytes = total, limit = self.output_limit, "closing a client over its output limit");
-            self.kill.cancel();
+            self.kill.raise();
         }
     }
 
@@ -104,10 +148,16 @@ impl Client {
         self.overflowed.load(Ordering::Acquire)
     }
 
-    /// Marks activity (for `idle=`).
+    /// Marks activity (for `idle=`): requests were just read.
     pub fn touch(&self) {
-        let ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_active_ms.store(ms, Ordering::Relaxed);
+        let ns = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_active_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// When requests were last read from this client (see [`Client::touch`]): the start of
+    /// each forwarded request's latency, so that a batch of requests costs one clock read.
+    pub fn last_read(&self) -> Instant {
+        self.created + std::time::Duration::from_nanos(self.last_active_ns.load(Ordering::Relaxed))
     }
 
     /// Replaces what `CLIENT LIST` shows.
@@ -125,9 +175,7 @@ impl Client {
     pub fn line(&self) -> String {
         let v = self.visible();
         let age = self.created.elapsed().as_secs();
-        let idle_ms = u64::try_from(self.created.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_sub(self.last_active_ms.load(Ordering::Relaxed));
+        let idle_ms = u64::try_from(self.last_read().elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut flags = String::new();
         if v.sub + v.psub + v.ssub > 0 {
             flags.push('P');
@@ -216,8 +264,9 @@ impl Registry {
             addr,
             laddr,
             created: Instant::now(),
-            last_active_ms: AtomicU64::new(0),
-            kill: CancellationToken::new(),
+            last_active_ns: AtomicU64::new(0),
+            kill: Signal::default(),
+            stop: Signal::default(),
             visible: Mutex::new(Visible::default()),
             output: AtomicUsize::new(0),
             output_limit: self.output_limit,
@@ -239,7 +288,6 @@ impl Registry {
         v
     }
 
-    /// Clients connected now.
     /// Closes every client authenticated as a user that is not in `users`; returns how
     /// many.
     pub fn kill_users_not_in<V>(&self, users: &HashMap<Box<[u8]>, V>) -> usize {
@@ -250,13 +298,21 @@ impl Registry {
                 .as_ref()
                 .is_some_and(|u| !users.contains_key(u.as_ref()));
             if gone {
-                c.kill.cancel();
+                c.kill.raise();
                 killed += 1;
             }
         }
         killed
     }
 
+    /// Tells every client connected now to stop reading (the proxy is shutting down).
+    pub fn stop_all(&self) {
+        for c in lock(&self.clients).values() {
+            c.stop.raise();
+        }
+    }
+
+    /// Clients connected now.
     pub fn len(&self) -> usize {
         lock(&self.clients).len()
     }
@@ -293,12 +349,12 @@ mod tests {
         );
         assert!(c1.is_pubsub());
         c1.add_output(60);
-        assert!(!c1.kill.is_cancelled());
+        assert!(!c1.kill.is_raised());
         c1.sub_output(60);
         c1.add_output(90);
-        assert!(!c1.kill.is_cancelled());
+        assert!(!c1.kill.is_raised());
         c1.add_output(11);
-        assert!(c1.kill.is_cancelled() && c1.overflowed());
+        assert!(c1.kill.is_raised() && c1.overflowed());
         r.remove(2);
         assert_eq!(r.list().iter().map(|c| c.id).collect::<Vec<_>>(), vec![1]);
         assert!(r.register(4, a, l).is_some());

@@ -30,6 +30,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -507,6 +508,11 @@ pub(crate) async fn serve(mut stream: TcpStream, worker: Arc<Worker>, shutdown: 
         lingering_close(stream).await;
         return;
     };
+    // The worker raises `stop` on every registered client when the proxy shuts down; one
+    // registered after that sees the token here.
+    if shutdown.is_cancelled() {
+        client.stop.raise();
+    }
     let metrics = worker.shared.metrics.clone();
     metrics.client_connections.inc();
     metrics.client_connections_total.inc();
@@ -536,7 +542,7 @@ pub(crate) async fn serve(mut stream: TcpStream, worker: Arc<Worker>, shutdown: 
     // The reader owns `tx` (and the session's `messages`): when it stops, the writer drains
     // what is queued and exits.
     tokio::join!(
-        read_requests(rd, tx, &worker, session, shutdown),
+        read_requests(rd, tx, &worker, session),
         write_replies(wr, rx, messages_rx, &worker, client.clone())
     );
     worker.shared.clients.remove(id);
@@ -582,9 +588,8 @@ async fn read_requests(
     tx: mpsc::Sender<Slot>,
     worker: &Worker,
     mut session: Session,
-    shutdown: CancellationToken,
 ) {
-    read_loop(&mut rd, &tx, worker, &mut session, shutdown).await;
+    read_loop(&mut rd, &tx, worker, &mut session).await;
     // Whatever ends the connection ends its dedicated connection's state too.
     if let Some(p) = session.pinned.take() {
         match p.kind {
@@ -601,7 +606,6 @@ async fn read_loop(
     tx: &mpsc::Sender<Slot>,
     worker: &Worker,
     session: &mut Session,
-    shutdown: CancellationToken,
 ) {
     let shared = &worker.shared;
     // No buffer while idle: allocated when bytes are there, sized by the last read (1 KiB
@@ -617,36 +621,54 @@ async fn read_loop(
         master: None,
         replicas: Vec::new(),
     };
-    let kill = session.client.kill.clone();
+    // `Signal`s, not cancellation tokens: see `clients::Signal`.
+    let client = session.client.clone();
+    let stopped = client.stop.raised();
+    let killed = client.kill.raised();
+    tokio::pin!(stopped, killed);
     let idle_timeout = shared.limits.idle_timeout;
+    // Armed for `--timeout` past the last read, moved only when it fires (see `idle`).
+    let idle = sleep_or_never(idle_timeout);
+    tokio::pin!(idle);
     loop {
         if buf.is_empty() {
             // Frames split off earlier keep their own reference to the old allocation.
             buf = BytesMut::new();
         }
-        // Redis never times out a client in a transaction, blocked, or subscribed.
-        let idle_limit = idle_timeout.filter(|_| session.pinned.is_none());
         let ready = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
-            _ = kill.cancelled() => return,
+            _ = &mut stopped => return,
+            _ = &mut killed => return,
             r = rd.readable() => r,
-            _ = sleep_or_never(idle_limit) => {
-                debug!("closing an idle client");
-                return;
+            _ = &mut idle => {
+                let limit = idle_timeout.unwrap_or_default();
+                let since = session.client.last_read().elapsed();
+                // Redis never times out a client in a transaction, blocked, or subscribed.
+                if session.pinned.is_none() && since >= limit {
+                    debug!("closing an idle client");
+                    return;
+                }
+                let wait = if since >= limit { limit } else { limit - since };
+                idle.set(sleep_or_never(Some(wait)));
+                continue;
             }
         };
         if ready.is_err() {
             return;
         }
         reserve_with(&mut buf, scanner.need(), read_hint);
-        match rd.try_read_buf(&mut buf) {
-            Ok(0) => return,
+        // `read_buf` rather than `try_read_buf`: on a short read it clears the socket's
+        // readiness, so the next `readable()` waits for the kernel instead of returning at
+        // once into a read that fails with EAGAIN (one wasted syscall per request at P1).
+        // Polled once: readiness can be stale, and then the read must not wait here,
+        // outside the `select!` above.
+        match rd.read_buf(&mut buf).now_or_never() {
+            None => continue,
+            Some(Ok(0)) => return,
             // Room for twice what came last time: a client that pipelines gets larger
             // reads, one that sends a command at a time keeps a small buffer.
-            Ok(n) => read_hint = (n * 2).clamp(1024, 64 * 1024),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return,
+            Some(Ok(n)) => read_hint = (n * 2).clamp(1024, 64 * 1024),
+            Some(Err(_)) => return,
         }
         session.client.touch();
         // One routing snapshot for the whole batch (renewed if a request had to wait for a
@@ -719,7 +741,9 @@ async fn read_loop(
                 }
                 continue;
             }
-            release_finished_blocking(session, worker);
+            if release_finished_blocking(session, worker) {
+                session.client.set_visible(session.visible());
+            }
             if needs_master(&req, &table, session) && !master_usable(&table, &mut resolved, worker)
             {
                 match hold_for_master(&mut resolved, session, worker).await {
@@ -742,9 +766,29 @@ async fn read_loop(
                     }
                 }
             }
-            let before = session.signature();
-            let step = dispatch(req, &table, &mut resolved, session, worker).await;
-            if session.signature() != before {
+            // Only special commands and pinned connections change what `CLIENT LIST` shows:
+            // a plain command skips the comparison.
+            let before =
+                (req.lookup.special.is_some() || req.lookup.blocking || session.pinned.is_some())
+                    .then(|| session.signature());
+            let step = if session.pinned.is_none() && plain(&req) {
+                // The common case, without the `.await`s of the general path below (each
+                // builds and moves a large future): route, then hand the request over
+                // unless the backend's queue is full.
+                let class = req.lookup.class;
+                match prepare_forward(req, class, &table, &mut resolved, session, worker) {
+                    Ok((step, full)) => {
+                        if let Some((backend, request)) = full {
+                            backend.send(request).await;
+                        }
+                        step
+                    }
+                    Err(step) => step,
+                }
+            } else {
+                dispatch(req, &table, &mut resolved, session, worker).await
+            };
+            if before.is_some_and(|b| b != session.signature()) {
                 session.client.set_visible(session.visible());
             }
             let slot = match step {
@@ -756,7 +800,11 @@ async fn read_loop(
                     return;
                 }
             };
-            if !queue(tx, slot, session, skip).await {
+            let queued = match try_queue(tx, slot, session, skip) {
+                Ok(queued) => queued,
+                Err(slot) => tx.send(slot).await.is_ok(),
+            };
+            if !queued {
                 // The writer is gone: the client cannot be answered any more.
                 return;
             }
@@ -766,15 +814,32 @@ async fn read_loop(
 
 /// Queues a reply slot, silenced under `CLIENT REPLY OFF` or a `SKIP` (`skip`). False when
 /// the writer is gone.
-async fn queue(tx: &mpsc::Sender<Slot>, mut slot: Slot, session: &Session, skip: bool) -> bool {
+async fn queue(tx: &mpsc::Sender<Slot>, slot: Slot, session: &Session, skip: bool) -> bool {
+    match try_queue(tx, slot, session, skip) {
+        Ok(queued) => queued,
+        Err(slot) => tx.send(slot).await.is_ok(),
+    }
+}
+
+/// [`queue`] without waiting: `Err` gives the slot back when the queue is full.
+fn try_queue(
+    tx: &mpsc::Sender<Slot>,
+    mut slot: Slot,
+    session: &Session,
+    skip: bool,
+) -> Result<bool, Slot> {
     if skip || session.reply_off {
         match &mut slot {
-            Slot::Ready(_) => return true,
+            Slot::Ready(_) => return Ok(true),
             Slot::Pending { silent, .. } => *silent = true,
             Slot::Close => {}
         }
     }
-    tx.send(slot).await.is_ok()
+    match tx.try_send(slot) {
+        Ok(()) => Ok(true),
+        Err(mpsc::error::TrySendError::Full(slot)) => Err(slot),
+        Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
+    }
 }
 
 /// Refusals that come before routing: a client that must authenticate first, and commands
@@ -976,15 +1041,18 @@ async fn dispatch(
     }
 }
 
-/// A blocking command's connection goes back to the pool once it has answered.
-fn release_finished_blocking(session: &mut Session, worker: &Worker) {
+/// A blocking command's connection goes back to the pool once it has answered. True when
+/// it did.
+fn release_finished_blocking(session: &mut Session, worker: &Worker) -> bool {
     if let Some(p) = &session.pinned
         && p.kind == PinKind::Blocking
         && (p.backend.outstanding() == 0 || !p.backend.is_alive())
         && let Some(p) = session.pinned.take()
     {
         worker.pool.release(p.backend);
+        return true;
     }
+    false
 }
 
 /// Not pinned: the common case.
@@ -1066,15 +1134,29 @@ async fn unpinned(
         Some(special) => answer_local(special, &req, session, worker),
         None if req.is(b"INFO") => info(req, table, resolved, session, worker).await,
         None if req.lookup.blocking => blocking(req, table, session, worker).await,
-        None if req.is(b"SCRIPT")
-            && req.info.arg1(&req.frame).is_some_and(|a| {
-                a.eq_ignore_ascii_case(b"LOAD") || a.eq_ignore_ascii_case(b"FLUSH")
-            }) =>
-        {
+        None if is_script_fan_out(&req) => {
             fan_out(req, class, table, resolved, session, worker).await
         }
         None => forward(req, class, table, resolved, session, worker).await,
     }
+}
+
+/// `SCRIPT LOAD` and `SCRIPT FLUSH`, which go to every node (see [`fan_out`]).
+fn is_script_fan_out(req: &Req) -> bool {
+    req.is(b"SCRIPT")
+        && req
+            .info
+            .arg1(&req.frame)
+            .is_some_and(|a| a.eq_ignore_ascii_case(b"LOAD") || a.eq_ignore_ascii_case(b"FLUSH"))
+}
+
+/// True when [`unpinned`] would simply [`forward`] the request: no command the proxy
+/// answers or treats specially, not blocking, not `INFO`, not a script fan-out.
+fn plain(req: &Req) -> bool {
+    req.lookup.special.is_none()
+        && !req.lookup.blocking
+        && !req.is(b"INFO")
+        && !is_script_fan_out(req)
 }
 
 fn subcommand_is(req: &Req, sub: &[u8]) -> bool {
@@ -1843,15 +1925,18 @@ fn no_master(worker: &Worker, table: &RoutingTable) -> Step {
     )
 }
 
-/// Over a shared connection, to the node routing picks.
-async fn forward(
+/// Over a shared connection, to the node routing picks: routes a request and queues it on
+/// its backend; the step is the reply slot to queue for the client. When the backend's
+/// queue is full, the request and its backend come back to be sent with [`Backend::send`]
+/// (which waits for room).
+fn prepare_forward(
     req: Req,
     class: Class,
     table: &RoutingTable,
     resolved: &mut Resolved,
     session: &mut Session,
     worker: &Worker,
-) -> Step {
+) -> Result<(Step, Option<(Backend, Request)>), Step> {
     let mut decision = route(table, class, req.rule, &session.route, &worker.shared.rr);
     // A SCAN cursor is only valid on the node that returned it: one client's SCAN-family
     // commands all go to the same replica (while the set of healthy replicas stays).
@@ -1866,7 +1951,7 @@ async fn forward(
         _ => Target::Replica,
     };
     let Some(backend) = resolved.backend(decision, worker) else {
-        return no_master(worker, table);
+        return Err(no_master(worker, table));
     };
     if target == Target::Master && writes(class) {
         session.route.has_written = true;
@@ -1883,7 +1968,13 @@ async fn forward(
         None
     };
     let frame = req.frame.clone();
-    let mut step = send(&backend, req.frame, class, target, worker, &session.client).await;
+    let (request, mut step) =
+        request_n(req.frame, class, target, worker, 1, false, &session.client);
+    // Queued now unless the backend's queue is full: then the caller waits for room.
+    let full = backend
+        .try_send(request)
+        .err()
+        .map(|request| (backend.clone(), request));
     let then_after = if target == Target::Master && table.write_ack > 0 && writes(class) {
         Some(Box::new(Then::AwaitReplicas(
             table.write_ack,
@@ -1902,7 +1993,27 @@ async fn forward(
         *then = then_after;
         *r = Some(retry);
     }
-    step
+    Ok((step, full))
+}
+
+/// Sends a request to the node its class, the rules and the session route it to.
+async fn forward(
+    req: Req,
+    class: Class,
+    table: &RoutingTable,
+    resolved: &mut Resolved,
+    session: &mut Session,
+    worker: &Worker,
+) -> Step {
+    match prepare_forward(req, class, table, resolved, session, worker) {
+        Ok((step, full)) => {
+            if let Some((backend, request)) = full {
+                backend.send(request).await;
+            }
+            step
+        }
+        Err(step) => step,
+    }
 }
 
 /// `SCRIPT LOAD` and `SCRIPT FLUSH` on every node (Redis does not replicate them), so that
@@ -1948,25 +2059,40 @@ async fn send_n(
     pubsub: bool,
     client: &Arc<Client>,
 ) -> Step {
+    let (request, step) = request_n(frame, class, target, worker, frames, pubsub, client);
+    backend.send(request).await;
+    step
+}
+
+/// A request answered by `frames` reply frames, and the reply slot that waits for it.
+fn request_n(
+    frame: Bytes,
+    class: Class,
+    target: Target,
+    worker: &Worker,
+    frames: usize,
+    pubsub: bool,
+    client: &Arc<Client>,
+) -> (Request, Step) {
     worker.shared.metrics.command(class, target);
     let (reply_tx, rx) = oneshot::channel();
-    backend
-        .send(Request {
-            frame,
-            reply: reply_tx,
-            frames,
-            account: Some(client.clone()),
-        })
-        .await;
-    Step::Slot(Slot::Pending {
+    let request = Request {
+        frame,
+        reply: reply_tx,
+        frames,
+        account: Some(client.clone()),
+    };
+    let step = Step::Slot(Slot::Pending {
         rx,
-        started: Instant::now(),
+        // When the request was read (one clock read per read, see `Client::touch`).
+        started: client.last_read(),
         target,
         pubsub,
         then: None,
         silent: false,
         retry: None,
-    })
+    });
+    (request, step)
 }
 
 async fn write_replies(
@@ -1981,7 +2107,8 @@ async fn write_replies(
     let mut out = BytesMut::new();
     let mut head: Option<Slot> = None;
     // Killed (CLIENT KILL, output limit): close now, whatever is still owed.
-    let kill = client.kill.clone();
+    let killed = client.kill.raised();
+    tokio::pin!(killed);
     loop {
         // Reply bytes in `out` that were counted against the client's output limit.
         let mut counted = 0;
@@ -2005,6 +2132,7 @@ async fn write_replies(
         };
         // Wait for the oldest reply, then take every later one that is already there.
         let mut closing = false;
+        let mut done_at: Option<Instant> = None;
         match slot {
             Slot::Ready(b) => out.extend_from_slice(&b),
             Slot::Pending {
@@ -2020,7 +2148,7 @@ async fn write_replies(
                     if !pubsub {
                         tokio::select! {
                             biased;
-                            _ = kill.cancelled() => return,
+                            _ = &mut killed => return,
                             r = &mut reply_rx => break r,
                         }
                     }
@@ -2030,7 +2158,7 @@ async fn write_replies(
                     // reply).
                     tokio::select! {
                         biased;
-                        _ = kill.cancelled() => return,
+                        _ = &mut killed => return,
                         Some(m) = messages.recv() => {
                             if !write_messages(&mut wr, &mut out, m, &mut messages).await {
                                 rx.close();
@@ -2042,7 +2170,9 @@ async fn write_replies(
                 };
                 let r = Retry::resolve(retry, r.ok(), worker).await;
                 let r = Then::resolve(then, r, worker).await;
-                metrics.latency(target, started.elapsed().as_secs_f64());
+                let now = Instant::now();
+                metrics.latency(target, now.saturating_duration_since(started));
+                done_at = Some(now);
                 counted += append(&mut out, r, silent);
             }
             Slot::Close => closing = true,
@@ -2063,7 +2193,10 @@ async fn write_replies(
                     Ok(r) => {
                         let r = Retry::resolve(retry, Some(r), worker).await;
                         let r = Then::resolve(then, r, worker).await;
-                        metrics.latency(target, started.elapsed().as_secs_f64());
+                        // Already there: answered no later than the reply waited for above
+                        // (one clock read per batch of replies).
+                        let now = *done_at.get_or_insert_with(Instant::now);
+                        metrics.latency(target, now.saturating_duration_since(started));
                         counted += append(&mut out, r, silent);
                     }
                     Err(oneshot::error::TryRecvError::Empty) => {
@@ -2091,7 +2224,7 @@ async fn write_replies(
         if !out.is_empty() {
             let written = tokio::select! {
                 biased;
-                _ = kill.cancelled() => return,
+                _ = &mut killed => return,
                 r = wr.write_all(&out) => r.is_ok(),
             };
             if !written {
@@ -2454,7 +2587,7 @@ fn client_kill(filters: &[&[u8]], session: &Session, worker: &Worker) -> Step {
             .find(|c| c.addr.to_string() == addr)
         {
             Some(c) => {
-                c.kill.cancel();
+                c.kill.raise();
                 local(worker, Class::Admin, reply::ok())
             }
             None => reject(worker, "ERR No such client"),
@@ -2510,7 +2643,7 @@ fn client_kill(filters: &[&[u8]], session: &Session, worker: &Worker) -> Step {
             && ty.is_none_or(|p| p == c.is_pubsub())
             && !(skipme && c.id == session.id);
         if matches {
-            c.kill.cancel();
+            c.kill.raise();
             killed += 1;
         }
     }

@@ -3,11 +3,16 @@
 //! Every label combination is resolved once at start into plain counter handles, so the hot
 //! path increments an atomic and never hashes labels or takes the registry's lock.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::command::Class;
@@ -156,7 +161,7 @@ struct ResultLabel {
 pub struct Metrics {
     registry: Registry,
     commands: Vec<Counter>,
-    latency: Vec<Histogram>,
+    latency: Vec<LatencyHistogram>,
     backend_failures: Vec<Counter>,
     retries: Vec<Counter>,
     /// Requests whose retries ran out (the client got the last error).
@@ -227,11 +232,8 @@ impl Metrics {
                 );
             }
         }
-        let latency_family = Family::<TargetLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ])
-        });
+        let latency_family =
+            Family::<TargetLabel, LatencyHistogram>::new_with_constructor(LatencyHistogram::new);
         registry.register(
             "command_duration_seconds",
             "Time from reading a forwarded command to having its reply, by node role",
@@ -440,9 +442,9 @@ impl Metrics {
 
     /// Records a forwarded command's latency.
     #[inline]
-    pub fn latency(&self, target: Target, seconds: f64) {
+    pub fn latency(&self, target: Target, d: Duration) {
         if let Some(h) = self.latency.get(target as usize) {
-            h.observe(seconds);
+            h.observe(d);
         }
     }
 
@@ -596,6 +598,83 @@ impl OutageMetrics {
     }
 }
 
+/// Upper bounds of [`LatencyHistogram`]'s buckets, in nanoseconds (100 µs to 1 s).
+const LATENCY_BOUNDS_NS: [u64; 12] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    1_000_000_000,
+];
+
+/// A latency histogram for the per-request path: one relaxed atomic add per bucket hit and
+/// two for count and sum, no lock (prometheus-client's `Histogram` takes a write lock per
+/// observation, shared by every worker thread). Exported as a Prometheus histogram in
+/// seconds; `_count` is the sum of the buckets read at scrape time, so it always equals the
+/// `+Inf` bucket even while observations race with the scrape.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyHistogram(Arc<LatencyCells>);
+
+#[derive(Debug, Default)]
+struct LatencyCells {
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// An empty histogram.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one observation.
+    #[inline]
+    pub fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_NS
+            .iter()
+            .position(|b| ns <= *b)
+            .unwrap_or(LATENCY_BOUNDS_NS.len());
+        if let Some(b) = self.0.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = Vec::with_capacity(LATENCY_BOUNDS_NS.len() + 1);
+        let mut count = 0;
+        for (i, cell) in self.0.buckets.iter().enumerate() {
+            let n = cell.load(Ordering::Relaxed);
+            count += n;
+            let bound = LATENCY_BOUNDS_NS
+                .get(i)
+                .map_or(f64::MAX, |b| *b as f64 / 1e9);
+            buckets.push((bound, n));
+        }
+        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,7 +685,8 @@ mod tests {
         m.command(Class::Write, Target::Master);
         m.command(Class::Read, Target::Replica);
         m.command(Class::Read, Target::Replica);
-        m.latency(Target::Replica, 0.0003);
+        m.latency(Target::Replica, Duration::from_micros(300));
+        m.latency(Target::Replica, Duration::from_secs(3));
         m.backend_failure(BackendFailure::Lost);
         let text = m.encode();
         assert!(
@@ -621,10 +701,16 @@ mod tests {
             text.contains(r#"pivot_proxy_backend_errors_total{kind="lost"} 1"#),
             "{text}"
         );
-        assert!(
-            text.contains("pivot_proxy_command_duration_seconds_bucket"),
-            "{text}"
-        );
+        for line in [
+            r#"pivot_proxy_command_duration_seconds_bucket{le="0.00025",target="replica"} 0"#,
+            r#"pivot_proxy_command_duration_seconds_bucket{le="0.0005",target="replica"} 1"#,
+            r#"pivot_proxy_command_duration_seconds_bucket{le="1.0",target="replica"} 1"#,
+            r#"pivot_proxy_command_duration_seconds_bucket{le="+Inf",target="replica"} 2"#,
+            r#"pivot_proxy_command_duration_seconds_count{target="replica"} 2"#,
+            r#"pivot_proxy_command_duration_seconds_sum{target="replica"} 3.0003"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 
     #[test]

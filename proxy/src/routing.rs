@@ -451,12 +451,20 @@ pub fn rule_for(
     if table.rules.is_empty() {
         return None;
     }
-    if let Some(sub) = arg1 {
-        let mut key = Vec::with_capacity(lower_name.len() + 1 + sub.len());
-        key.extend_from_slice(lower_name);
-        key.push(b'|');
-        key.extend(sub.iter().map(u8::to_ascii_lowercase));
-        if let Some(t) = table.rules.get(key.as_slice()) {
+    // `name|subcommand` keys: built on the stack. The control plane accepts rule names of
+    // up to 128 bytes; a longer `name|arg1` cannot match one.
+    const MAX_KEY: usize = 128;
+    if let Some(sub) = arg1
+        && lower_name.len() + 1 + sub.len() <= MAX_KEY
+    {
+        let mut key = [0u8; MAX_KEY];
+        let n = lower_name.len();
+        key[..n].copy_from_slice(lower_name);
+        key[n] = b'|';
+        for (d, c) in key[n + 1..].iter_mut().zip(sub) {
+            *d = c.to_ascii_lowercase();
+        }
+        if let Some(t) = table.rules.get(&key[..n + 1 + sub.len()]) {
             return Some(*t);
         }
     }

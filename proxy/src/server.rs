@@ -457,7 +457,16 @@ fn worker_thread(
                 match accepted {
                     Ok((stream, peer)) => {
                         next_conn += 1;
-                        let span = info_span!("client", %peer, conn = next_conn);
+                        // The connection logs at debug level only: without debug logging
+                        // its span would be entered and left on every poll for nothing.
+                        let span = if tracing::enabled!(
+                            target: "pivot_proxy::connection",
+                            tracing::Level::DEBUG
+                        ) {
+                            info_span!("client", %peer, conn = next_conn)
+                        } else {
+                            tracing::Span::none()
+                        };
                         tasks.spawn(
                             connection::serve(stream, worker.clone(), shutdown.clone())
                                 .instrument(span),
@@ -471,6 +480,8 @@ fn worker_thread(
                 }
             }
             drop(listener);
+            // Connections stop reading and finish what they have read (see `serve`).
+            worker.shared.clients.stop_all();
             tasks.close();
             if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
                 warn!("client connections still open after the shutdown grace period");

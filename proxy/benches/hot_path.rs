@@ -1,0 +1,180 @@
+//! The proxy's per-request work without sockets: what a client's read costs before and
+//! after it meets the network. Regressions here show without a cluster; the end-to-end cost
+//! (syscalls, task wake-ups, Redis) is measured by `pivot-bench` (docs/performance.md).
+//!
+//! `cargo bench -p pivot-proxy --bench hot_path`
+//!
+//! - `scan`: finding frame boundaries, command name and first argument in a read buffer
+//!   (requests) and in a backend's reply buffer;
+//! - `lookup`: classifying a command with the command table of a real Redis 7.0.15
+//!   (`benches/data/command-redis-7.0.15.resp`, its `COMMAND` reply);
+//! - `route`: choosing master or replica;
+//! - `request`: the three together for every request of one read of 16 pipelined `SET`s
+//!   or `GET`s (`redis-benchmark -P 16 -d 64`), including splitting each frame off the
+//!   buffer as `Bytes`, as the connection does.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::hint::black_box;
+use std::sync::atomic::AtomicUsize;
+
+use bytes::BytesMut;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pivot_proxy::command::CommandTable;
+use pivot_proxy::resp::{Mode, Scanner};
+use pivot_proxy::routing::{ClientState, NodeAddr, ReadPolicy, ReplicaRoute, RoutingTable, route};
+
+const COMMAND_REPLY: &[u8] = include_bytes!("data/command-redis-7.0.15.resp");
+
+fn commands() -> CommandTable {
+    let value = redis::parse_redis_value(COMMAND_REPLY).unwrap();
+    let table = CommandTable::from_command_reply(&value).unwrap();
+    assert!(
+        table.len() > 200,
+        "the fixture holds Redis 7's command table"
+    );
+    table
+}
+
+fn routing(read_policy: ReadPolicy) -> RoutingTable {
+    let mut t = RoutingTable::empty("bench");
+    t.version = 1;
+    t.master = Some(NodeAddr::new("127.0.0.1", 6379));
+    for port in [6380, 6381] {
+        let addr = NodeAddr::new("127.0.0.1", port);
+        t.replicas.push(ReplicaRoute {
+            addr: addr.clone(),
+            healthy: true,
+        });
+        t.readable.push(addr);
+    }
+    t.read_policy = read_policy;
+    t
+}
+
+/// `redis-benchmark -d 64` requests.
+fn set_request() -> Vec<u8> {
+    let value = "x".repeat(64);
+    format!(
+        "*3\r\n$3\r\nSET\r\n$16\r\nkey:__rand_int__\r\n${}\r\n{value}\r\n",
+        value.len()
+    )
+    .into_bytes()
+}
+
+fn get_request() -> Vec<u8> {
+    b"*2\r\n$3\r\nGET\r\n$16\r\nkey:__rand_int__\r\n".to_vec()
+}
+
+fn pipeline(one: &[u8], n: usize) -> Vec<u8> {
+    one.repeat(n)
+}
+
+fn scan(c: &mut Criterion) {
+    let mut g = c.benchmark_group("scan");
+    for (name, one) in [("set", set_request()), ("get", get_request())] {
+        let buf = pipeline(&one, 16);
+        g.throughput(Throughput::Elements(16));
+        g.bench_function(format!("request_{name}_x16"), |b| {
+            b.iter(|| {
+                let mut scanner = Scanner::new(Mode::Request, 512 << 20);
+                let mut rest = black_box(&buf[..]);
+                let mut n = 0;
+                while let Some(f) = scanner.scan(rest).unwrap() {
+                    black_box(f.name(rest));
+                    rest = &rest[f.len..];
+                    n += 1;
+                }
+                assert_eq!(n, 16);
+            })
+        });
+    }
+    let value = "x".repeat(64);
+    for (name, one) in [
+        ("ok", b"+OK\r\n".to_vec()),
+        ("bulk64", format!("$64\r\n{value}\r\n").into_bytes()),
+    ] {
+        let buf = pipeline(&one, 16);
+        g.throughput(Throughput::Elements(16));
+        g.bench_function(format!("reply_{name}_x16"), |b| {
+            b.iter(|| {
+                let mut scanner = Scanner::new(Mode::Reply, 1 << 30);
+                let mut rest = black_box(&buf[..]);
+                while let Some(f) = scanner.scan(rest).unwrap() {
+                    rest = &rest[f.len..];
+                }
+                assert!(rest.is_empty());
+            })
+        });
+    }
+    g.finish();
+}
+
+fn lookup(c: &mut Criterion) {
+    let table = commands();
+    let mut g = c.benchmark_group("lookup");
+    for (name, cmd, arg1) in [
+        ("set", &b"SET"[..], Some(&b"key:__rand_int__"[..])),
+        ("get_lowercase", b"get", Some(b"key:__rand_int__")),
+        ("client_setname", b"CLIENT", Some(b"SETNAME")),
+        ("unknown", b"NOSUCHCOMMAND", None),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(table.lookup(black_box(cmd), black_box(arg1))))
+        });
+    }
+    g.finish();
+}
+
+fn routes(c: &mut Criterion) {
+    let commands = commands();
+    let rr = AtomicUsize::new(0);
+    let fresh = ClientState::default();
+    let mut g = c.benchmark_group("route");
+    for (name, policy, cmd) in [
+        ("write", ReadPolicy::Replicas, &b"SET"[..]),
+        ("read_replicas", ReadPolicy::Replicas, b"GET"),
+        ("read_master_only", ReadPolicy::MasterOnly, b"GET"),
+    ] {
+        let table = routing(policy);
+        let class = commands.lookup(cmd, None).class;
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(route(&table, black_box(class), None, &fresh, &rr)))
+        });
+    }
+    g.finish();
+}
+
+/// Scan, split off, look up and route every request of one read, as the connection does
+/// before handing requests to backends.
+fn request(c: &mut Criterion) {
+    let commands = commands();
+    let table = routing(ReadPolicy::Replicas);
+    let rr = AtomicUsize::new(0);
+    let fresh = ClientState::default();
+    let mut g = c.benchmark_group("request");
+    for (name, one) in [("set", set_request()), ("get", get_request())] {
+        let read = pipeline(&one, 16);
+        g.throughput(Throughput::Elements(16));
+        g.bench_function(format!("{name}_x16"), |b| {
+            b.iter_batched_ref(
+                || BytesMut::from(&read[..]),
+                |buf| {
+                    let mut scanner = Scanner::new(Mode::Request, 512 << 20);
+                    while let Some(info) = scanner.scan(buf).unwrap() {
+                        let frame = buf.split_to(info.len).freeze();
+                        let lookup = commands
+                            .lookup(info.name(&frame).unwrap_or_default(), info.arg1(&frame));
+                        black_box(route(&table, lookup.class, None, &fresh, &rr));
+                        black_box(frame);
+                    }
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, scan, lookup, routes, request);
+criterion_main!(benches);
