@@ -19,16 +19,17 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p pivot-control-plane -p pivot-proxy -p pivotctl \
-    && mkdir -p /out/bin /out/data \
+    && mkdir -p /out/bin /out/state/pivot \
     && cp target/release/pivot-control-plane target/release/pivot-proxy target/release/pivotctl /out/bin/
 
 # glibc and libgcc match the builder's Debian 12; nothing else is needed at run time
 # (SQLite is compiled in, TLS is rustls).
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/bin/ /usr/local/bin/
-# The control plane's store and the proxy's config cache: owned by nonroot, so that a
-# named volume mounted here starts writable.
-COPY --from=build --chown=65532:65532 /out/data/ /var/lib/pivot/
+# The control plane's store and the proxy's config cache: /var/lib/pivot, owned by
+# nonroot (copied as an item of /out/state/, so --chown applies to the directory
+# itself), so that a named volume mounted there starts writable.
+COPY --from=build --chown=65532:65532 /out/state/ /var/lib/
 USER 65532:65532
 WORKDIR /var/lib/pivot
 
