@@ -713,6 +713,8 @@ impl State {
         m.master_known.remove(&label);
         m.healthy_replicas.remove(&label);
         m.sentinels_reachable.remove(&label);
+        m.failovers.remove(&label);
+        m.promotion_seconds.remove(&label);
         self.service_event(
             service,
             version,
@@ -793,6 +795,12 @@ impl State {
             .get_or_create(&label)
             .set(gauge_value(topology.reachable_sentinels() as u64));
         m.events.get_or_create(&label).inc();
+        // Exported from the service's first decision, at 0: Prometheus's `increase()`
+        // and `rate()` cannot see a series' first sample as an increase, so a counter
+        // that appeared only with the first failover would hide that failover from the
+        // PivotFailover alert and the dashboard.
+        drop(m.failovers.get_or_create(&label));
+        drop(m.promotion_seconds.get_or_create(&label));
 
         let new_master = topology.master.clone();
         if change.kind == "master-changed" || change.kind.contains("promot") {

@@ -400,3 +400,64 @@ async fn over_mutual_tls() -> Result<()> {
     cp.stop().await?;
     stack.shutdown().await
 }
+
+/// `pivotctl probe`, the container image's health check, against the real endpoints:
+/// healthy, an error status, nothing listening, a listener that never answers, a bad URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reports_health_by_exit_code() -> Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let cp = stack.control_plane.as_ref().context("control plane")?;
+    let proxy = stack.proxies.first().context("a proxy")?;
+    proxy.wait_ready(Duration::from_secs(10)).await?;
+    // No gRPC server or token is involved: the probe must not need them.
+    let ctl = Ctl {
+        server: "http://127.0.0.1:1".into(),
+        token: String::new(),
+    };
+
+    let out = ctl.ok(&["probe", &format!("http://{}/healthz", cp.http_addr)])?;
+    assert!(out.contains("200 OK"), "{out}");
+    ctl.ok(&["probe", &format!("http://{}/readyz", cp.http_addr)])?;
+    ctl.ok(&["probe", &format!("http://{}/readyz", proxy.admin_addr)])?;
+    let j = ctl.json(&["probe", &format!("http://{}/healthz", proxy.admin_addr)])?;
+    assert_eq!(j["status"], 200);
+    // The URL can come from the environment (what the image's HEALTHCHECK uses).
+    let out = ctl
+        .command(&["probe"])
+        .env(
+            "PIVOT_PROBE_URL",
+            format!("http://{}/healthz", cp.http_addr),
+        )
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+
+    let err = ctl.fails(
+        &["probe", &format!("http://{}/no-such-page", cp.http_addr)],
+        1,
+    )?;
+    assert!(err.contains("404"), "{err}");
+
+    // Nothing listens on a port we bound and closed again.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let err = ctl.fails(&["probe", &format!("http://{closed}/healthz")], 6)?;
+    assert!(err.contains("no answer"), "{err}");
+
+    // A listener that accepts (the kernel's backlog) and never answers: the deadline.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let started = std::time::Instant::now();
+    let err = ctl.fails(
+        &[
+            "probe",
+            "--timeout",
+            "300ms",
+            &format!("http://{}/healthz", silent.local_addr()?),
+        ],
+        6,
+    )?;
+    assert!(err.contains("within 300ms"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    drop(silent);
+
+    ctl.fails(&["probe", "https://127.0.0.1:8080/healthz"], 2)?;
+    stack.shutdown().await
+}

@@ -1,6 +1,8 @@
 //! `docs/configuration.md` is generated from the binaries' own flag definitions (clap), so
 //! it cannot drift: this test regenerates it and fails when the file differs. Run with
-//! `PIVOT_UPDATE_DOCS=1` to rewrite it after changing a flag.
+//! `PIVOT_UPDATE_DOCS=1` to rewrite it after changing a flag. It covers
+//! `pivot-control-plane`, `pivot-proxy` and `pivotctl` (global flags, then every
+//! subcommand with its arguments).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -23,20 +25,38 @@ fn section(out: &mut String, title: &str, cmd: &clap::Command, toml: bool) {
              [`examples/control-plane.toml`](../examples/control-plane.toml) lists them all.\n"
         );
     }
+    table(out, cmd.get_arguments().filter(|a| a.get_long().is_some()));
+    out.push('\n');
+}
+
+/// A table of arguments: flags by long name, positionals (uppercase) first.
+fn table<'a>(out: &mut String, args: impl Iterator<Item = &'a clap::Arg>) {
     let _ = writeln!(out, "| flag | environment | default | meaning |");
     let _ = writeln!(out, "|---|---|---|---|");
-    let mut args: Vec<&clap::Arg> = cmd
-        .get_arguments()
-        .filter(|a| a.get_long().is_some() && !["help", "version"].contains(&a.get_id().as_str()))
+    let mut args: Vec<&clap::Arg> = args
+        .filter(|a| !["help", "version"].contains(&a.get_id().as_str()))
         .collect();
-    args.sort_by_key(|a| a.get_long());
+    args.sort_by_key(|a| (a.get_long().is_some(), a.get_long()));
     for a in args {
-        let long = a.get_long().unwrap_or_default();
-        let value = a
-            .get_value_names()
-            .and_then(|v| v.first())
-            .map(|v| format!(" {v}"))
-            .unwrap_or_default();
+        let name = match a.get_long() {
+            Some(long) => {
+                let value = if a.get_action().takes_values() {
+                    a.get_value_names()
+                        .and_then(|v| v.first())
+                        .map(|v| format!(" {v}"))
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                let short = a.get_short().map(|c| format!("-{c}, ")).unwrap_or_default();
+                format!("{short}--{long}{value}")
+            }
+            None => a
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| a.get_id().as_str().to_uppercase()),
+        };
         let env = a
             .get_env()
             .map(|e| format!("`{}`", e.to_string_lossy()))
@@ -74,10 +94,101 @@ fn section(out: &mut String, title: &str, cmd: &clap::Command, toml: bool) {
         } else {
             ""
         };
-        let _ = writeln!(
-            out,
-            "| `--{long}{value}`{repeat} | {env} | {default} | {help} |"
+        let _ = writeln!(out, "| `{name}`{repeat} | {env} | {default} | {help} |");
+    }
+}
+
+/// `pivotctl`: the global flags, then one heading per subcommand (nested ones as
+/// `pivotctl rules set`) with its arguments.
+fn cli_section(out: &mut String, title: &str, cmd: &clap::Command) {
+    let _ = writeln!(out, "## `{title}`\n");
+    if let Some(about) = cmd.get_long_about().or_else(|| cmd.get_about()) {
+        let _ = writeln!(out, "{about}\n");
+    }
+    let _ = writeln!(out, "Global flags (before or after the subcommand):\n");
+    table(out, cmd.get_arguments().filter(|a| a.is_global_set()));
+    out.push('\n');
+    let mut stack: Vec<(String, &clap::Command)> = cmd
+        .get_subcommands()
+        .filter(|c| c.get_name() != "help")
+        .map(|c| (format!("{title} {}", c.get_name()), c))
+        .collect();
+    stack.reverse();
+    while let Some((path, c)) = stack.pop() {
+        let _ = writeln!(out, "### `{path}`\n");
+        if let Some(about) = c.get_long_about().or_else(|| c.get_about()) {
+            let _ = writeln!(out, "{}\n", about.to_string().replace('\n', " "));
+        }
+        let own: Vec<&clap::Arg> = c
+            .get_arguments()
+            .filter(|a| !a.is_global_set() && !["help", "version"].contains(&a.get_id().as_str()))
+            .collect();
+        if !own.is_empty() {
+            table(out, own.into_iter());
+            out.push('\n');
+        }
+        let mut subs: Vec<(String, &clap::Command)> = c
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help")
+            .map(|s| (format!("{path} {}", s.get_name()), s))
+            .collect();
+        subs.reverse();
+        stack.extend(subs);
+    }
+}
+
+/// The variables `pivotctl` reads itself rather than through a flag (secrets that must
+/// not appear in argv), found in its source, with the subcommands whose help names them.
+fn secrets_from_env(out: &mut String, cmd: &clap::Command) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pivotctl/src/main.rs");
+    let text = std::fs::read_to_string(&src).expect("reading pivotctl/src/main.rs");
+    let mut names: Vec<&str> = text
+        .split("env::var(\"")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('"').map(|(name, _)| name))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "### `pivotctl`: secrets from the environment\n\n\
+         Read by `pivotctl` itself, never from a flag (argv is visible to other users).\n"
+    );
+    let _ = writeln!(out, "| environment | read by |");
+    let _ = writeln!(out, "|---|---|");
+    let mut all = Vec::new();
+    let mut stack: Vec<(String, &clap::Command)> = vec![("pivotctl".into(), cmd)];
+    while let Some((path, c)) = stack.pop() {
+        let help = c
+            .get_long_about()
+            .or_else(|| c.get_about())
+            .map(|h| h.to_string());
+        let args: String = c
+            .get_arguments()
+            .filter_map(|a| a.get_help().map(|h| h.to_string()))
+            .collect();
+        all.push((path.clone(), format!("{} {args}", help.unwrap_or_default())));
+        stack.extend(
+            c.get_subcommands()
+                .filter(|s| s.get_name() != "help")
+                .map(|s| (format!("{path} {}", s.get_name()), s)),
         );
+    }
+    for name in names {
+        let mut users: Vec<String> = all
+            .iter()
+            .filter(|(_, help)| help.contains(name))
+            .map(|(path, _)| format!("`{path}`"))
+            .collect();
+        users.sort();
+        assert!(
+            !users.is_empty(),
+            "pivotctl reads {name}, but no subcommand's help mentions it"
+        );
+        let _ = writeln!(out, "| `{name}` | {} |", users.join(", "));
     }
     out.push('\n');
 }
@@ -102,6 +213,11 @@ fn generate() -> String {
         &pivot_proxy::Config::command(),
         false,
     );
+    let mut ctl = pivotctl::cli::Cli::command();
+    // Global flags are propagated to the subcommands only when clap builds the command.
+    ctl.build();
+    cli_section(&mut out, "pivotctl", &ctl);
+    secrets_from_env(&mut out, &ctl);
     out
 }
 
