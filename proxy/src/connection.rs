@@ -671,6 +671,7 @@ async fn read_loop(
             Some(Err(_)) => return,
         }
         session.client.touch();
+        let mut master_ok: Option<bool> = None;
         // One routing snapshot for the whole batch (renewed if a request had to wait for a
         // new one, see `hold_for_master`).
         let mut table = shared.table.load_full();
@@ -744,15 +745,21 @@ async fn read_loop(
             if release_finished_blocking(session, worker) {
                 session.client.set_visible(session.visible());
             }
-            if needs_master(&req, &table, session) && !master_usable(&table, &mut resolved, worker)
+            // Checked once per read while it holds (a lock and a clock read): the requests
+            // of one read arrived together.
+            if needs_master(&req, &table, session)
+                && !*master_ok.get_or_insert_with(|| master_usable(&table, &mut resolved, worker))
             {
                 match hold_for_master(&mut resolved, session, worker).await {
                     Some(t) => {
                         // The rules may have changed with the table.
                         req.rule = rule(&t, &req);
                         table = t;
+                        master_ok = Some(true);
                     }
                     None => {
+                        // The next request waits again, as it would have.
+                        master_ok = None;
                         worker.shared.metrics.rejected.inc();
                         let msg = format!(
                             "TRYAGAIN pivot: no usable master for service '{}' within {:?} (a failover is in progress or the master is unreachable)",
