@@ -68,6 +68,9 @@ enum Slot {
     },
     /// Write everything before this, then close the connection (QUIT, protocol error).
     Close,
+    /// From now on, also write the Pub/Sub messages (or RESP3 pushes) that come on this
+    /// channel: sent once, before the reply of the command that first needs it.
+    Messages(mpsc::Receiver<Bytes>),
 }
 
 /// Attempts per request, the first included, when replies say it did not run.
@@ -369,7 +372,12 @@ struct Session {
     /// Subscriptions while in subscriber mode.
     subs: Subscriptions,
     /// Pub/Sub messages for this client's writer (given to its subscriber connection).
-    messages: mpsc::Sender<Bytes>,
+    /// Made when first needed (see [`Session::message_sink`]): a channel is a kilobyte, and
+    /// most connections never subscribe.
+    messages: Option<mpsc::Sender<Bytes>>,
+    /// The receiving end of `messages`, just made, for the read loop to hand to the writer
+    /// (as [`Slot::Messages`]) before the reply of the command that made it.
+    new_messages: Option<mpsc::Receiver<Bytes>>,
     /// This connection in the proxy's client registry.
     client: Arc<Client>,
     /// Passed `AUTH` (or no authentication is configured: then every client is the
@@ -430,6 +438,19 @@ impl Session {
             monitor: kind == Some(PinKind::Monitor),
             no_evict: self.no_evict,
         }
+    }
+
+    /// Where this client's Pub/Sub messages go, made on first use.
+    fn message_sink(&mut self) -> mpsc::Sender<Bytes> {
+        if let Some(tx) = &self.messages {
+            return tx.clone();
+        }
+        // Bounded: a subscriber that doesn't read stops its subscriber connection's reader,
+        // and Redis's own output buffer limit for Pub/Sub clients cuts it off.
+        let (tx, rx) = mpsc::channel(256);
+        self.messages = Some(tx.clone());
+        self.new_messages = Some(rx);
+        tx
     }
 
     fn key(&self, addr: &NodeAddr) -> PoolKey {
@@ -518,9 +539,6 @@ pub(crate) async fn serve(mut stream: TcpStream, worker: Arc<Worker>, shutdown: 
     metrics.client_connections_total.inc();
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(worker.shared.limits.max_pipeline);
-    // Bounded: a subscriber that doesn't read stops its subscriber connection's reader,
-    // and Redis's own output buffer limit for Pub/Sub clients cuts it off.
-    let (messages, messages_rx) = mpsc::channel(256);
     let session = Session {
         id,
         name: None,
@@ -529,7 +547,8 @@ pub(crate) async fn serve(mut stream: TcpStream, worker: Arc<Worker>, shutdown: 
         resp3: false,
         pinned: None,
         subs: Subscriptions::default(),
-        messages,
+        messages: None,
+        new_messages: None,
         client: client.clone(),
         // As Redis: a client connected while no password is required stays authenticated.
         authenticated: !worker.shared.table.load().auth_required(),
@@ -543,7 +562,7 @@ pub(crate) async fn serve(mut stream: TcpStream, worker: Arc<Worker>, shutdown: 
     // what is queued and exits.
     tokio::join!(
         read_requests(rd, tx, &worker, session),
-        write_replies(wr, rx, messages_rx, &worker, client.clone())
+        write_replies(wr, rx, &worker, client.clone())
     );
     worker.shared.clients.remove(id);
     metrics.client_connections.dec();
@@ -750,7 +769,9 @@ async fn read_loop(
             if needs_master(&req, &table, session)
                 && !*master_ok.get_or_insert_with(|| master_usable(&table, &mut resolved, worker))
             {
-                match hold_for_master(&mut resolved, session, worker).await {
+                // Boxed, like `dispatch` below: futures awaited inline make every
+                // connection's task as large as the largest of them, idle or not.
+                match Box::pin(hold_for_master(&mut resolved, session, worker)).await {
                     Some(t) => {
                         // The rules may have changed with the table.
                         req.rule = rule(&t, &req);
@@ -793,10 +814,16 @@ async fn read_loop(
                     Err(step) => step,
                 }
             } else {
-                dispatch(req, &table, &mut resolved, session, worker).await
+                Box::pin(dispatch(req, &table, &mut resolved, session, worker)).await
             };
             if before.is_some_and(|b| b != session.signature()) {
                 session.client.set_visible(session.visible());
+            }
+            // A channel for Pub/Sub messages made by this command goes to the writer first.
+            if let Some(rx) = session.new_messages.take()
+                && tx.send(Slot::Messages(rx)).await.is_err()
+            {
+                return;
             }
             let slot = match step {
                 Step::Slot(slot) => slot,
@@ -839,7 +866,7 @@ fn try_queue(
         match &mut slot {
             Slot::Ready(_) => return Ok(true),
             Slot::Pending { silent, .. } => *silent = true,
-            Slot::Close => {}
+            Slot::Close | Slot::Messages(_) => {}
         }
     }
     match tx.try_send(slot) {
@@ -1359,7 +1386,7 @@ async fn pin_master_stream(
     };
     let backend = match worker
         .pool
-        .subscriber(&session.key(master), session.messages.clone())
+        .subscriber(&session.key(master), session.message_sink())
     {
         Ok(b) => b,
         Err(e) => return reject(worker, &format!("ERR pivot: {e}")),
@@ -1524,7 +1551,7 @@ async fn subscribe(req: Req, table: &RoutingTable, session: &mut Session, worker
     };
     let backend = match worker
         .pool
-        .subscriber(&session.key(addr), session.messages.clone())
+        .subscriber(&session.key(addr), session.message_sink())
     {
         Ok(b) => b,
         Err(e) => return reject(worker, &format!("ERR pivot: {e}")),
@@ -2105,11 +2132,12 @@ fn request_n(
 async fn write_replies(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Slot>,
-    mut messages: mpsc::Receiver<Bytes>,
     worker: &Worker,
     client: Arc<Client>,
 ) {
     let metrics = &worker.shared.metrics;
+    // Pub/Sub messages, once a command has needed them (`Slot::Messages`).
+    let mut messages: Option<mpsc::Receiver<Bytes>> = None;
     // Grows to the replies of one batch; a large one is dropped after its write.
     let mut out = BytesMut::new();
     let mut head: Option<Slot> = None;
@@ -2129,8 +2157,8 @@ async fn write_replies(
                     Some(s) => s,
                     None => break,
                 },
-                Some(m) = messages.recv() => {
-                    if !write_messages(&mut wr, &mut out, m, &mut messages).await {
+                Some((m, ms)) = next_message(&mut messages) => {
+                    if !write_messages(&mut wr, &mut out, m, ms).await {
                         break;
                     }
                     continue;
@@ -2166,8 +2194,8 @@ async fn write_replies(
                     tokio::select! {
                         biased;
                         _ = &mut killed => return,
-                        Some(m) = messages.recv() => {
-                            if !write_messages(&mut wr, &mut out, m, &mut messages).await {
+                        Some((m, ms)) = next_message(&mut messages) => {
+                            if !write_messages(&mut wr, &mut out, m, ms).await {
                                 rx.close();
                                 return;
                             }
@@ -2175,14 +2203,14 @@ async fn write_replies(
                         r = &mut reply_rx => break r,
                     }
                 };
-                let r = Retry::resolve(retry, r.ok(), worker).await;
-                let r = Then::resolve(then, r, worker).await;
+                let r = finish(retry, then, r.ok(), worker).await;
                 let now = Instant::now();
                 metrics.latency(target, now.saturating_duration_since(started));
                 done_at = Some(now);
                 counted += append(&mut out, r, silent);
             }
             Slot::Close => closing = true,
+            Slot::Messages(m) => messages = Some(m),
         }
         while !closing && out.len() < 256 * 1024 {
             let Ok(next) = rx.try_recv() else { break };
@@ -2198,8 +2226,7 @@ async fn write_replies(
                     retry,
                 } => match reply_rx.try_recv() {
                     Ok(r) => {
-                        let r = Retry::resolve(retry, Some(r), worker).await;
-                        let r = Then::resolve(then, r, worker).await;
+                        let r = finish(retry, then, Some(r), worker).await;
                         // Already there: answered no later than the reply waited for above
                         // (one clock read per batch of replies).
                         let now = *done_at.get_or_insert_with(Instant::now);
@@ -2226,6 +2253,7 @@ async fn write_replies(
                     head = Some(Slot::Close);
                     break;
                 }
+                Slot::Messages(m) => messages = Some(m),
             }
         }
         if !out.is_empty() {
@@ -2250,6 +2278,38 @@ async fn write_replies(
     }
     // Stop the reader too: its next send fails.
     rx.close();
+}
+
+/// The reply the client gets: `r`, or what a retry or a follow-up (`Then`) makes of it.
+/// Most replies need neither; the rest run boxed, so that the writer's future stays small.
+async fn finish(
+    retry: Option<Retry>,
+    then: Option<Box<Then>>,
+    r: Option<Reply>,
+    worker: &Worker,
+) -> Option<Reply> {
+    let retrying = retry.as_ref().is_some_and(|x| x.reason(&r).is_some());
+    if !retrying && then.is_none() {
+        return r;
+    }
+    Box::pin(async move {
+        let r = Retry::resolve(retry, r, worker).await;
+        Then::resolve(then, r, worker).await
+    })
+    .await
+}
+
+/// The next Pub/Sub message and its channel; never, while there is no channel.
+async fn next_message(
+    messages: &mut Option<mpsc::Receiver<Bytes>>,
+) -> Option<(Bytes, &mut mpsc::Receiver<Bytes>)> {
+    match messages {
+        Some(ms) => {
+            let m = ms.recv().await?;
+            Some((m, ms))
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Writes `first` and every message already waiting, in one write. `out` is empty on entry
