@@ -180,11 +180,16 @@ impl Bench<'_> {
     async fn start_peers(&mut self, plan: &Plan, dir: &Path) -> Result<()> {
         let master = self.master()?.addr();
         for (kind, binary) in &plan.peers {
+            let mut max_clients = self.options.idle_connections + CLIENT_HEADROOM;
+            if *kind == TargetKind::Haproxy {
+                // HAProxy refuses to start when its maxconn does not fit its open-files limit.
+                max_clients = max_clients.min(self.haproxy_capacity());
+            }
             let peer = Peer::start(
                 *kind,
                 binary,
                 master,
-                self.options.idle_connections + CLIENT_HEADROOM,
+                max_clients,
                 dir,
                 self.options.timeout,
             )
@@ -194,6 +199,12 @@ impl Bench<'_> {
             self.peers.push((*kind, peer));
         }
         Ok(())
+    }
+
+    /// Client connections HAProxy can hold: two sockets each (the client's and its own to
+    /// Redis) in the open-files limit it inherits.
+    fn haproxy_capacity(&self) -> usize {
+        usize::try_from(self.open_files.saturating_sub(FD_HEADROOM) / 2).unwrap_or(usize::MAX)
     }
 
     /// The master: node 0 unless the Sentinels failed over (they do not during a run; this
@@ -444,8 +455,7 @@ impl Bench<'_> {
             };
             // HAProxy holds a server connection per client connection: two sockets each.
             let (n, note) = if target == TargetKind::Haproxy {
-                let fit = usize::try_from(self.open_files.saturating_sub(FD_HEADROOM) / 2)
-                    .unwrap_or(usize::MAX);
+                let fit = self.haproxy_capacity().saturating_sub(CLIENT_HEADROOM / 8);
                 if fit < asked {
                     (
                         fit,
