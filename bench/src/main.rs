@@ -107,7 +107,10 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let command_line = std::env::args()
+    // The program's name without its directory: the report shows how it was run, not where
+    // this machine keeps its build.
+    let command_line = std::iter::once("pivot-bench".to_string())
+        .chain(std::env::args().skip(1))
         .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
         .collect::<Vec<_>>()
         .join(" ");

@@ -490,6 +490,124 @@ mod tests {
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 
+    use crate::load::{BenchmarkLine, RedisCounters};
+
+    fn sample(round: usize, test: Test, target: TargetKind, rps: f64, cpu: Option<f64>) -> Sample {
+        Sample {
+            round,
+            test,
+            target,
+            position: 0,
+            line: BenchmarkLine {
+                rps,
+                avg_ms: 0.5,
+                min_ms: 0.1,
+                p50_ms: 0.4,
+                p95_ms: 0.8,
+                p99_ms: 1.0,
+                max_ms: 2.0,
+            },
+            requests: 1000,
+            elapsed: std::time::Duration::from_millis(10),
+            proxy_cpu_us: cpu,
+            proxy_switches: cpu.map(|_| 0.1),
+            proxy_rss_kib: cpu.map(|_| 1024),
+            redis: vec![RedisCounters {
+                cpu_s: 0.005,
+                reads: 100,
+                commands: 1000,
+                hits: 0,
+            }],
+        }
+    }
+
+    fn report(samples: Vec<Sample>, tests: Vec<Test>) -> Report {
+        Report {
+            command_line: "pivot-bench".into(),
+            machine: Machine {
+                cpus: 2,
+                load_before: "0.1 0.1 0.1".into(),
+                load_after: "0.2 0.2 0.2".into(),
+                redis_version: "7.0.15".into(),
+            },
+            rounds: 2,
+            requests: 1000,
+            clients: 50,
+            data_size: 64,
+            workers: 1,
+            tests,
+            targets: [TargetKind::Direct, TargetKind::Pivot, TargetKind::Haproxy]
+                .into_iter()
+                .map(|kind| TargetInfo {
+                    kind,
+                    version: "x 1.0".into(),
+                })
+                .collect(),
+            skipped: Vec::new(),
+            samples,
+            idle: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ratios_are_to_direct_in_the_same_round_and_judged() {
+        let set = Test::new(Command::Set, 1);
+        let r = report(
+            vec![
+                sample(0, set, TargetKind::Direct, 100.0, None),
+                sample(0, set, TargetKind::Pivot, 110.0, Some(4.0)),
+                sample(0, set, TargetKind::Haproxy, 70.0, Some(8.0)),
+                // A slower second round: ratios stay per round.
+                sample(1, set, TargetKind::Direct, 50.0, None),
+                sample(1, set, TargetKind::Pivot, 52.0, Some(4.2)),
+                sample(1, set, TargetKind::Haproxy, 30.0, Some(8.4)),
+            ],
+            vec![set],
+        );
+        let pivot = r.summary(TargetKind::Pivot, set).unwrap();
+        assert!((pivot.ratio - 1.07).abs() < 1e-9);
+        assert!((pivot.ratio_min - 1.04).abs() < 1e-9);
+        assert!((pivot.ratio_max - 1.1).abs() < 1e-9);
+        assert_eq!(pivot.proxy_cpu_us, Some(4.1));
+        assert!((pivot.redis_cpu_us - 5.0).abs() < 1e-9);
+        assert!(
+            r.summary(TargetKind::Direct, set)
+                .unwrap()
+                .proxy_cpu_us
+                .is_none()
+        );
+        assert!(
+            r.summary(TargetKind::Pivot, Test::new(Command::Get, 1))
+                .is_none()
+        );
+        let verdicts = r.verdicts();
+        assert_eq!(verdicts.len(), 2, "{verdicts:?}");
+        assert!(verdicts.iter().all(|v| v.met), "{verdicts:?}");
+        assert!(r.meets_targets());
+        let text = r.to_string();
+        assert!(
+            text.contains("| Pivot (reads to the master) | 1.07 (1.04-1.10) |"),
+            "{text}"
+        );
+        assert!(text.contains("| direct Redis (req/s) | 75 |"), "{text}");
+    }
+
+    #[test]
+    fn a_peer_ahead_misses_the_target() {
+        let get = Test::new(Command::Get, 16);
+        let r = report(
+            vec![
+                sample(0, get, TargetKind::Direct, 100.0, None),
+                sample(0, get, TargetKind::Pivot, 85.0, Some(0.4)),
+                sample(0, get, TargetKind::Haproxy, 90.0, Some(0.3)),
+            ],
+            vec![get],
+        );
+        let verdicts = r.verdicts();
+        assert!(verdicts.iter().all(|v| !v.met), "{verdicts:?}");
+        assert!(!r.meets_targets());
+    }
+
     #[test]
     fn rates() {
         assert_eq!(rate(108_123.0), "108k");
