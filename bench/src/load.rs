@@ -313,20 +313,7 @@ pub async fn measure(
         .map(|(a, b)| RedisCounters::delta(*a, *b))
         .collect();
     let n = spec.requests;
-    let commands: u64 = redis.iter().map(|r| r.commands).sum();
-    if commands < n {
-        bail!(
-            "{} {test}: Redis processed {commands} commands for {n} requests: the target did not forward them",
-            target.id()
-        );
-    }
-    let hits: u64 = redis.iter().map(|r| r.hits).sum();
-    if test.command == Command::Get && hits < n {
-        bail!(
-            "{} {test}: Redis counted {hits} key hits for {n} GETs: the GETs did not find the key",
-            target.id()
-        );
-    }
+    check_forwarded(target, test, n, &redis)?;
     let per_request = |v: f64| v / n as f64;
     let (proxy_cpu_us, proxy_switches) = match (proc_before, proc_after) {
         (Some(b), Some(a)) => (
@@ -352,6 +339,31 @@ pub async fn measure(
     })
 }
 
+/// Fails unless Redis processed at least `n` commands over the run (and, for `GET`s,
+/// counted `n` key hits): a target that answers by itself, or errors, cannot look fast.
+pub fn check_forwarded(
+    target: TargetKind,
+    test: Test,
+    n: u64,
+    redis: &[RedisCounters],
+) -> Result<()> {
+    let commands: u64 = redis.iter().map(|r| r.commands).sum();
+    if commands < n {
+        bail!(
+            "{} {test}: Redis processed {commands} commands for {n} requests: the target did not forward them",
+            target.id()
+        );
+    }
+    let hits: u64 = redis.iter().map(|r| r.hits).sum();
+    if test.command == Command::Get && hits < n {
+        bail!(
+            "{} {test}: Redis counted {hits} key hits for {n} GETs: the GETs did not find the key",
+            target.id()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -368,6 +380,33 @@ mod tests {
         assert_eq!(line.max_ms, 2.127);
         assert!(parse_csv("\"test\",\"rps\"\n\"SET\",\"1\"\n").is_err());
         assert!(parse_csv("").is_err());
+    }
+
+    #[test]
+    fn requests_must_reach_redis() {
+        let node = |commands, hits| RedisCounters {
+            cpu_s: 0.1,
+            reads: 10,
+            commands,
+            hits,
+        };
+        let (set, get) = (Test::new(Command::Set, 1), Test::new(Command::Get, 16));
+        let pivot = TargetKind::Pivot;
+        // Commands and hits are summed over the nodes (replica reads, replication).
+        check_forwarded(pivot, set, 1000, &[node(1001, 0), node(1000, 0)]).unwrap();
+        check_forwarded(
+            pivot,
+            get,
+            1000,
+            &[node(2, 0), node(600, 600), node(500, 500)],
+        )
+        .unwrap();
+        // A proxy that answered some requests itself.
+        let e = check_forwarded(pivot, set, 1000, &[node(900, 0)]).unwrap_err();
+        assert!(e.to_string().contains("did not forward"), "{e}");
+        // GETs that missed the key.
+        let e = check_forwarded(pivot, get, 1000, &[node(1000, 10)]).unwrap_err();
+        assert!(e.to_string().contains("did not find the key"), "{e}");
     }
 
     #[test]
