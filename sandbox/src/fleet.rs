@@ -28,9 +28,10 @@ use tracing::info;
 
 pub use api::Api;
 pub use control_plane::{
-    CONTROL_PLANE_BIN_ENV, ControlPlaneProcess, ControlPlaneSpec, find_binary,
+    CONTROL_PLANE_BIN_ENV, ControlPlaneProcess, ControlPlaneSpec, find_binary, find_sibling_binary,
+    test_binary,
 };
-pub use report::{DOCS_BEGIN, DOCS_END, Report, Restart, Round, update_docs};
+pub use report::{DOCS_BEGIN, DOCS_END, Report, Restart, Round, update_docs, update_docs_block};
 pub use sim::{AckTimes, Fleet, FleetSettings};
 
 use crate::{Topology, TopologyOptions};
@@ -116,15 +117,23 @@ impl FleetBenchOptions {
 /// needed, and fails with what to do when even that is too low.
 pub fn ensure_fd_limit(streams: usize) -> Result<()> {
     let needed = u64::try_from(streams).unwrap_or(u64::MAX) + FD_HEADROOM;
+    ensure_open_files(needed, &format!("{streams} streams"), "--proxies")
+}
+
+/// Makes sure this process (and the children it starts from now on, which inherit the
+/// limit) may open `needed` files: raises the soft `RLIMIT_NOFILE` up to the hard one if
+/// needed, and fails saying what to do when even that is too low (`what` names the need,
+/// `flag` the option that lowers it).
+pub fn ensure_open_files(needed: u64, what: &str, flag: &str) -> Result<()> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading RLIMIT_NOFILE")?;
     if soft >= needed {
         return Ok(());
     }
     if hard < needed {
         bail!(
-            "{streams} streams need about {needed} open files per process, but the limit is \
+            "{what} need about {needed} open files per process, but the limit is \
              {soft} (hard {hard}); raise it (e.g. `ulimit -n {needed}` as root, or \
-             `LimitNOFILE=` / limits.conf) or pass a smaller --proxies"
+             `LimitNOFILE=` / limits.conf) or pass a smaller {flag}"
         );
     }
     setrlimit(Resource::RLIMIT_NOFILE, needed, hard).context("raising RLIMIT_NOFILE")?;

@@ -17,10 +17,14 @@
 //! a child process, thousands of simulated proxy config streams, a rule change timed until
 //! every one has ACKed it, memory per stream and a restart; the `pivot-fleet-bench` binary
 //! is its command.
+//!
+//! [`procfs`] reads a child process's CPU time, memory and context switches; the
+//! benchmarks (here and in `pivot-bench`) sample their children with it.
 
 pub mod chaos;
 pub mod fleet;
 pub mod process;
+pub mod procfs;
 pub mod stack;
 
 pub use process::{RedisNode, SandboxError, SentinelNode, Topology, TopologyOptions};

@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use pivot_sandbox::fleet::{self, FleetBenchOptions};
 
 /// The whole run, topology start included.
@@ -45,63 +44,13 @@ async fn fleet_bench_smoke() -> Result<()> {
     Ok(())
 }
 
-/// The `pivot-control-plane` binary of this build: `$PIVOT_CONTROL_PLANE_BIN`, else the one
-/// Cargo put next to this test's profile directory. `cargo test --workspace` builds it
-/// (the control plane has integration tests); when it is missing or older than the control
-/// plane library this test links, it is built here with the same profile.
+/// The `pivot-control-plane` binary of this build (`$PIVOT_CONTROL_PLANE_BIN`, else built
+/// with this test's profile if missing or stale).
 fn control_plane_bin() -> Result<PathBuf> {
-    if std::env::var_os(fleet::CONTROL_PLANE_BIN_ENV).is_some() {
-        return fleet::find_binary(None);
-    }
-    // <target>/<profile>/deps/<this test>
-    let exe = std::env::current_exe()?;
-    let deps = exe.parent().context("test executable has no directory")?;
-    let profile_dir = deps.parent().context("no profile directory")?;
-    let target_dir = profile_dir.parent().context("no target directory")?;
-    let binary = profile_dir.join("pivot-control-plane");
-    if fresh(&binary, deps)? {
-        return Ok(binary);
-    }
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => bail!("unexpected profile directory {}", profile_dir.display()),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "-p",
-            "pivot-control-plane",
-            "--bin",
-            "pivot-control-plane",
-        ])
-        .args(["--profile", profile])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("running cargo build for pivot-control-plane")?;
-    if !status.success() {
-        bail!("cargo build -p pivot-control-plane failed: {status}");
-    }
-    Ok(binary)
-}
-
-/// `binary` exists and is no older than every control plane library in `deps`.
-fn fresh(binary: &Path, deps: &Path) -> Result<bool> {
-    let Ok(built) = binary.metadata().and_then(|m| m.modified()) else {
-        return Ok(false);
-    };
-    let newest_lib = std::fs::read_dir(deps)?
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with("libpivot_control_plane-") && n.ends_with(".rlib"))
-        })
-        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .max()
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    Ok(built >= newest_lib)
+    fleet::test_binary(
+        "pivot-control-plane",
+        "pivot-control-plane",
+        "libpivot_control_plane-",
+        fleet::CONTROL_PLANE_BIN_ENV,
+    )
 }

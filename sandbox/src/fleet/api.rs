@@ -1,5 +1,5 @@
-//! The two REST calls the bench makes (docs/api.md): a command rule change, and the
-//! control plane's view of its proxies.
+//! The REST calls the benchmarks make (docs/api.md): a command rule or read policy change,
+//! and the control plane's view of its proxies.
 
 use std::time::Duration;
 
@@ -35,8 +35,9 @@ pub struct Proxy {
     pub acked_version: Option<u64>,
 }
 
+/// `{rule, version}` or `{policy, version}`: the config version that carries a change.
 #[derive(Debug, Deserialize)]
-struct RuleChanged {
+struct Changed {
     version: u64,
 }
 
@@ -54,24 +55,45 @@ impl Api {
     /// config version that carries the change.
     pub async fn put_rule(&self, service: &str, command: &str, target: &str) -> Result<u64> {
         let url = format!("{}/api/v1/services/{service}/rules/{command}", self.base);
-        let response = self
-            .http
-            .put(&url)
+        self.change(self.http.put(&url), &url, json!({ "target": target }))
+            .await
+    }
+
+    /// `PATCH /api/v1/services/{service}/policy` with `{read_policy}` (`master-only`,
+    /// `replicas` or `all`); returns the config version that carries the change.
+    pub async fn set_read_policy(&self, service: &str, read_policy: &str) -> Result<u64> {
+        let url = format!("{}/api/v1/services/{service}/policy", self.base);
+        self.change(
+            self.http.patch(&url),
+            &url,
+            json!({ "read_policy": read_policy }),
+        )
+        .await
+    }
+
+    /// Sends a change and returns the version its response names.
+    async fn change(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+        body: serde_json::Value,
+    ) -> Result<u64> {
+        let response = request
             .bearer_auth(&self.token)
-            .json(&json!({ "target": target }))
+            .json(&body)
             .send()
             .await
-            .with_context(|| format!("PUT {url}"))?;
+            .with_context(|| format!("{url}: sending {body}"))?;
         let status = response.status();
-        let body = response
+        let text = response
             .text()
             .await
-            .with_context(|| format!("PUT {url}: reading the response"))?;
+            .with_context(|| format!("{url}: reading the response"))?;
         if !status.is_success() {
-            bail!("PUT {url}: {status}: {body}");
+            bail!("{url} ({body}): {status}: {text}");
         }
-        let changed: RuleChanged = serde_json::from_str(&body)
-            .with_context(|| format!("PUT {url}: unexpected response {body}"))?;
+        let changed: Changed = serde_json::from_str(&text)
+            .with_context(|| format!("{url}: unexpected response {text}"))?;
         Ok(changed.version)
     }
 

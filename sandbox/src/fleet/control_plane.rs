@@ -6,7 +6,7 @@ use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
@@ -25,21 +25,41 @@ const START_ATTEMPTS: usize = 5;
 const POLL: Duration = Duration::from_millis(10);
 
 /// Finds the control plane binary: `explicit`, else `$PIVOT_CONTROL_PLANE_BIN`, else next
-/// to the running executable, else one directory up (where Cargo puts binaries when the
-/// running executable is a test in `deps/`).
+/// to the running executable ([`find_sibling_binary`]).
 pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf> {
+    find_sibling_binary(
+        BINARY,
+        explicit,
+        "--control-plane-bin",
+        CONTROL_PLANE_BIN_ENV,
+        "pivot-control-plane",
+    )
+}
+
+/// Finds one of the workspace's binaries for a benchmark to run as a child: `explicit`
+/// (given with `flag`), else the path in the environment variable `env`, else `name` next to
+/// the running executable, else one directory up (where Cargo puts binaries when the running
+/// executable is a test in `deps/`). The error says how to build it (`cargo build -p
+/// package` with the same profile).
+pub fn find_sibling_binary(
+    name: &str,
+    explicit: Option<&Path>,
+    flag: &str,
+    env: &str,
+    package: &str,
+) -> Result<PathBuf> {
     if let Some(path) = explicit {
-        return existing(path.to_path_buf(), "--control-plane-bin");
+        return existing(path.to_path_buf(), flag);
     }
-    if let Some(path) = std::env::var_os(CONTROL_PLANE_BIN_ENV) {
-        return existing(PathBuf::from(path), CONTROL_PLANE_BIN_ENV);
+    if let Some(path) = std::env::var_os(env) {
+        return existing(PathBuf::from(path), env);
     }
     let exe = std::env::current_exe().context("locating the running executable")?;
     let candidates: Vec<PathBuf> = exe
         .ancestors()
         .skip(1)
         .take(2)
-        .map(|dir| dir.join(BINARY))
+        .map(|dir| dir.join(name))
         .collect();
     candidates
         .iter()
@@ -47,9 +67,8 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf> {
         .cloned()
         .with_context(|| {
             format!(
-                "{BINARY} not found (looked in {}); build it with the same profile, e.g. \
-                 `cargo build --release -p pivot-control-plane`, or name it with \
-                 --control-plane-bin or ${CONTROL_PLANE_BIN_ENV}",
+                "{name} not found (looked in {}); build it with the same profile, e.g. \
+                 `cargo build --release -p {package}`, or name it with {flag} or ${env}",
                 candidates
                     .iter()
                     .map(|p| p.display().to_string())
@@ -57,6 +76,63 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf> {
                     .join(", ")
             )
         })
+}
+
+/// For integration tests: the binary `name` of package `package` built with the running
+/// test's profile. The path in `$env` if set; else the one Cargo put in the test's profile
+/// directory, built here (`cargo build -p package --bin name`, same profile and target
+/// directory) when it is missing or older than the package's library (`lib_prefix`, e.g.
+/// `libpivot_proxy-`) that the test links, so that a test never runs a stale binary.
+pub fn test_binary(name: &str, package: &str, lib_prefix: &str, env: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return existing(PathBuf::from(path), env);
+    }
+    // <target>/<profile>/deps/<the test>
+    let exe = std::env::current_exe()?;
+    let deps = exe.parent().context("test executable has no directory")?;
+    let profile_dir = deps.parent().context("no profile directory")?;
+    let target_dir = profile_dir.parent().context("no target directory")?;
+    let binary = profile_dir.join(name);
+    if fresh(&binary, deps, lib_prefix)? {
+        return Ok(binary);
+    }
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => bail!("unexpected profile directory {}", profile_dir.display()),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", package, "--bin", name])
+        .args(["--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .with_context(|| format!("running cargo build for {package}"))?;
+    if !status.success() {
+        bail!("cargo build -p {package} failed: {status}");
+    }
+    Ok(binary)
+}
+
+/// `binary` exists and is no older than every library in `deps` whose name starts with
+/// `lib_prefix`.
+fn fresh(binary: &Path, deps: &Path, lib_prefix: &str) -> Result<bool> {
+    let Ok(built) = binary.metadata().and_then(|m| m.modified()) else {
+        return Ok(false);
+    };
+    let newest_lib = std::fs::read_dir(deps)?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(lib_prefix) && n.ends_with(".rlib"))
+        })
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    Ok(built >= newest_lib)
 }
 
 fn existing(path: PathBuf, source: &str) -> Result<PathBuf> {
@@ -257,37 +333,12 @@ impl ControlPlaneProcess {
 
     /// Resident memory (`VmRSS`) of the running child, in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
-        let pid = self.pid().context("the control plane is not running")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .with_context(|| format!("reading /proc/{pid}/status"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc/PID/status")
+        crate::procfs::rss_kib(self.pid().context("the control plane is not running")?)
     }
 
-    /// CPU time the running child's threads have used so far: the sum of their
-    /// `/proc/PID/task/TID/schedstat` run times (nanoseconds; threads that have exited are
-    /// not counted, which is fine for differences over a few seconds: the control plane's
-    /// threads live as long as it does).
+    /// CPU time the running child's threads have used so far ([`crate::procfs::cpu_time`]).
     pub fn cpu_time(&self) -> Result<Duration> {
-        let pid = self.pid().context("the control plane is not running")?;
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .with_context(|| format!("listing /proc/{pid}/task"))?;
-        let mut total = 0u64;
-        for task in tasks.filter_map(Result::ok) {
-            // A thread may exit between the listing and the read: skip it.
-            let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
-                continue;
-            };
-            total += stat
-                .split_whitespace()
-                .next()
-                .and_then(|ns| ns.parse::<u64>().ok())
-                .context("malformed /proc/PID/task/TID/schedstat")?;
-        }
-        Ok(Duration::from_nanos(total))
+        crate::procfs::cpu_time(self.pid().context("the control plane is not running")?)
     }
 
     /// The last lines of its output.

@@ -282,11 +282,22 @@ impl fmt::Display for Report {
 /// Replaces the block between [`DOCS_BEGIN`] and [`DOCS_END`] in the file at `path` with
 /// `content` (the markers stay).
 pub fn update_docs(path: &Path, content: &str) -> Result<()> {
+    update_docs_block(path, DOCS_BEGIN, DOCS_END, content)
+}
+
+/// Replaces what lies between the line `begin` and the line `end` in the file at `path`
+/// with `content`; the markers stay, so a generated block can be regenerated.
+pub fn update_docs_block(
+    path: &Path,
+    begin_marker: &str,
+    end_marker: &str,
+    content: &str,
+) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (Some(begin), Some(end)) = (text.find(DOCS_BEGIN), text.find(DOCS_END)) else {
+    let (Some(begin), Some(end)) = (text.find(begin_marker), text.find(end_marker)) else {
         bail!(
-            "{} has no generated block (a line `{DOCS_BEGIN}` and a later `{DOCS_END}`)",
+            "{} has no generated block (a line `{begin_marker}` and a later `{end_marker}`)",
             path.display()
         );
     };
@@ -297,7 +308,7 @@ pub fn update_docs(path: &Path, content: &str) -> Result<()> {
         );
     }
     let updated = format!(
-        "{}{DOCS_BEGIN}\n{}\n{}",
+        "{}{begin_marker}\n{}\n{}",
         &text[..begin],
         content.trim_end(),
         &text[end..]
