@@ -653,6 +653,8 @@ async fn write_requests(
     let retired = shared.retire.cancelled();
     let finished = shared.finish.cancelled();
     tokio::pin!(retired, finished);
+    // Requests in the last write.
+    let mut last_batch = 0usize;
     loop {
         let first = tokio::select! {
             biased;
@@ -666,9 +668,28 @@ async fn write_requests(
             // not be sent now (a demoted master must get no writes).
             return None;
         };
+        if last_batch > 1 {
+            // Under load (the last batch held several requests), let the worker's other
+            // ready tasks run first, for one turn of its event loop (tokio runs a yielded
+            // task after polling for I/O): the clients whose requests arrived meanwhile
+            // queue theirs too, and Redis reads them all at once. Larger batches are what
+            // make Redis's CPU per request fall behind a multiplexer. A lone client's
+            // request is not delayed.
+            tokio::task::yield_now().await;
+            if shared.retire.is_cancelled() {
+                let err = BackendError::NotSent {
+                    addr: shared.key.addr.clone(),
+                    reason: "the node's role changed before the request was sent".into(),
+                };
+                shared.complete(first.reply, Err(err));
+                return None;
+            }
+        }
+        last_batch = 0;
         let sent_at = Instant::now();
         let mut next = Some(first);
         while let Some(req) = next.take() {
+            last_batch += 1;
             // Wait for room on the wire; the reader returns permits as replies arrive.
             match shared.window.try_acquire() {
                 Ok(permit) => permit.forget(),
