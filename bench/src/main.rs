@@ -130,7 +130,7 @@ fn main() -> ExitCode {
         tokio::select! {
             r = run(args, command_line) => r,
             // Dropping `run` kills every process it started (each is owned and killed on drop).
-            () = interrupted() => Err(anyhow::anyhow!("interrupted")),
+            () = pivot_sandbox::process::interrupted() => Err(anyhow::anyhow!("interrupted")),
         }
     });
     match outcome {
@@ -138,22 +138,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("pivot-bench: {e:#}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// The first SIGINT or SIGTERM.
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

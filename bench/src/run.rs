@@ -148,13 +148,7 @@ pub async fn run(options: BenchOptions, plan: Plan) -> Result<Report> {
         bench.measure_all(plan, load_before).await
     }
     .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "{e:#}\nthe control plane's log ({}) ends with:\n{}",
-            cp.log_path().display(),
-            cp.log_tail()
-        )
-    });
+    .map_err(|e| cp.explain(e));
     // Proxies and peers first (inside), then the control plane, then Redis: drop order.
     drop(cp);
     drop(topology);

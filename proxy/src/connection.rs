@@ -800,19 +800,11 @@ async fn read_loop(
                 (req.lookup.special.is_some() || req.lookup.blocking || session.pinned.is_some())
                     .then(|| session.signature());
             let step = if session.pinned.is_none() && plain(&req) {
-                // The common case, without the `.await`s of the general path below (each
-                // builds and moves a large future): route, then hand the request over
-                // unless the backend's queue is full.
+                // The common case, straight to `forward` (its future is small and it waits
+                // only when the backend's queue is full) rather than through `dispatch`,
+                // whose chain of futures is built and moved for every request it handles.
                 let class = req.lookup.class;
-                match prepare_forward(req, class, &table, &mut resolved, session, worker) {
-                    Ok((step, full)) => {
-                        if let Some((backend, request)) = full {
-                            backend.send(request).await;
-                        }
-                        step
-                    }
-                    Err(step) => step,
-                }
+                forward(req, class, &table, &mut resolved, session, worker).await
             } else {
                 Box::pin(dispatch(req, &table, &mut resolved, session, worker)).await
             };

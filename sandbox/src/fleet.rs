@@ -168,13 +168,7 @@ pub async fn run(options: FleetBenchOptions) -> Result<Report> {
     let mut cp = ControlPlaneProcess::start(spec, options.timeout).await?;
     let outcome = measure(&options, &mut cp, &service, &token, &proxy_token)
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{e:#}\nthe control plane's log ({}) ends with:\n{}",
-                cp.log_path().display(),
-                cp.log_tail()
-            )
-        });
+        .map_err(|e| cp.explain(e));
     // Fleet first (inside `measure`), then the control plane, then Redis: drop order.
     drop(cp);
     drop(topology);

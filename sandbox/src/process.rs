@@ -18,3 +18,20 @@ pub use binary::{REDIS_SENTINEL_BIN_ENV, REDIS_SERVER_BIN_ENV};
 pub use error::SandboxError;
 pub use node::{RedisNode, SentinelNode};
 pub use topology::{Topology, TopologyOptions};
+
+/// Completes at the first SIGINT or SIGTERM: for a benchmark's `select!`, so that dropping
+/// its run (which owns every process it started) stops them on Ctrl-C too.
+pub async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -91,7 +91,7 @@ fn main() -> ExitCode {
             r = run(args) => r,
             // Dropping `run` kills the control plane, Redis and the Sentinels (each is owned
             // and killed on drop).
-            () = interrupted() => Err(anyhow::anyhow!("interrupted")),
+            () = pivot_sandbox::process::interrupted() => Err(anyhow::anyhow!("interrupted")),
         }
     });
     match outcome {
@@ -99,22 +99,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("pivot-fleet-bench: {e:#}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// The first SIGINT or SIGTERM.
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

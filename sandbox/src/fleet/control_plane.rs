@@ -352,6 +352,15 @@ impl ControlPlaneProcess {
         }
     }
 
+    /// `e`, with the end of the control plane's log (a failed run's likely explanation).
+    pub fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{e:#}\nthe control plane's log ({}) ends with:\n{}",
+            self.log_path().display(),
+            self.log_tail()
+        )
+    }
+
     /// Where its output goes.
     pub fn log_path(&self) -> &Path {
         &self.spec.log_path
