@@ -673,8 +673,9 @@ async fn write_requests(
             // ready tasks run first, for one turn of its event loop (tokio runs a yielded
             // task after polling for I/O): the clients whose requests arrived meanwhile
             // queue theirs too, and Redis reads them all at once. Larger batches are what
-            // make Redis's CPU per request fall behind a multiplexer. A lone client's
-            // request is not delayed.
+            // make Redis's CPU per request fall behind a multiplexer. A client alone that
+            // sends one request at a time is not delayed (its batches hold one request); a
+            // pipeline waits one turn of the loop (no timer: microseconds).
             tokio::task::yield_now().await;
             if shared.retire.is_cancelled() {
                 let err = BackendError::NotSent {
