@@ -655,6 +655,8 @@ async fn write_requests(
     tokio::pin!(retired, finished);
     // Requests in the last write.
     let mut last_batch = 0usize;
+    // Reply slots of the batch being built (kept for its capacity).
+    let mut batch: VecDeque<Pending> = VecDeque::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -694,13 +696,20 @@ async fn write_requests(
             // Wait for room on the wire; the reader returns permits as replies arrive.
             match shared.window.try_acquire() {
                 Ok(permit) => permit.forget(),
-                Err(_) => match shared.window.acquire().await {
-                    Ok(permit) => permit.forget(),
-                    Err(_) => return Some(End::Failed(BackendFailure::Lost, "closed".into())),
-                },
+                Err(_) => {
+                    // The slots taken so far go to the FIFO before any wait: a connection
+                    // that fails meanwhile fails them with the rest.
+                    lock(&shared.inflight).append(&mut batch);
+                    match shared.window.acquire().await {
+                        Ok(permit) => permit.forget(),
+                        Err(_) => {
+                            return Some(End::Failed(BackendFailure::Lost, "closed".into()));
+                        }
+                    }
+                }
             }
             buf.extend_from_slice(&req.frame);
-            lock(&shared.inflight).push_back(Pending {
+            batch.push_back(Pending {
                 reply: req.reply,
                 sent_at,
                 frames_left: req.frames.max(1),
@@ -711,6 +720,8 @@ async fn write_requests(
                 next = rx.try_recv().ok();
             }
         }
+        // Every slot of the batch registered under one lock, before its bytes are written.
+        lock(&shared.inflight).append(&mut batch);
         if let Err(e) = wr.write_all(&buf).await {
             return Some(End::Failed(
                 BackendFailure::Lost,
