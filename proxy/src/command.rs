@@ -328,6 +328,30 @@ mod tests {
         Value::Array(v)
     }
 
+    /// The `COMMAND` reply of a real Redis 7.0.15 (also the hot-path benchmark's fixture).
+    #[test]
+    fn classifies_a_real_redis_7_command_table() {
+        let reply = include_bytes!("../benches/data/command-redis-7.0.15.resp");
+        let value = redis::parse_redis_value(reply).unwrap();
+        let t = CommandTable::from_command_reply(&value).unwrap();
+        assert!(t.len() > 200, "{} commands", t.len());
+        let class = |name: &[u8], arg1: Option<&[u8]>| t.lookup(name, arg1).class;
+        assert_eq!(class(b"SET", Some(b"k")), Class::Write);
+        assert_eq!(class(b"get", Some(b"k")), Class::Read);
+        // 7.0 flags PUBLISH `pubsub` without `may_replicate`: the master, as class PubSub.
+        assert_eq!(class(b"PUBLISH", Some(b"c")), Class::PubSub);
+        assert_eq!(class(b"INFO", None), Class::Neutral);
+        assert_eq!(class(b"CONFIG", Some(b"SET")), Class::Admin);
+        assert_eq!(class(b"OBJECT", Some(b"encoding")), Class::Read);
+        assert_eq!(class(b"NOSUCHCOMMAND", None), Class::Unknown);
+        let blpop = t.lookup(b"BLPOP", Some(b"k"));
+        assert!(blpop.blocking);
+        assert_eq!(
+            t.lookup(b"CLIENT", Some(b"SETNAME")).special,
+            Some(Special::Client)
+        );
+    }
+
     fn table() -> CommandTable {
         let reply = Value::Array(vec![
             entry("set", &["write", "denyoom"], vec![]),
