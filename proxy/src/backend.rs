@@ -352,7 +352,7 @@ impl Backend {
     /// Queues a request if there is room: `Err` gives it back when the queue is full (then
     /// [`Backend::send`] waits for room). A connection that is gone completes the request
     /// with [`BackendError::NotSent`].
-    pub fn try_send(&self, req: Request) -> Result<(), Request> {
+    fn try_send(&self, req: Request) -> Result<(), Request> {
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
         match self.tx.try_send(req) {
             Ok(()) => Ok(()),

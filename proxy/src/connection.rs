@@ -826,11 +826,7 @@ async fn read_loop(
                     return;
                 }
             };
-            let queued = match try_queue(tx, slot, session, skip) {
-                Ok(queued) => queued,
-                Err(slot) => tx.send(slot).await.is_ok(),
-            };
-            if !queued {
+            if !queue(tx, slot, session, skip).await {
                 // The writer is gone: the client cannot be answered any more.
                 return;
             }
@@ -840,31 +836,19 @@ async fn read_loop(
 
 /// Queues a reply slot, silenced under `CLIENT REPLY OFF` or a `SKIP` (`skip`). False when
 /// the writer is gone.
-async fn queue(tx: &mpsc::Sender<Slot>, slot: Slot, session: &Session, skip: bool) -> bool {
-    match try_queue(tx, slot, session, skip) {
-        Ok(queued) => queued,
-        Err(slot) => tx.send(slot).await.is_ok(),
-    }
-}
-
-/// [`queue`] without waiting: `Err` gives the slot back when the queue is full.
-fn try_queue(
-    tx: &mpsc::Sender<Slot>,
-    mut slot: Slot,
-    session: &Session,
-    skip: bool,
-) -> Result<bool, Slot> {
+async fn queue(tx: &mpsc::Sender<Slot>, mut slot: Slot, session: &Session, skip: bool) -> bool {
     if skip || session.reply_off {
         match &mut slot {
-            Slot::Ready(_) => return Ok(true),
+            Slot::Ready(_) => return true,
             Slot::Pending { silent, .. } => *silent = true,
             Slot::Close | Slot::Messages(_) => {}
         }
     }
+    // Without the send future's machinery when there is room (nearly always).
     match tx.try_send(slot) {
-        Ok(()) => Ok(true),
-        Err(mpsc::error::TrySendError::Full(slot)) => Err(slot),
-        Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(slot)) => tx.send(slot).await.is_ok(),
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
@@ -1951,18 +1935,15 @@ fn no_master(worker: &Worker, table: &RoutingTable) -> Step {
     )
 }
 
-/// Over a shared connection, to the node routing picks: routes a request and queues it on
-/// its backend; the step is the reply slot to queue for the client. When the backend's
-/// queue is full, the request and its backend come back to be sent with [`Backend::send`]
-/// (which waits for room).
-fn prepare_forward(
+/// Over a shared connection, to the node routing picks.
+async fn forward(
     req: Req,
     class: Class,
     table: &RoutingTable,
     resolved: &mut Resolved,
     session: &mut Session,
     worker: &Worker,
-) -> Result<(Step, Option<(Backend, Request)>), Step> {
+) -> Step {
     let mut decision = route(table, class, req.rule, &session.route, &worker.shared.rr);
     // A SCAN cursor is only valid on the node that returned it: one client's SCAN-family
     // commands all go to the same replica (while the set of healthy replicas stays).
@@ -1977,7 +1958,7 @@ fn prepare_forward(
         _ => Target::Replica,
     };
     let Some(backend) = resolved.backend(decision, worker) else {
-        return Err(no_master(worker, table));
+        return no_master(worker, table);
     };
     if target == Target::Master && writes(class) {
         session.route.has_written = true;
@@ -1994,13 +1975,7 @@ fn prepare_forward(
         None
     };
     let frame = req.frame.clone();
-    let (request, mut step) =
-        request_n(req.frame, class, target, worker, 1, false, &session.client);
-    // Queued now unless the backend's queue is full: then the caller waits for room.
-    let full = backend
-        .try_send(request)
-        .err()
-        .map(|request| (backend.clone(), request));
+    let mut step = send(&backend, req.frame, class, target, worker, &session.client).await;
     let then_after = if target == Target::Master && table.write_ack > 0 && writes(class) {
         Some(Box::new(Then::AwaitReplicas(
             table.write_ack,
@@ -2019,27 +1994,7 @@ fn prepare_forward(
         *then = then_after;
         *r = Some(retry);
     }
-    Ok((step, full))
-}
-
-/// Sends a request to the node its class, the rules and the session route it to.
-async fn forward(
-    req: Req,
-    class: Class,
-    table: &RoutingTable,
-    resolved: &mut Resolved,
-    session: &mut Session,
-    worker: &Worker,
-) -> Step {
-    match prepare_forward(req, class, table, resolved, session, worker) {
-        Ok((step, full)) => {
-            if let Some((backend, request)) = full {
-                backend.send(request).await;
-            }
-            step
-        }
-        Err(step) => step,
-    }
+    step
 }
 
 /// `SCRIPT LOAD` and `SCRIPT FLUSH` on every node (Redis does not replicate them), so that
@@ -2085,30 +2040,17 @@ async fn send_n(
     pubsub: bool,
     client: &Arc<Client>,
 ) -> Step {
-    let (request, step) = request_n(frame, class, target, worker, frames, pubsub, client);
-    backend.send(request).await;
-    step
-}
-
-/// A request answered by `frames` reply frames, and the reply slot that waits for it.
-fn request_n(
-    frame: Bytes,
-    class: Class,
-    target: Target,
-    worker: &Worker,
-    frames: usize,
-    pubsub: bool,
-    client: &Arc<Client>,
-) -> (Request, Step) {
     worker.shared.metrics.command(class, target);
     let (reply_tx, rx) = oneshot::channel();
-    let request = Request {
-        frame,
-        reply: reply_tx,
-        frames,
-        account: Some(client.clone()),
-    };
-    let step = Step::Slot(Slot::Pending {
+    backend
+        .send(Request {
+            frame,
+            reply: reply_tx,
+            frames,
+            account: Some(client.clone()),
+        })
+        .await;
+    Step::Slot(Slot::Pending {
         rx,
         // When the request was read (one clock read per read, see `Client::touch`).
         started: client.last_read(),
@@ -2117,8 +2059,7 @@ fn request_n(
         then: None,
         silent: false,
         retry: None,
-    });
-    (request, step)
+    })
 }
 
 async fn write_replies(
