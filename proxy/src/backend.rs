@@ -636,6 +636,40 @@ pub(crate) async fn answers_probe(addr: &NodeAddr, timeout: Duration) -> bool {
         .is_some()
 }
 
+/// A request the writer took from the queue and has not yet put in the in-flight FIFO.
+/// Dropped before that (the connection ended while the writer waited), it completes as not
+/// sent: the request never reached the socket, so it is safe to send elsewhere.
+struct Taken<'a> {
+    shared: &'a Shared,
+    req: Option<Request>,
+}
+
+impl<'a> Taken<'a> {
+    fn new(shared: &'a Shared, req: Request) -> Self {
+        Taken {
+            shared,
+            req: Some(req),
+        }
+    }
+
+    /// The request, now the writer's to register (`None` only if taken already).
+    fn register(mut self) -> Option<Request> {
+        self.req.take()
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(req) = self.req.take() {
+            let err = BackendError::NotSent {
+                addr: self.shared.key.addr.clone(),
+                reason: "the connection ended before the request was sent".into(),
+            };
+            self.shared.complete(req.reply, Err(err));
+        }
+    }
+}
+
 /// Largest batch the writer copies into one buffer before writing.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
@@ -670,6 +704,9 @@ async fn write_requests(
             // not be sent now (a demoted master must get no writes).
             return None;
         };
+        // Held across the waits below: if the connection ends meanwhile (this future is
+        // dropped), the request fails as not sent and is retried, instead of vanishing.
+        let first = Taken::new(shared, first);
         if last_batch > 1 {
             // Under load (the last batch held several requests), let the worker's other
             // ready tasks run first, for one turn of its event loop (tokio runs a yielded
@@ -680,18 +717,15 @@ async fn write_requests(
             // pipeline waits one turn of the loop (no timer: microseconds).
             tokio::task::yield_now().await;
             if shared.retire.is_cancelled() {
-                let err = BackendError::NotSent {
-                    addr: shared.key.addr.clone(),
-                    reason: "the node's role changed before the request was sent".into(),
-                };
-                shared.complete(first.reply, Err(err));
+                // Dropping `first` fails it as not sent: routed while the node had its old
+                // role.
                 return None;
             }
         }
         last_batch = 0;
         let sent_at = Instant::now();
         let mut next = Some(first);
-        while let Some(req) = next.take() {
+        while let Some(taken) = next.take() {
             last_batch += 1;
             // Wait for room on the wire; the reader returns permits as replies arrive.
             match shared.window.try_acquire() {
@@ -708,6 +742,9 @@ async fn write_requests(
                     }
                 }
             }
+            let Some(req) = taken.register() else {
+                continue;
+            };
             buf.extend_from_slice(&req.frame);
             batch.push_back(Pending {
                 reply: req.reply,
@@ -717,7 +754,7 @@ async fn write_requests(
                 account: req.account,
             });
             if buf.len() < MAX_BATCH_BYTES {
-                next = rx.try_recv().ok();
+                next = rx.try_recv().ok().map(|r| Taken::new(shared, r));
             }
         }
         // Every slot of the batch registered under one lock, before its bytes are written.
@@ -1064,6 +1101,39 @@ mod tests {
                 .starts_with(b"-ERR pivot: cannot reach")
         );
         assert_eq!(again.outstanding(), 0);
+    }
+
+    /// The writer holds a request it took from the queue across its waits (a yield under
+    /// load, room on the wire); when the connection ends meanwhile and the writer is
+    /// dropped, the request must fail as not sent (and be retried), not vanish (the client
+    /// would get "request dropped by the proxy", and a read would not be retried).
+    #[tokio::test]
+    async fn a_request_taken_but_not_written_fails_as_not_sent_when_dropped() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = Backend::spawn(
+            PoolKey::plain(NodeAddr::new("127.0.0.1", l.local_addr().unwrap().port())),
+            BackendOptions::default(),
+            metrics(),
+        );
+        let (tx, rx) = oneshot::channel();
+        b.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        let taken = Taken::new(
+            &b.shared,
+            Request::new(Bytes::from_static(b"GET k\r\n"), tx),
+        );
+        drop(taken);
+        let r = rx.await.unwrap();
+        assert!(matches!(r, Err(BackendError::NotSent { .. })), "{r:?}");
+        assert_eq!(b.outstanding(), 0);
+        // Registered, it is the writer's: dropping the guard afterwards completes nothing.
+        let (tx, mut rx) = oneshot::channel();
+        let taken = Taken::new(
+            &b.shared,
+            Request::new(Bytes::from_static(b"GET k\r\n"), tx),
+        );
+        let req = taken.register().unwrap();
+        assert!(rx.try_recv().is_err());
+        drop(req);
     }
 
     #[tokio::test]
