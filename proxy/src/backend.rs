@@ -38,6 +38,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::queue::Queue;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -235,6 +237,8 @@ struct Shared {
     /// Where out-of-band frames go (Pub/Sub messages, RESP3 pushes): set on a subscriber
     /// connection, whose client takes them; elsewhere such a frame is a protocol error.
     sink: Option<mpsc::Sender<Bytes>>,
+    /// Requests accepted and not yet taken by the writer (`queue_depth`, see `queue`).
+    queue: Queue<Request>,
 }
 
 impl Shared {
@@ -246,11 +250,28 @@ impl Shared {
     }
 }
 
-/// Handle to one backend connection; cheap to clone.
+/// Handle to one backend connection; cheap to clone (one reference count).
 #[derive(Clone)]
 pub struct Backend {
-    shared: Arc<Shared>,
-    tx: mpsc::Sender<Request>,
+    shared: Arc<Handle>,
+}
+
+/// What the handles share. Dropped with the last of them: the connection then sends what
+/// is queued and closes once it is answered (nobody can use it any more).
+struct Handle(Arc<Shared>);
+
+impl std::ops::Deref for Handle {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.queue.finish();
+    }
 }
 
 impl fmt::Debug for Backend {
@@ -275,7 +296,6 @@ impl Backend {
         metrics: Arc<Metrics>,
         sink: Option<mpsc::Sender<Bytes>>,
     ) -> Backend {
-        let (tx, rx) = mpsc::channel(opts.queue_depth);
         let shared = Arc::new(Shared {
             key: key.clone(),
             alive: AtomicBool::new(true),
@@ -289,6 +309,7 @@ impl Backend {
             failure: Mutex::new(None),
             died_at: Mutex::new(None),
             sink,
+            queue: Queue::new(opts.queue_depth),
         });
         // Entered on every poll: only worth it when debug events will use it (the warnings
         // name the connection themselves).
@@ -297,8 +318,10 @@ impl Backend {
         } else {
             tracing::Span::none()
         };
-        tokio::spawn(connection(shared.clone(), rx, opts, metrics).instrument(span));
-        Backend { shared, tx }
+        tokio::spawn(connection(shared.clone(), opts, metrics).instrument(span));
+        Backend {
+            shared: Arc::new(Handle(shared)),
+        }
     }
 
     /// The node this connection goes to.
@@ -335,37 +358,43 @@ impl Backend {
         self.shared.outstanding.load(Ordering::Acquire)
     }
 
-    /// Queues a request; waits while the queue is full. A connection that is gone completes
-    /// the request with [`BackendError::NotSent`].
+    /// Queues a request, then waits while the queue is full. A connection that is gone
+    /// completes the request with [`BackendError::NotSent`].
     pub async fn send(&self, req: Request) {
-        // Without the future's machinery when there is room (nearly always).
-        let Err(req) = self.try_send(req) else {
-            return;
-        };
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-        if let Err(mpsc::error::SendError(req)) = self.tx.send(req).await {
-            let err = self.not_sent();
-            self.shared.complete(req.reply, Err(err));
+        match self.shared.queue.push_one(req) {
+            Ok(false) => {}
+            Ok(true) => self.room().await,
+            Err(req) => {
+                let err = self.not_sent();
+                self.shared.complete(req.reply, Err(err));
+            }
         }
     }
 
-    /// Queues a request if there is room: `Err` gives it back when the queue is full (then
-    /// [`Backend::send`] waits for room). A connection that is gone completes the request
-    /// with [`BackendError::NotSent`].
-    fn try_send(&self, req: Request) -> Result<(), Request> {
-        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-        match self.tx.try_send(req) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(req)) => {
-                self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-                Err(req)
-            }
-            Err(mpsc::error::TrySendError::Closed(req)) => {
+    /// Queues every request of `batch` (one read's worth, in order), leaving it empty; true
+    /// when the queue is now full, and the caller should wait for [`Backend::room`] before
+    /// it sends more. A connection that is gone completes the requests with
+    /// [`BackendError::NotSent`].
+    pub fn send_batch(&self, batch: &mut Vec<Request>) -> bool {
+        self.shared
+            .outstanding
+            .fetch_add(batch.len(), Ordering::AcqRel);
+        match self.shared.queue.push(batch) {
+            Ok(full) => full,
+            Err(crate::queue::Closed) => {
                 let err = self.not_sent();
-                self.shared.complete(req.reply, Err(err));
-                Ok(())
+                for req in batch.drain(..) {
+                    self.shared.complete(req.reply, Err(err.clone()));
+                }
+                false
             }
         }
+    }
+
+    /// Waits until the connection's queue has room (or the connection is gone).
+    pub async fn room(&self) {
+        self.shared.queue.room().await;
     }
 
     fn not_sent(&self) -> BackendError {
@@ -401,7 +430,8 @@ impl Backend {
         *lock(&self.shared.died_at)
     }
 
-    fn same(&self, other: &Backend) -> bool {
+    /// True when both handles are the same connection.
+    pub fn same(&self, other: &Backend) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
 }
@@ -420,12 +450,7 @@ enum End {
     Failed(BackendFailure, String),
 }
 
-async fn connection(
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Request>,
-    opts: BackendOptions,
-    metrics: Arc<Metrics>,
-) {
+async fn connection(shared: Arc<Shared>, opts: BackendOptions, metrics: Arc<Metrics>) {
     let key = shared.key.clone();
     let end = match tokio::time::timeout(
         opts.connect_timeout,
@@ -441,7 +466,7 @@ async fn connection(
             let end = tokio::select! {
                 biased;
                 _ = shared.abort.cancelled() => End::Failed(BackendFailure::Lost, "closed by the proxy".into()),
-                end = run(&shared, &mut rx, rd, wr, &opts) => end,
+                end = run(&shared, rd, wr, &opts) => end,
             };
             metrics.backend_connections.dec();
             end
@@ -462,7 +487,7 @@ async fn connection(
         }
     };
     *lock(&shared.failure) = Some(reason.clone());
-    rx.close();
+    let queued = shared.queue.close();
     let lost: Vec<Pending> = lock(&shared.inflight).drain(..).collect();
     for p in lost {
         let err = BackendError::Lost {
@@ -471,7 +496,7 @@ async fn connection(
         };
         shared.complete(p.reply, Err(err));
     }
-    while let Ok(req) = rx.try_recv() {
+    for req in queued {
         let err = BackendError::NotSent {
             addr: key.addr.clone(),
             reason: reason.clone(),
@@ -529,17 +554,11 @@ async fn open(
     Ok(stream.into_split())
 }
 
-async fn run(
-    shared: &Shared,
-    rx: &mut mpsc::Receiver<Request>,
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
-    opts: &BackendOptions,
-) -> End {
+async fn run(shared: &Shared, rd: OwnedReadHalf, wr: OwnedWriteHalf, opts: &BackendOptions) -> End {
     let reader = read_replies(shared, rd, opts.max_reply_bytes);
     tokio::pin!(reader);
     let mut wr = wr;
-    let mut writer = Box::pin(write_requests(shared, rx, &mut wr));
+    let mut writer = Box::pin(write_requests(shared, &mut wr));
     tokio::select! {
         end = &mut reader => end,
         end = &mut writer => match end {
@@ -549,8 +568,7 @@ async fn run(
                 // its old role and is not sent; the requests on the wire may finish.
                 drop(writer);
                 shared.alive.store(false, Ordering::Release);
-                rx.close();
-                while let Ok(req) = rx.try_recv() {
+                for req in shared.queue.close() {
                     let err = BackendError::NotSent {
                         addr: shared.key.addr.clone(),
                         reason: "the node's role changed before the request was sent".into(),
@@ -636,31 +654,17 @@ pub(crate) async fn answers_probe(addr: &NodeAddr, timeout: Duration) -> bool {
         .is_some()
 }
 
-/// A request the writer took from the queue and has not yet put in the in-flight FIFO.
-/// Dropped before that (the connection ended while the writer waited), it completes as not
-/// sent: the request never reached the socket, so it is safe to send elsewhere.
+/// Requests the writer took from the queue and has not yet put in the in-flight FIFO.
+/// Dropped with some left (the connection ended while the writer waited), they complete as
+/// not sent: they never reached the socket, so they are safe to send elsewhere.
 struct Taken<'a> {
     shared: &'a Shared,
-    req: Option<Request>,
-}
-
-impl<'a> Taken<'a> {
-    fn new(shared: &'a Shared, req: Request) -> Self {
-        Taken {
-            shared,
-            req: Some(req),
-        }
-    }
-
-    /// The request, now the writer's to register (`None` only if taken already).
-    fn register(mut self) -> Option<Request> {
-        self.req.take()
-    }
+    reqs: VecDeque<Request>,
 }
 
 impl Drop for Taken<'_> {
     fn drop(&mut self) {
-        if let Some(req) = self.req.take() {
+        for req in self.reqs.drain(..) {
             let err = BackendError::NotSent {
                 addr: self.shared.key.addr.clone(),
                 reason: "the connection ended before the request was sent".into(),
@@ -677,11 +681,7 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Takes the write half by reference: it must outlive a retirement's drain, because
 /// dropping it sends a FIN, and Redis closes a client at EOF, dropping the commands it has
 /// not run yet (those waiting out a `CLIENT PAUSE`, say) instead of answering them.
-async fn write_requests(
-    shared: &Shared,
-    rx: &mut mpsc::Receiver<Request>,
-    wr: &mut OwnedWriteHalf,
-) -> Option<End> {
+async fn write_requests(shared: &Shared, wr: &mut OwnedWriteHalf) -> Option<End> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // Made once, not per batch: each would add and remove a waiter under a lock.
     let retired = shared.retire.cancelled();
@@ -689,24 +689,30 @@ async fn write_requests(
     tokio::pin!(retired, finished);
     // Requests in the last write.
     let mut last_batch = 0usize;
+    // Taken from the queue, not yet written: held across the waits below, so that if the
+    // connection ends meanwhile (this future is dropped), they fail as not sent and are
+    // retried instead of vanishing.
+    let mut taken = Taken {
+        shared,
+        reqs: VecDeque::new(),
+    };
     // Reply slots of the batch being built (kept for its capacity).
     let mut batch: VecDeque<Pending> = VecDeque::new();
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = &mut retired => None,
-            req = rx.recv() => req,
-            // Only once nothing is queued (`recv` above is polled first).
-            _ = &mut finished => rx.try_recv().ok(),
-        };
-        let Some(first) = first else {
-            // Requests still queued were routed while this node had its old role: they must
-            // not be sent now (a demoted master must get no writes).
-            return None;
-        };
-        // Held across the waits below: if the connection ends meanwhile (this future is
-        // dropped), the request fails as not sent and is retried, instead of vanishing.
-        let first = Taken::new(shared, first);
+        if taken.reqs.is_empty() {
+            let more = tokio::select! {
+                biased;
+                _ = &mut retired => false,
+                more = shared.queue.take(&mut taken.reqs) => more,
+                // Only once nothing is queued (`take` above is polled first).
+                _ = &mut finished => shared.queue.try_take(&mut taken.reqs),
+            };
+            if !more {
+                // Requests still queued were routed while this node had its old role: they
+                // must not be sent now (a demoted master must get no writes).
+                return None;
+            }
+        }
         if last_batch > 1 {
             // Under load (the last batch held several requests), let the worker's other
             // ready tasks run first, for one turn of its event loop (tokio runs a yielded
@@ -717,17 +723,18 @@ async fn write_requests(
             // pipeline waits one turn of the loop (no timer: microseconds).
             tokio::task::yield_now().await;
             if shared.retire.is_cancelled() {
-                // Dropping `first` fails it as not sent: routed while the node had its old
-                // role.
+                // Dropping what was taken fails it as not sent: routed while the node had
+                // its old role.
                 return None;
             }
+            shared.queue.try_take(&mut taken.reqs);
         }
         last_batch = 0;
         let sent_at = Instant::now();
-        let mut next = Some(first);
-        while let Some(taken) = next.take() {
-            last_batch += 1;
-            // Wait for room on the wire; the reader returns permits as replies arrive.
+        while buf.len() < MAX_BATCH_BYTES
+            && (!taken.reqs.is_empty() || shared.queue.try_take(&mut taken.reqs))
+        {
+            // Room on the wire first; the reader returns permits as replies arrive.
             match shared.window.try_acquire() {
                 Ok(permit) => permit.forget(),
                 Err(_) => {
@@ -742,9 +749,10 @@ async fn write_requests(
                     }
                 }
             }
-            let Some(req) = taken.register() else {
-                continue;
+            let Some(req) = taken.reqs.pop_front() else {
+                break;
             };
+            last_batch += 1;
             buf.extend_from_slice(&req.frame);
             batch.push_back(Pending {
                 reply: req.reply,
@@ -753,12 +761,12 @@ async fn write_requests(
                 acc: None,
                 account: req.account,
             });
-            if buf.len() < MAX_BATCH_BYTES {
-                next = rx.try_recv().ok().map(|r| Taken::new(shared, r));
-            }
         }
         // Every slot of the batch registered under one lock, before its bytes are written.
         lock(&shared.inflight).append(&mut batch);
+        if buf.is_empty() {
+            continue;
+        }
         if let Err(e) = wr.write_all(&buf).await {
             return Some(End::Failed(
                 BackendFailure::Lost,
@@ -1116,24 +1124,24 @@ mod tests {
             metrics(),
         );
         let (tx, rx) = oneshot::channel();
-        b.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-        let taken = Taken::new(
-            &b.shared,
-            Request::new(Bytes::from_static(b"GET k\r\n"), tx),
-        );
+        let (tx2, mut rx2) = oneshot::channel();
+        b.shared.outstanding.fetch_add(2, Ordering::AcqRel);
+        let mut taken = Taken {
+            shared: &b.shared,
+            reqs: VecDeque::from([
+                Request::new(Bytes::from_static(b"GET k\r\n"), tx2),
+                Request::new(Bytes::from_static(b"GET k\r\n"), tx),
+            ]),
+        };
+        // Taken out (to be written), a request is the writer's: the guard completes only
+        // what it still holds.
+        let written = taken.reqs.pop_front().unwrap();
         drop(taken);
         let r = rx.await.unwrap();
         assert!(matches!(r, Err(BackendError::NotSent { .. })), "{r:?}");
-        assert_eq!(b.outstanding(), 0);
-        // Registered, it is the writer's: dropping the guard afterwards completes nothing.
-        let (tx, mut rx) = oneshot::channel();
-        let taken = Taken::new(
-            &b.shared,
-            Request::new(Bytes::from_static(b"GET k\r\n"), tx),
-        );
-        let req = taken.register().unwrap();
-        assert!(rx.try_recv().is_err());
-        drop(req);
+        assert_eq!(b.outstanding(), 1);
+        assert!(rx2.try_recv().is_err());
+        drop(written);
     }
 
     #[tokio::test]

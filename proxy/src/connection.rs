@@ -21,10 +21,11 @@
 //! in the middle gets its connection closed (which is how Redis learns to unblock it or to
 //! discard its transaction).
 //!
-//! Bounds: the FIFO holds at most `max_pipeline` slots (a client further ahead stops being
-//! read), and a request frame may not exceed `max_request_bytes`.
+//! Bounds: the FIFO holds at most `max_pipeline` slots, and the writer as many (plus what one
+//! read brought; see `queue`): a client further ahead stops being read. A request frame
+//! may not exceed `max_request_bytes`.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -42,6 +43,7 @@ use crate::backend::{Backend, BackendError, PoolKey, Reply, Request, reserve_wit
 use crate::clients::{Client, Visible};
 use crate::command::{Class, Lookup, Lower, Special};
 use crate::metrics::{RetryReason, Target};
+use crate::queue::{Closed, Queue};
 use crate::reply;
 use crate::resp::{self, FrameError, Mode, Scanner};
 use crate::routing::{ClientState, NodeAddr, Route, RoutingTable, RuleTarget, route, rule_for};
@@ -538,7 +540,7 @@ pub(crate) async fn serve(mut stream: TcpStream, worker: Arc<Worker>, shutdown: 
     metrics.client_connections.inc();
     metrics.client_connections_total.inc();
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel(worker.shared.limits.max_pipeline);
+    let fifo = Queue::new(worker.shared.limits.max_pipeline);
     let session = Session {
         id,
         name: None,
@@ -558,11 +560,11 @@ pub(crate) async fn serve(mut stream: TcpStream, worker: Arc<Worker>, shutdown: 
         skip_next: false,
         no_evict: false,
     };
-    // The reader owns `tx` (and the session's `messages`): when it stops, the writer drains
-    // what is queued and exits.
+    // When the reader stops, it finishes the FIFO: the writer answers what is queued and
+    // exits. When the writer stops, it closes the FIFO: the reader's next hand-over fails.
     tokio::join!(
-        read_requests(rd, tx, &worker, session),
-        write_replies(wr, rx, &worker, client.clone())
+        read_requests(rd, &fifo, &worker, session),
+        write_replies(wr, &fifo, &worker, client.clone())
     );
     worker.shared.clients.remove(id);
     metrics.client_connections.dec();
@@ -604,11 +606,15 @@ const UNAUTHENTICATED_MAX_REQUEST: usize = 64 * 1024;
 
 async fn read_requests(
     mut rd: OwnedReadHalf,
-    tx: mpsc::Sender<Slot>,
+    fifo: &Queue<Slot>,
     worker: &Worker,
     mut session: Session,
 ) {
-    read_loop(&mut rd, &tx, worker, &mut session).await;
+    let mut outbox = Outbox::default();
+    read_loop(&mut rd, fifo, &mut outbox, worker, &mut session).await;
+    // What the last read produced (replies up to a protocol error, say) still goes out.
+    let _ = outbox.hand_over(fifo);
+    fifo.finish();
     // Whatever ends the connection ends its dedicated connection's state too.
     if let Some(p) = session.pinned.take() {
         match p.kind {
@@ -620,15 +626,94 @@ async fn read_requests(
     }
 }
 
+/// What one read produced, handed over at once when the read is done (or before anything
+/// waits): the requests for each backend connection as one batch each, the reply slots to
+/// the writer as one batch. One lock and one wake-up per read and queue, not per request.
+#[derive(Default)]
+struct Outbox {
+    slots: Vec<Slot>,
+    /// Requests for each backend connection (usually one), in order.
+    requests: Vec<(Backend, Vec<Request>)>,
+    /// Emptied request batches, kept for their capacity.
+    spare: Vec<Vec<Request>>,
+    /// Connections whose queue was full after the last hand-over.
+    full: Vec<Backend>,
+}
+
+impl Outbox {
+    /// Stages a reply slot, silenced under `CLIENT REPLY OFF` or a `SKIP` (`skip`).
+    fn slot(&mut self, mut slot: Slot, session: &Session, skip: bool) {
+        if skip || session.reply_off {
+            match &mut slot {
+                Slot::Ready(_) => return,
+                Slot::Pending { silent, .. } => *silent = true,
+                Slot::Close | Slot::Messages(_) => {}
+            }
+        }
+        self.slots.push(slot);
+    }
+
+    /// Stages a request for `backend`.
+    fn request(&mut self, backend: &Backend, req: Request) {
+        if let Some((_, reqs)) = self.requests.iter_mut().find(|(b, _)| b.same(backend)) {
+            reqs.push(req);
+            return;
+        }
+        let mut reqs = self.spare.pop().unwrap_or_default();
+        reqs.push(req);
+        self.requests.push((backend.clone(), reqs));
+    }
+
+    /// Hands everything staged over: requests first, then their slots. `Err` when the
+    /// writer is gone (the client can no longer be answered); `Ok(true)` when a queue is now
+    /// full, and the reader must [`Outbox::wait`] before it reads more.
+    fn hand_over(&mut self, fifo: &Queue<Slot>) -> Result<bool, Closed> {
+        for (backend, mut reqs) in self.requests.drain(..) {
+            if backend.send_batch(&mut reqs) {
+                self.full.push(backend);
+            }
+            if self.spare.len() < 4 {
+                self.spare.push(reqs);
+            }
+        }
+        let fifo_full = fifo.push(&mut self.slots)?;
+        Ok(fifo_full || !self.full.is_empty())
+    }
+
+    /// Waits for room in the queues that were full: a client further ahead than their
+    /// bounds is not read until the writer (or the backend connection) catches up.
+    async fn wait(&mut self, fifo: &Queue<Slot>) {
+        for backend in self.full.drain(..) {
+            backend.room().await;
+        }
+        fifo.room().await;
+    }
+
+    /// Hands everything over and waits for room. False when the writer is gone.
+    async fn flush(&mut self, fifo: &Queue<Slot>) -> bool {
+        match self.hand_over(fifo) {
+            Err(Closed) => false,
+            Ok(false) => true,
+            Ok(true) => {
+                Box::pin(self.wait(fifo)).await;
+                true
+            }
+        }
+    }
+}
+
 async fn read_loop(
     rd: &mut OwnedReadHalf,
-    tx: &mpsc::Sender<Slot>,
+    fifo: &Queue<Slot>,
+    outbox: &mut Outbox,
     worker: &Worker,
     session: &mut Session,
 ) {
     let shared = &worker.shared;
-    // No buffer while idle: allocated when bytes are there, sized by the last read (1 KiB
-    // to 64 KiB), dropped when empty. An idle connection holds next to no memory.
+    // No buffer while idle: a read with nothing pending lands in the worker's arena (room
+    // for twice the last read, 1 KiB to 64 KiB, see `arena`); the buffer is dropped when
+    // empty, and a partial frame is moved out of the arena. An idle connection holds next to
+    // no memory.
     let mut buf = BytesMut::new();
     let mut read_hint: usize = 1024;
     let mut scanner = Scanner::new(Mode::Request, shared.limits.max_request_bytes);
@@ -675,17 +760,29 @@ async fn read_loop(
         if ready.is_err() {
             return;
         }
-        reserve_with(&mut buf, scanner.need(), read_hint);
         // `read_buf` rather than `try_read_buf`: on a short read it clears the socket's
         // readiness, so the next `readable()` waits for the kernel instead of returning at
         // once into a read that fails with EAGAIN (one wasted syscall per request at P1).
         // Polled once: readiness can be stale, and then the read must not wait here,
         // outside the `select!` above.
-        match rd.read_buf(&mut buf).now_or_never() {
+        let from_arena = buf.is_empty();
+        let read = if from_arena {
+            crate::arena::read(read_hint, |a| rd.read_buf(a).now_or_never()).map(|r| {
+                r.map(|(n, b)| {
+                    buf = b;
+                    n
+                })
+            })
+        } else {
+            // The rest of a frame: into the connection's own buffer, sized for the frame.
+            reserve_with(&mut buf, scanner.need(), read_hint);
+            rd.read_buf(&mut buf).now_or_never()
+        };
+        match read {
             None => continue,
             Some(Ok(0)) => return,
             // Room for twice what came last time: a client that pipelines gets larger
-            // reads, one that sends a command at a time keeps a small buffer.
+            // reads, one that sends a command at a time a small share of the arena.
             Some(Ok(n)) => read_hint = (n * 2).clamp(1024, 64 * 1024),
             Some(Err(_)) => return,
         }
@@ -724,19 +821,19 @@ async fn read_loop(
                             // We built it: only a bug gets here, and it must not be silent.
                             Ok(None) => {
                                 let e = FrameError::Protocol("incomplete inline request".into());
-                                return protocol_error(tx, worker, &e).await;
+                                return protocol_error(outbox, worker, &e);
                             }
-                            Err(e) => return protocol_error(tx, worker, &e).await,
+                            Err(e) => return protocol_error(outbox, worker, &e),
                         }
                     }
                     Ok(None) => break,
-                    Err(e) => return protocol_error(tx, worker, &e).await,
+                    Err(e) => return protocol_error(outbox, worker, &e),
                 }
             } else {
                 match scanner.scan(&buf) {
                     Ok(Some(info)) => (info, buf.split_to(info.len).freeze()),
                     Ok(None) => break,
-                    Err(e) => return protocol_error(tx, worker, &e).await,
+                    Err(e) => return protocol_error(outbox, worker, &e),
                 }
             };
             let (info, bytes) = frame;
@@ -756,9 +853,7 @@ async fn read_loop(
             // `CLIENT REPLY SKIP` before this request silences its reply.
             let skip = std::mem::take(&mut session.skip_next);
             if let Some(refusal) = gate(&req, &table, session, worker) {
-                if !queue(tx, Slot::Ready(refusal), session, skip).await {
-                    return;
-                }
+                outbox.slot(Slot::Ready(refusal), session, skip);
                 continue;
             }
             if release_finished_blocking(session, worker) {
@@ -769,6 +864,10 @@ async fn read_loop(
             if needs_master(&req, &table, session)
                 && !*master_ok.get_or_insert_with(|| master_usable(&table, &mut resolved, worker))
             {
+                // What came before is sent first, not held with it.
+                if !outbox.flush(fifo).await {
+                    return;
+                }
                 // Boxed, like `dispatch` below: futures awaited inline make every
                 // connection's task as large as the largest of them, idle or not.
                 match Box::pin(hold_for_master(&mut resolved, session, worker)).await {
@@ -787,9 +886,7 @@ async fn read_loop(
                             table.service,
                             table.failover_hold.unwrap_or(shared.limits.failover_hold)
                         );
-                        if !queue(tx, Slot::Ready(reply::error(&msg)), session, skip).await {
-                            return;
-                        }
+                        outbox.slot(Slot::Ready(reply::error(&msg)), session, skip);
                         continue;
                     }
                 }
@@ -800,55 +897,55 @@ async fn read_loop(
                 (req.lookup.special.is_some() || req.lookup.blocking || session.pinned.is_some())
                     .then(|| session.signature());
             let step = if session.pinned.is_none() && plain(&req) {
-                // The common case, straight to `forward` (its future is small and it waits
-                // only when the backend's queue is full) rather than through `dispatch`,
-                // whose chain of futures is built and moved for every request it handles.
+                // The common case: routed, and staged with the rest of this read (no future,
+                // no wait), rather than through `dispatch`, whose chain of futures is built
+                // and moved for every request it handles.
                 let class = req.lookup.class;
-                forward(req, class, &table, &mut resolved, session, worker).await
+                match route_forward(req, class, &table, &mut resolved, session, worker) {
+                    Ok(Routed {
+                        backend,
+                        request,
+                        slot,
+                    }) => {
+                        outbox.request(&backend, request);
+                        Step::Slot(slot)
+                    }
+                    Err(step) => step,
+                }
             } else {
+                // Everything staged goes first: what `dispatch` sends must not overtake it
+                // (a `WAIT` after a write, say), and it may wait for replies itself.
+                if !outbox.flush(fifo).await {
+                    return;
+                }
                 Box::pin(dispatch(req, &table, &mut resolved, session, worker)).await
             };
             if before.is_some_and(|b| b != session.signature()) {
                 session.client.set_visible(session.visible());
             }
             // A channel for Pub/Sub messages made by this command goes to the writer first.
-            if let Some(rx) = session.new_messages.take()
-                && tx.send(Slot::Messages(rx)).await.is_err()
-            {
-                return;
+            if let Some(rx) = session.new_messages.take() {
+                outbox.slots.push(Slot::Messages(rx));
             }
-            let slot = match step {
-                Step::Slot(slot) => slot,
-                Step::Silent => continue,
+            match step {
+                Step::Slot(slot) => outbox.slot(slot, session, skip),
+                Step::Silent => {}
                 Step::Close(r) => {
-                    let _ = queue(tx, Slot::Ready(r), session, skip).await;
-                    let _ = tx.send(Slot::Close).await;
+                    // Handed over by `read_requests` when this returns.
+                    outbox.slot(Slot::Ready(r), session, skip);
+                    outbox.slots.push(Slot::Close);
                     return;
                 }
-            };
-            if !queue(tx, slot, session, skip).await {
-                // The writer is gone: the client cannot be answered any more.
-                return;
             }
         }
-    }
-}
-
-/// Queues a reply slot, silenced under `CLIENT REPLY OFF` or a `SKIP` (`skip`). False when
-/// the writer is gone.
-async fn queue(tx: &mpsc::Sender<Slot>, mut slot: Slot, session: &Session, skip: bool) -> bool {
-    if skip || session.reply_off {
-        match &mut slot {
-            Slot::Ready(_) => return true,
-            Slot::Pending { silent, .. } => *silent = true,
-            Slot::Close | Slot::Messages(_) => {}
+        if !outbox.flush(fifo).await {
+            // The writer is gone: the client cannot be answered any more.
+            return;
         }
-    }
-    // Without the send future's machinery when there is room (nearly always).
-    match tx.try_send(slot) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(slot)) => tx.send(slot).await.is_ok(),
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if from_arena && !buf.is_empty() {
+            // A partial frame may wait long for its rest: not in the arena.
+            buf = crate::arena::own(&buf);
+        }
     }
 }
 
@@ -1008,15 +1105,17 @@ impl Req {
     }
 }
 
-async fn protocol_error(tx: &mpsc::Sender<Slot>, worker: &Worker, e: &FrameError) {
+/// Stages the error and the close; `read_requests` hands them over when the read loop
+/// returns.
+fn protocol_error(outbox: &mut Outbox, worker: &Worker, e: &FrameError) {
     worker.shared.metrics.protocol_errors.inc();
     debug!(error = %e, "client protocol error");
     // Replies to the requests before the bad one are still delivered, then the error, then
     // the connection closes: the stream cannot be resynchronised (Redis does the same).
-    let _ = tx
-        .send(Slot::Ready(reply::error(&format!("ERR {e}"))))
-        .await;
-    let _ = tx.send(Slot::Close).await;
+    outbox
+        .slots
+        .push(Slot::Ready(reply::error(&format!("ERR {e}"))));
+    outbox.slots.push(Slot::Close);
 }
 
 fn reject(worker: &Worker, msg: &str) -> Step {
@@ -1944,6 +2043,36 @@ async fn forward(
     session: &mut Session,
     worker: &Worker,
 ) -> Step {
+    match route_forward(req, class, table, resolved, session, worker) {
+        Ok(Routed {
+            backend,
+            request,
+            slot,
+        }) => {
+            backend.send(request).await;
+            Step::Slot(slot)
+        }
+        Err(step) => step,
+    }
+}
+
+/// A request routed over a shared connection, not sent yet.
+struct Routed {
+    backend: Backend,
+    request: Request,
+    slot: Slot,
+}
+
+/// Routes a request over a shared connection (see [`forward`]); `Err` is the answer when
+/// it cannot go anywhere.
+fn route_forward(
+    req: Req,
+    class: Class,
+    table: &RoutingTable,
+    resolved: &mut Resolved,
+    session: &mut Session,
+    worker: &Worker,
+) -> Result<Routed, Step> {
     let mut decision = route(table, class, req.rule, &session.route, &worker.shared.rr);
     // A SCAN cursor is only valid on the node that returned it: one client's SCAN-family
     // commands all go to the same replica (while the set of healthy replicas stays).
@@ -1958,7 +2087,7 @@ async fn forward(
         _ => Target::Replica,
     };
     let Some(backend) = resolved.backend(decision, worker) else {
-        return no_master(worker, table);
+        return Err(no_master(worker, table));
     };
     if target == Target::Master && writes(class) {
         session.route.has_written = true;
@@ -1975,7 +2104,8 @@ async fn forward(
         None
     };
     let frame = req.frame.clone();
-    let mut step = send(&backend, req.frame, class, target, worker, &session.client).await;
+    let (request, mut slot) =
+        request_n(req.frame, class, target, worker, 1, false, &session.client);
     let then_after = if target == Target::Master && table.write_ack > 0 && writes(class) {
         Some(Box::new(Then::AwaitReplicas(
             table.write_ack,
@@ -1984,17 +2114,19 @@ async fn forward(
     } else {
         fallback
     };
-    // The handle this request was sent on moves into its retry: no extra clone.
-    let retry = Retry {
-        frame,
-        read: matches!(class, Class::Read | Class::Neutral),
-        backend,
-    };
-    if let Step::Slot(Slot::Pending { then, retry: r, .. }) = &mut step {
+    if let Slot::Pending { then, retry, .. } = &mut slot {
         *then = then_after;
-        *r = Some(retry);
+        *retry = Some(Retry {
+            frame,
+            read: matches!(class, Class::Read | Class::Neutral),
+            backend: backend.clone(),
+        });
     }
-    step
+    Ok(Routed {
+        backend,
+        request,
+        slot,
+    })
 }
 
 /// `SCRIPT LOAD` and `SCRIPT FLUSH` on every node (Redis does not replicate them), so that
@@ -2040,17 +2172,30 @@ async fn send_n(
     pubsub: bool,
     client: &Arc<Client>,
 ) -> Step {
+    let (request, slot) = request_n(frame, class, target, worker, frames, pubsub, client);
+    backend.send(request).await;
+    Step::Slot(slot)
+}
+
+/// A request answered by `frames` reply frames, and its reply slot (see [`send_n`]).
+fn request_n(
+    frame: Bytes,
+    class: Class,
+    target: Target,
+    worker: &Worker,
+    frames: usize,
+    pubsub: bool,
+    client: &Arc<Client>,
+) -> (Request, Slot) {
     worker.shared.metrics.command(class, target);
     let (reply_tx, rx) = oneshot::channel();
-    backend
-        .send(Request {
-            frame,
-            reply: reply_tx,
-            frames,
-            account: Some(client.clone()),
-        })
-        .await;
-    Step::Slot(Slot::Pending {
+    let request = Request {
+        frame,
+        reply: reply_tx,
+        frames,
+        account: Some(client.clone()),
+    };
+    let slot = Slot::Pending {
         rx,
         // When the request was read (one clock read per read, see `Client::touch`).
         started: client.last_read(),
@@ -2059,21 +2204,35 @@ async fn send_n(
         then: None,
         silent: false,
         retry: None,
-    })
+    };
+    (request, slot)
 }
 
 async fn write_replies(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Slot>,
+    fifo: &Queue<Slot>,
     worker: &Worker,
     client: Arc<Client>,
 ) {
+    write_replies_from(&mut wr, fifo, worker, client).await;
+    // Stop the reader too: its next hand-over fails. What it had queued is dropped (the
+    // backends' replies to it go nowhere).
+    fifo.close();
+}
+
+async fn write_replies_from(
+    wr: &mut OwnedWriteHalf,
+    fifo: &Queue<Slot>,
+    worker: &Worker,
+    client: Arc<Client>,
+) {
+    // Slots taken from the FIFO, oldest first (all there were at each take).
+    let mut slots: VecDeque<Slot> = VecDeque::new();
     let metrics = &worker.shared.metrics;
     // Pub/Sub messages, once a command has needed them (`Slot::Messages`).
     let mut messages: Option<mpsc::Receiver<Bytes>> = None;
     // Grows to the replies of one batch; a large one is dropped after its write.
     let mut out = BytesMut::new();
-    let mut head: Option<Slot> = None;
     // Killed (CLIENT KILL, output limit): close now, whatever is still owed.
     let killed = client.kill.raised();
     tokio::pin!(killed);
@@ -2082,17 +2241,18 @@ async fn write_replies(
         let mut counted = 0;
         // Pub/Sub messages are written whenever nothing else is due: while idle, and while
         // waiting for a reply from the subscriber connection (they are ahead of it there).
-        let slot = match head.take() {
+        let slot = match slots.pop_front() {
             Some(s) => s,
             None => tokio::select! {
                 biased;
-                s = rx.recv() => match s {
+                more = fifo.take(&mut slots) => match slots.pop_front() {
                     Some(s) => s,
-                    None => break,
+                    None if more => continue,
+                    None => return,
                 },
                 Some((m, ms)) = next_message(&mut messages) => {
-                    if !write_messages(&mut wr, &mut out, m, ms).await {
-                        break;
+                    if !write_messages(wr, &mut out, m, ms).await {
+                        return;
                     }
                     continue;
                 }
@@ -2128,8 +2288,7 @@ async fn write_replies(
                         biased;
                         _ = &mut killed => return,
                         Some((m, ms)) = next_message(&mut messages) => {
-                            if !write_messages(&mut wr, &mut out, m, ms).await {
-                                rx.close();
+                            if !write_messages(wr, &mut out, m, ms).await {
                                 return;
                             }
                         }
@@ -2146,7 +2305,10 @@ async fn write_replies(
             Slot::Messages(m) => messages = Some(m),
         }
         while !closing && out.len() < 256 * 1024 {
-            let Ok(next) = rx.try_recv() else { break };
+            if slots.is_empty() {
+                fifo.try_take(&mut slots);
+            }
+            let Some(next) = slots.pop_front() else { break };
             match next {
                 Slot::Ready(b) => out.extend_from_slice(&b),
                 Slot::Pending {
@@ -2167,7 +2329,8 @@ async fn write_replies(
                         counted += append(&mut out, r, silent);
                     }
                     Err(oneshot::error::TryRecvError::Empty) => {
-                        head = Some(Slot::Pending {
+                        // Not there yet: the next turn waits for it.
+                        slots.push_front(Slot::Pending {
                             rx: reply_rx,
                             started,
                             target,
@@ -2183,7 +2346,7 @@ async fn write_replies(
                     }
                 },
                 Slot::Close => {
-                    head = Some(Slot::Close);
+                    slots.push_front(Slot::Close);
                     break;
                 }
                 Slot::Messages(m) => messages = Some(m),
@@ -2196,7 +2359,7 @@ async fn write_replies(
                 r = wr.write_all(&out) => r.is_ok(),
             };
             if !written {
-                break;
+                return;
             }
             client.sub_output(counted);
             out.clear();
@@ -2206,11 +2369,9 @@ async fn write_replies(
         }
         if closing {
             let _ = wr.shutdown().await;
-            break;
+            return;
         }
     }
-    // Stop the reader too: its next send fails.
-    rx.close();
 }
 
 /// The reply the client gets: `r`, or what a retry or a follow-up (`Then`) makes of it.

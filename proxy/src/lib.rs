@@ -19,6 +19,7 @@
 
 mod ack;
 pub mod admin;
+mod arena;
 pub mod backend;
 pub mod cache;
 pub mod clients;
@@ -29,6 +30,7 @@ mod connection;
 pub mod error;
 pub mod follower;
 pub mod metrics;
+mod queue;
 pub mod reply;
 pub mod resp;
 pub mod routing;
