@@ -84,28 +84,54 @@ impl BackendError {
 /// What a client gets back for one request.
 pub type Reply = Result<Bytes, BackendError>;
 
+/// Where a request's reply goes.
+#[derive(Debug)]
+pub enum ReplyTo {
+    /// To whoever holds the receiver: a retry, a follow-up, the proxy's own requests.
+    Oneshot(oneshot::Sender<Reply>),
+    /// To a client's reply FIFO (its inbox); the reply counts against the client's output
+    /// limit (see `Client::add_output`).
+    Client(crate::inbox::Ticket),
+}
+
+impl ReplyTo {
+    fn send(self, r: Reply) {
+        match self {
+            // The receiver may be gone: the reply is dropped here.
+            ReplyTo::Oneshot(tx) => {
+                let _ = tx.send(r);
+            }
+            ReplyTo::Client(ticket) => ticket.deliver(r),
+        }
+    }
+
+    fn client(&self) -> Option<&Arc<crate::clients::Client>> {
+        match self {
+            ReplyTo::Oneshot(_) => None,
+            ReplyTo::Client(ticket) => Some(ticket.client()),
+        }
+    }
+}
+
 /// One request on its way to a backend.
 #[derive(Debug)]
 pub struct Request {
     /// The request's bytes exactly as the client sent them.
     pub frame: Bytes,
     /// Completed with the reply (or the failure).
-    pub reply: oneshot::Sender<Reply>,
+    pub reply: ReplyTo,
     /// Reply frames the request produces: 1, except for `SUBSCRIBE a b c` and friends,
     /// which Redis answers with one confirmation per channel. They come back as one reply.
     pub frames: usize,
-    /// The client whose output the reply counts against (see `Client::add_output`).
-    pub account: Option<Arc<crate::clients::Client>>,
 }
 
 impl Request {
-    /// A request answered by one frame.
+    /// A request answered by one frame, to the holder of `reply`'s receiver.
     pub fn new(frame: Bytes, reply: oneshot::Sender<Reply>) -> Self {
         Request {
             frame,
-            reply,
+            reply: ReplyTo::Oneshot(reply),
             frames: 1,
-            account: None,
         }
     }
 }
@@ -199,14 +225,13 @@ impl Default for BackendOptions {
 }
 
 struct Pending {
-    reply: oneshot::Sender<Reply>,
+    reply: ReplyTo,
     /// When the batch holding this request was written (one clock read per batch).
     sent_at: Instant,
     /// Reply frames still expected.
     frames_left: usize,
     /// Frames received so far of a multi-frame reply.
     acc: Option<BytesMut>,
-    account: Option<Arc<crate::clients::Client>>,
 }
 
 struct Shared {
@@ -243,10 +268,9 @@ struct Shared {
 
 impl Shared {
     /// Completes one request: every accepted request goes through here exactly once.
-    fn complete(&self, reply: oneshot::Sender<Reply>, r: Reply) {
+    fn complete(&self, reply: ReplyTo, r: Reply) {
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
-        // The client may be gone: its reply is dropped here.
-        let _ = reply.send(r);
+        reply.send(r);
     }
 }
 
@@ -759,7 +783,6 @@ async fn write_requests(shared: &Shared, wr: &mut OwnedWriteHalf) -> Option<End>
                 sent_at,
                 frames_left: req.frames.max(1),
                 acc: None,
-                account: req.account,
             });
         }
         // Every slot of the batch registered under one lock, before its bytes are written.
@@ -840,7 +863,7 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
                                 }
                                 None => bytes,
                             };
-                            if let Some(client) = &p.account {
+                            if let Some(client) = p.reply.client() {
                                 client.add_output(reply.len());
                             }
                             shared.complete(p.reply, Ok(reply));

@@ -110,6 +110,8 @@ pub struct Client {
     output_limit: usize,
     /// The output limit closed the connection.
     overflowed: AtomicBool,
+    /// Where the replies to its requests land.
+    pub(crate) inbox: crate::inbox::Inbox,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -271,6 +273,7 @@ impl Registry {
             output: AtomicUsize::new(0),
             output_limit: self.output_limit,
             overflowed: AtomicBool::new(false),
+            inbox: crate::inbox::Inbox::default(),
         });
         clients.insert(id, c.clone());
         Some(c)

@@ -26,6 +26,7 @@
 //! may not exceed `max_request_bytes`.
 
 use std::collections::{HashSet, VecDeque};
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -39,9 +40,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::backend::{Backend, BackendError, PoolKey, Reply, Request, reserve_with};
+use crate::backend::{Backend, BackendError, PoolKey, Reply, ReplyTo, Request, reserve_with};
 use crate::clients::{Client, Visible};
 use crate::command::{Class, Lookup, Lower, Special};
+use crate::inbox::{Replies, Ticket};
 use crate::metrics::{RetryReason, Target};
 use crate::queue::{Closed, Queue};
 use crate::reply;
@@ -55,7 +57,8 @@ enum Slot {
     Ready(Bytes),
     /// A reply a backend will produce.
     Pending {
-        rx: oneshot::Receiver<Reply>,
+        /// The reply's ticket in the client's inbox (see `inbox`).
+        seq: u64,
         started: Instant,
         target: Target,
         /// The reply comes from this client's subscriber connection, whose messages the
@@ -2188,15 +2191,15 @@ fn request_n(
     client: &Arc<Client>,
 ) -> (Request, Slot) {
     worker.shared.metrics.command(class, target);
-    let (reply_tx, rx) = oneshot::channel();
+    let ticket = Ticket::take(client);
+    let seq = ticket.seq();
     let request = Request {
         frame,
-        reply: reply_tx,
+        reply: ReplyTo::Client(ticket),
         frames,
-        account: Some(client.clone()),
     };
     let slot = Slot::Pending {
-        rx,
+        seq,
         // When the request was read (one clock read per read, see `Client::touch`).
         started: client.last_read(),
         target,
@@ -2228,6 +2231,8 @@ async fn write_replies_from(
 ) {
     // Slots taken from the FIFO, oldest first (all there were at each take).
     let mut slots: VecDeque<Slot> = VecDeque::new();
+    // Replies taken from the client's inbox, oldest first.
+    let mut replies = Replies::default();
     let metrics = &worker.shared.metrics;
     // Pub/Sub messages, once a command has needed them (`Slot::Messages`).
     let mut messages: Option<mpsc::Receiver<Bytes>> = None;
@@ -2264,7 +2269,7 @@ async fn write_replies_from(
         match slot {
             Slot::Ready(b) => out.extend_from_slice(&b),
             Slot::Pending {
-                rx: mut reply_rx,
+                seq,
                 started,
                 target,
                 pubsub,
@@ -2273,11 +2278,12 @@ async fn write_replies_from(
                 retry,
             } => {
                 let r = loop {
+                    let reply = poll_fn(|cx| replies.poll(cx, seq, &client.inbox));
                     if !pubsub {
                         tokio::select! {
                             biased;
                             _ = &mut killed => return,
-                            r = &mut reply_rx => break r,
+                            r = reply => break r,
                         }
                     }
                     // Messages first: the backend queues a message before it completes a
@@ -2292,10 +2298,10 @@ async fn write_replies_from(
                                 return;
                             }
                         }
-                        r = &mut reply_rx => break r,
+                        r = reply => break r,
                     }
                 };
-                let r = finish(retry, then, r.ok(), worker).await;
+                let r = finish(retry, then, r, worker).await;
                 let now = Instant::now();
                 metrics.latency(target, now.saturating_duration_since(started));
                 done_at = Some(now);
@@ -2312,26 +2318,26 @@ async fn write_replies_from(
             match next {
                 Slot::Ready(b) => out.extend_from_slice(&b),
                 Slot::Pending {
-                    rx: mut reply_rx,
+                    seq,
                     started,
                     target,
                     pubsub,
                     then,
                     silent,
                     retry,
-                } => match reply_rx.try_recv() {
-                    Ok(r) => {
-                        let r = finish(retry, then, Some(r), worker).await;
+                } => match replies.try_take(seq, &client.inbox) {
+                    Some(r) => {
+                        let r = finish(retry, then, r, worker).await;
                         // Already there: answered no later than the reply waited for above
                         // (one clock read per batch of replies).
                         let now = *done_at.get_or_insert_with(Instant::now);
                         metrics.latency(target, now.saturating_duration_since(started));
                         counted += append(&mut out, r, silent);
                     }
-                    Err(oneshot::error::TryRecvError::Empty) => {
+                    None => {
                         // Not there yet: the next turn waits for it.
                         slots.push_front(Slot::Pending {
-                            rx: reply_rx,
+                            seq,
                             started,
                             target,
                             pubsub,
@@ -2340,9 +2346,6 @@ async fn write_replies_from(
                             retry,
                         });
                         break;
-                    }
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        append(&mut out, None, silent);
                     }
                 },
                 Slot::Close => {
