@@ -816,62 +816,61 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
         }
         let mut answered = 0;
         loop {
-            match scanner.scan(&buf) {
-                Ok(Some(frame)) => {
+            // Every reply of the read matched with its request under one lock (no await
+            // while it is held), up to an out-of-band frame for the sink.
+            let for_sink = {
+                let mut inflight = lock(&shared.inflight);
+                loop {
+                    let frame = match scanner.scan(&buf) {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break None,
+                        Err(e) => return End::Failed(BackendFailure::Protocol, e.to_string()),
+                    };
                     let bytes = buf.split_to(frame.len).freeze();
-                    // On a connection with a sink, out-of-band frames go there, and so
-                    // does anything that answers no request: the stream `MONITOR` starts.
-                    if let Some(sink) = &shared.sink
-                        && (crate::resp::is_out_of_band(&bytes)
-                            || lock(&shared.inflight).is_empty())
+                    // On a connection with a sink, out-of-band frames go there, and so does
+                    // anything that answers no request: the stream `MONITOR` starts.
+                    if shared.sink.is_some()
+                        && (crate::resp::is_out_of_band(&bytes) || inflight.is_empty())
                     {
-                        if sink.send(bytes).await.is_err() {
-                            // The client that took the messages is gone.
-                            return End::Closed;
-                        }
+                        break Some(bytes);
+                    }
+                    let Some(p) = inflight.front_mut() else {
+                        return End::Failed(
+                            BackendFailure::Protocol,
+                            "reply received with no request in flight".into(),
+                        );
+                    };
+                    if p.frames_left > 1 {
+                        // More frames of a multi-frame reply to come.
+                        p.frames_left -= 1;
+                        p.acc
+                            .get_or_insert_with(BytesMut::new)
+                            .extend_from_slice(&bytes);
                         continue;
                     }
-                    let done = {
-                        let mut inflight = lock(&shared.inflight);
-                        match inflight.front_mut() {
-                            None => None,
-                            Some(p) if p.frames_left > 1 => {
-                                p.frames_left -= 1;
-                                p.acc
-                                    .get_or_insert_with(BytesMut::new)
-                                    .extend_from_slice(&bytes);
-                                Some(None)
-                            }
-                            Some(_) => Some(inflight.pop_front()),
-                        }
+                    let Some(p) = inflight.pop_front() else {
+                        continue;
                     };
-                    match done {
-                        None => {
-                            return End::Failed(
-                                BackendFailure::Protocol,
-                                "reply received with no request in flight".into(),
-                            );
+                    answered += 1;
+                    let reply = match p.acc {
+                        Some(mut acc) => {
+                            acc.extend_from_slice(&bytes);
+                            acc.freeze()
                         }
-                        // More frames of a multi-frame reply to come.
-                        Some(None) => {}
-                        Some(Some(p)) => {
-                            answered += 1;
-                            let reply = match p.acc {
-                                Some(mut acc) => {
-                                    acc.extend_from_slice(&bytes);
-                                    acc.freeze()
-                                }
-                                None => bytes,
-                            };
-                            if let Some(client) = p.reply.client() {
-                                client.add_output(reply.len());
-                            }
-                            shared.complete(p.reply, Ok(reply));
-                        }
+                        None => bytes,
+                    };
+                    if let Some(client) = p.reply.client() {
+                        client.add_output(reply.len());
                     }
+                    shared.complete(p.reply, Ok(reply));
                 }
-                Ok(None) => break,
-                Err(e) => return End::Failed(BackendFailure::Protocol, e.to_string()),
+            };
+            let Some(bytes) = for_sink else { break };
+            if let Some(sink) = &shared.sink
+                && sink.send(bytes).await.is_err()
+            {
+                // The client that took the messages is gone.
+                return End::Closed;
             }
         }
         shared.window.add_permits(answered);

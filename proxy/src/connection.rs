@@ -2217,10 +2217,11 @@ async fn write_replies(
     worker: &Worker,
     client: Arc<Client>,
 ) {
-    write_replies_from(&mut wr, fifo, worker, client).await;
-    // Stop the reader too: its next hand-over fails. What it had queued is dropped (the
-    // backends' replies to it go nowhere).
+    write_replies_from(&mut wr, fifo, worker, client.clone()).await;
+    // Stop the reader too: its next hand-over fails. What it had queued is dropped, and so
+    // are the replies still to come.
     fifo.close();
+    client.inbox.close();
 }
 
 async fn write_replies_from(
@@ -2301,7 +2302,10 @@ async fn write_replies_from(
                         r = reply => break r,
                     }
                 };
-                let r = finish(retry, then, r, worker).await;
+                let r = match settled(retry, then, r) {
+                    Ok(r) => r,
+                    Err(u) => follow_up(u, worker).await,
+                };
                 let now = Instant::now();
                 metrics.latency(target, now.saturating_duration_since(started));
                 done_at = Some(now);
@@ -2327,7 +2331,10 @@ async fn write_replies_from(
                     retry,
                 } => match replies.try_take(seq, &client.inbox) {
                     Some(r) => {
-                        let r = finish(retry, then, r, worker).await;
+                        let r = match settled(retry, then, r) {
+                            Ok(r) => r,
+                            Err(u) => follow_up(u, worker).await,
+                        };
                         // Already there: answered no later than the reply waited for above
                         // (one clock read per batch of replies).
                         let now = *done_at.get_or_insert_with(Instant::now);
@@ -2377,23 +2384,33 @@ async fn write_replies_from(
     }
 }
 
-/// The reply the client gets: `r`, or what a retry or a follow-up (`Then`) makes of it.
-/// Most replies need neither; the rest run boxed, so that the writer's future stays small.
-async fn finish(
-    retry: Option<Retry>,
-    then: Option<Box<Then>>,
-    r: Option<Reply>,
-    worker: &Worker,
-) -> Option<Reply> {
-    let retrying = retry.as_ref().is_some_and(|x| x.reason(&r).is_some());
-    if !retrying && then.is_none() {
-        return r;
-    }
+/// What a retry or a follow-up (`Then`) makes of a reply that [`settled`] did not settle.
+/// Boxed, so that the writer's future stays small.
+async fn follow_up((retry, then, r): Unsettled, worker: &Worker) -> Option<Reply> {
     Box::pin(async move {
         let r = Retry::resolve(retry, r, worker).await;
         Then::resolve(then, r, worker).await
     })
     .await
+}
+
+/// Follow-ups to run before the reply can be given.
+type Unsettled = (Option<Retry>, Option<Box<Then>>, Option<Reply>);
+
+/// The reply the client gets: `Ok(r)` when it is `r` as it is (no retry called for, no
+/// follow-up), as for most replies, without a future; otherwise everything back, for
+/// [`follow_up`].
+fn settled(
+    retry: Option<Retry>,
+    then: Option<Box<Then>>,
+    r: Option<Reply>,
+) -> Result<Option<Reply>, Unsettled> {
+    let retrying = retry.as_ref().is_some_and(|x| x.reason(&r).is_some());
+    if !retrying && then.is_none() {
+        Ok(r)
+    } else {
+        Err((retry, then, r))
+    }
 }
 
 /// The next Pub/Sub message and its channel; never, while there is no channel.

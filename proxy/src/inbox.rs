@@ -38,6 +38,8 @@ struct Cells {
     base: u64,
     /// `None` while waiting; `Some(None)` for a ticket dropped without a reply.
     cells: VecDeque<Option<Option<Reply>>>,
+    /// The writer is gone: replies are dropped as they arrive.
+    closed: bool,
 }
 
 fn lock(m: &Mutex<Cells>) -> std::sync::MutexGuard<'_, Cells> {
@@ -49,6 +51,11 @@ impl Inbox {
     fn deliver(&self, seq: u64, reply: Option<Reply>) {
         let front = {
             let mut c = lock(&self.cells);
+            if c.closed {
+                // Nobody will write it (the client is gone or was cut off): dropped now,
+                // not held until the client's last request is answered.
+                return;
+            }
             // Below `base`: taken already, which cannot be (each ticket delivers once).
             let Some(i) = seq.checked_sub(c.base) else {
                 return;
@@ -65,6 +72,16 @@ impl Inbox {
         if front {
             self.writer.wake();
         }
+    }
+}
+
+impl Inbox {
+    /// The writer is gone: replies still to come are dropped on arrival, and those held
+    /// are dropped now.
+    pub fn close(&self) {
+        let mut c = lock(&self.cells);
+        c.closed = true;
+        c.cells = VecDeque::new();
     }
 }
 
@@ -222,6 +239,18 @@ mod tests {
         t0.deliver(ok("a"));
         let got = r.try_take(seq, &c.inbox).unwrap().unwrap().unwrap();
         assert_eq!(&got[..], b"b");
+    }
+
+    #[test]
+    fn a_closed_inbox_drops_replies() {
+        let c = client();
+        let (t0, t1) = (Ticket::take(&c), Ticket::take(&c));
+        t1.deliver(ok("held"));
+        assert_eq!(lock(&c.inbox.cells).cells.len(), 2);
+        c.inbox.close();
+        assert!(lock(&c.inbox.cells).cells.is_empty());
+        t0.deliver(ok("late"));
+        assert!(lock(&c.inbox.cells).cells.is_empty());
     }
 
     #[tokio::test]
