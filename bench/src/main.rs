@@ -26,8 +26,8 @@ use tracing_subscriber::EnvFilter;
 /// Results: docs/performance.md.
 ///
 /// It runs the `pivot-proxy` and `pivot-control-plane` next to its own executable: build
-/// them with the same profile first (`cargo build --release -p pivot-proxy -p
-/// pivot-control-plane -p pivot-bench`).
+/// them with the same profile first (`cargo build --profile dist -p pivot-proxy -p
+/// pivot-control-plane -p pivot-bench`; `dist` is release with LTO, as shipped).
 #[derive(Debug, Parser)]
 #[command(name = "pivot-bench", version, about, long_about)]
 struct Args {

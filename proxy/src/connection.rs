@@ -675,11 +675,14 @@ impl Outbox {
             if backend.send_batch(&mut reqs) {
                 self.full.push(backend);
             }
-            if self.spare.len() < 4 {
+            if self.spare.len() < 4 && reqs.capacity() <= crate::queue::KEEP_CAPACITY {
                 self.spare.push(reqs);
             }
         }
         let fifo_full = fifo.push(&mut self.slots)?;
+        if self.slots.capacity() > crate::queue::KEEP_CAPACITY {
+            self.slots = Vec::new();
+        }
         Ok(fifo_full || !self.full.is_empty())
     }
 
@@ -2372,6 +2375,9 @@ async fn write_replies_from(
                 return;
             }
             client.sub_output(counted);
+            if slots.is_empty() {
+                crate::queue::recycle(&mut slots);
+            }
             out.clear();
             if out.capacity() > 4 * 1024 {
                 out = BytesMut::new();

@@ -140,12 +140,18 @@ pub struct Replies {
 impl Replies {
     /// Takes every delivered reply at the front of the inbox (one lock for all of them).
     fn take_ready(&mut self, inbox: &Inbox) {
+        if self.taken.is_empty() {
+            crate::queue::recycle(&mut self.taken);
+        }
         let mut c = lock(&inbox.cells);
         while let Some(Some(_)) = c.cells.front() {
             if let Some(Some(r)) = c.cells.pop_front() {
                 self.taken.push_back(r);
             }
             c.base += 1;
+        }
+        if c.cells.is_empty() {
+            crate::queue::recycle(&mut c.cells);
         }
     }
 

@@ -21,6 +21,19 @@ use std::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
+/// An emptied queue with room for more items than this is dropped rather than kept: a
+/// deep pipeline once must not pin its memory for the rest of the connection's life.
+pub(crate) const KEEP_CAPACITY: usize = 64;
+
+/// Empties `q` for reuse, keeping its allocation only when it is small.
+pub(crate) fn recycle<T>(q: &mut VecDeque<T>) {
+    if q.capacity() > KEEP_CAPACITY {
+        *q = VecDeque::new();
+    } else {
+        q.clear();
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub(crate) struct Queue<T> {
@@ -120,8 +133,9 @@ impl<T> Queue<T> {
             }
             let was_full = st.items.len() >= self.capacity;
             if out.is_empty() {
-                // Swapped, not moved: both allocations keep circulating.
+                // Swapped, not moved: both allocations keep circulating (unless large).
                 std::mem::swap(&mut st.items, out);
+                recycle(&mut st.items);
             } else {
                 out.append(&mut st.items);
             }
@@ -247,6 +261,26 @@ mod tests {
             .unwrap();
         let mut out = VecDeque::new();
         assert!(!q.take(&mut out).await);
+    }
+
+    #[test]
+    fn a_deep_batch_does_not_pin_its_memory() {
+        let q = Queue::new(4096);
+        q.push(&mut (0..1000).collect()).unwrap();
+        let mut out = VecDeque::new();
+        assert!(q.try_take(&mut out));
+        assert_eq!(out.len(), 1000);
+        // The consumer's emptied deque went back to the queue: dropped, being large.
+        assert!(q.lock().items.capacity() <= KEEP_CAPACITY);
+        recycle(&mut out);
+        assert_eq!(out.capacity(), 0);
+        let mut small = VecDeque::with_capacity(8);
+        small.push_back(1);
+        recycle(&mut small);
+        assert!(
+            small.is_empty() && small.capacity() >= 8,
+            "a small one is kept"
+        );
     }
 
     #[tokio::test]
