@@ -796,6 +796,8 @@ async fn write_requests(shared: &Shared, wr: &mut OwnedWriteHalf) -> Option<End>
                 format!("write failed: {e}"),
             ));
         }
+        // Written: room in the queue for as many.
+        shared.queue.release(last_batch);
         buf.clear();
         if buf.capacity() > 1024 * 1024 {
             // Don't keep a huge buffer around after one large request.

@@ -21,9 +21,9 @@
 //! in the middle gets its connection closed (which is how Redis learns to unblock it or to
 //! discard its transaction).
 //!
-//! Bounds: the FIFO holds at most `max_pipeline` slots, and the writer as many (plus what one
-//! read brought; see `queue`): a client further ahead stops being read. A request frame
-//! may not exceed `max_request_bytes`.
+//! Bounds: the FIFO holds at most `max_pipeline` slots, counting those the writer has taken
+//! and not yet answered (plus what the last read brought; see `queue`): a client further
+//! ahead stops being read. A request frame may not exceed `max_request_bytes`.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::poll_fn;
@@ -2248,6 +2248,9 @@ async fn write_replies_from(
     loop {
         // Reply bytes in `out` that were counted against the client's output limit.
         let mut counted = 0;
+        // Slots taken from `slots` and done with in this turn: released to the FIFO's bound
+        // after the write.
+        let mut consumed = 1;
         // Pub/Sub messages are written whenever nothing else is due: while idle, and while
         // waiting for a reply from the subscriber connection (they are ahead of it there).
         let slot = match slots.pop_front() {
@@ -2322,6 +2325,7 @@ async fn write_replies_from(
                 fifo.try_take(&mut slots);
             }
             let Some(next) = slots.pop_front() else { break };
+            consumed += 1;
             match next {
                 Slot::Ready(b) => out.extend_from_slice(&b),
                 Slot::Pending {
@@ -2346,6 +2350,7 @@ async fn write_replies_from(
                     }
                     None => {
                         // Not there yet: the next turn waits for it.
+                        consumed -= 1;
                         slots.push_front(Slot::Pending {
                             seq,
                             started,
@@ -2359,6 +2364,7 @@ async fn write_replies_from(
                     }
                 },
                 Slot::Close => {
+                    consumed -= 1;
                     slots.push_front(Slot::Close);
                     break;
                 }
@@ -2383,6 +2389,7 @@ async fn write_replies_from(
                 out = BytesMut::new();
             }
         }
+        fifo.release(consumed);
         if closing {
             let _ = wr.shutdown().await;
             return;

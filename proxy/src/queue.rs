@@ -7,11 +7,12 @@
 //! drain everything there is, so this queue moves a batch per lock: the producer appends its
 //! batch, the consumer swaps the whole queue out.
 //!
-//! Bound: a producer may append while the queue holds fewer than `capacity` items, whatever
-//! the size of its batch (a batch is what one read of one client brought, itself bounded
-//! by the read size), and then waits for room ([`Queue::room`]) before producing more. The
-//! consumer frees room in bulk, as it takes; so at most `capacity` items wait in the queue
-//! and as many in the consumer's hands, plus one batch per producer.
+//! Bound: the queue counts the items it *holds*: queued, or taken by the consumer and not
+//! yet [released](Queue::release) (a request not yet written, a reply slot not yet
+//! answered). A producer may append while it holds fewer than `capacity`, whatever the size
+//! of its batch (what one read of one client brought, itself bounded by the read size), and
+//! then waits for room ([`Queue::room`]) before producing more: at most `capacity` items
+//! plus one batch per producer.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -52,16 +53,20 @@ struct State<T> {
     closed: bool,
     /// The producers are done: the consumer ends once it has taken what is left.
     finished: bool,
+    /// Items queued, or taken and not yet released.
+    held: usize,
 }
 
 impl<T> Queue<T> {
-    /// An empty queue that takes batches while it holds fewer than `capacity` items.
+    /// An empty queue that takes batches while it holds fewer than `capacity` items (see the
+    /// module documentation).
     pub(crate) fn new(capacity: usize) -> Self {
         Queue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 closed: false,
                 finished: false,
+                held: 0,
             }),
             consumer: AtomicWaker::new(),
             room: Notify::new(),
@@ -86,8 +91,9 @@ impl<T> Queue<T> {
             if st.closed {
                 return Err(Closed);
             }
+            st.held += batch.len();
             st.items.extend(batch.drain(..));
-            st.items.len() >= self.capacity
+            st.held >= self.capacity
         };
         self.consumer.wake();
         Ok(full)
@@ -101,7 +107,8 @@ impl<T> Queue<T> {
                 return Err(item);
             }
             st.items.push_back(item);
-            st.items.len() >= self.capacity
+            st.held += 1;
+            st.held >= self.capacity
         };
         self.consumer.wake();
         Ok(full)
@@ -116,7 +123,7 @@ impl<T> Queue<T> {
             notified.as_mut().enable();
             {
                 let st = self.lock();
-                if st.closed || st.items.len() < self.capacity {
+                if st.closed || st.held < self.capacity {
                     return;
                 }
             }
@@ -124,27 +131,37 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Moves every queued item to the back of `out`. True when it took any.
+    /// Moves every queued item to the back of `out`. True when it took any. They still count
+    /// against the bound until [`Queue::release`]d.
     pub(crate) fn try_take(&self, out: &mut VecDeque<T>) -> bool {
-        let was_full = {
-            let mut st = self.lock();
-            if st.items.is_empty() {
-                return false;
-            }
-            let was_full = st.items.len() >= self.capacity;
-            if out.is_empty() {
-                // Swapped, not moved: both allocations keep circulating (unless large).
-                std::mem::swap(&mut st.items, out);
-                recycle(&mut st.items);
-            } else {
-                out.append(&mut st.items);
-            }
-            was_full
-        };
-        if was_full {
-            self.room.notify_waiters();
+        let mut st = self.lock();
+        if st.items.is_empty() {
+            return false;
+        }
+        if out.is_empty() {
+            // Swapped, not moved: both allocations keep circulating (unless large).
+            std::mem::swap(&mut st.items, out);
+            recycle(&mut st.items);
+        } else {
+            out.append(&mut st.items);
         }
         true
+    }
+
+    /// The consumer is done with `n` items it took (written, answered): room for as many.
+    pub(crate) fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let freed = {
+            let mut st = self.lock();
+            let was_full = st.held >= self.capacity;
+            st.held = st.held.saturating_sub(n);
+            was_full && st.held < self.capacity
+        };
+        if freed {
+            self.room.notify_waiters();
+        }
     }
 
     fn poll_take(&self, cx: &mut Context<'_>, out: &mut VecDeque<T>) -> Poll<bool> {
@@ -239,11 +256,23 @@ mod tests {
         let mut out = VecDeque::new();
         assert!(q.try_take(&mut out));
         assert_eq!(out, [1, 2, 3]);
+        // Taken is not done with: still no room.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiter.is_finished(),
+            "room before the consumer released anything"
+        );
+        q.release(2);
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .unwrap()
             .unwrap();
-        assert!(!q.push_one(4).unwrap(), "room again");
+        assert!(
+            q.push_one(4).unwrap(),
+            "one held, plus the new one: full again"
+        );
+        q.release(2);
+        assert!(!q.push_one(5).unwrap(), "room again");
     }
 
     #[tokio::test]
