@@ -114,10 +114,14 @@ impl Ticket {
         &self.client
     }
 
-    /// Delivers the reply.
+    /// Delivers the reply. To a killed client (`CLIENT KILL`, or past its output limit,
+    /// which a delivery is what triggers) it is dropped at once: its writer writes nothing
+    /// more, and holding what arrives until the writer has noticed could hold as much as
+    /// the client had asked for.
     pub fn deliver(mut self, reply: Reply) {
         self.delivered = true;
-        self.client.inbox.deliver(self.seq, Some(reply));
+        let reply = (!self.client.kill.is_raised()).then_some(reply);
+        self.client.inbox.deliver(self.seq, reply);
     }
 }
 
@@ -257,6 +261,20 @@ mod tests {
         assert!(lock(&c.inbox.cells).cells.is_empty());
         t0.deliver(ok("late"));
         assert!(lock(&c.inbox.cells).cells.is_empty());
+    }
+
+    #[test]
+    fn a_killed_clients_replies_are_dropped_on_arrival() {
+        let c = client();
+        let t = Ticket::take(&c);
+        let seq = t.seq();
+        c.kill.raise();
+        t.deliver(ok("big"));
+        let mut r = Replies::default();
+        assert!(
+            r.try_take(seq, &c.inbox).unwrap().is_none(),
+            "held for a killed client"
+        );
     }
 
     #[tokio::test]

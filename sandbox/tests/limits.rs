@@ -85,15 +85,17 @@ async fn a_client_that_never_reads_is_cut_off_and_memory_stays_flat() -> Result<
         }
     })
     .await?;
-    // ...and the proxy never held the 100 MiB. The growth seen is 3-47 MiB: the limit is
-    // 4 MiB, the rest is the allocator keeping freed reply buffers (the shared backend
-    // connection still reads, and drops, the replies owed to the closed client).
+    // ...and the proxy never held the 100 MiB. The growth seen is 4-5 MiB: the limit is 4
+    // MiB, and a reply that arrives for a killed client is dropped on arrival (the shared
+    // backend connection still reads the replies owed to it). Before that, replies
+    // delivered until the client's writer noticed the kill were held: 3-47 MiB, and once
+    // 98 MiB.
     let grown = rss_bytes()?.saturating_sub(before);
     eprintln!(
         "RSS grew by {} KiB while a client owed 100 MiB of replies",
         grown / 1024
     );
-    assert!(grown < 80 << 20, "RSS grew by {grown} bytes");
+    assert!(grown < 32 << 20, "RSS grew by {grown} bytes");
     drop(greedy);
     proxy.stop().await?;
     stack.shutdown().await
