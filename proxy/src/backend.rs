@@ -38,12 +38,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-
-use crate::queue::Queue;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::metrics::{BackendFailure, Metrics};
+use crate::queue::Queue;
 use crate::resp::{Mode, Scanner};
 use crate::routing::{Credentials, NodeAddr};
 

@@ -909,12 +909,12 @@ async fn read_loop(
                 let class = req.lookup.class;
                 match route_forward(req, class, &table, &mut resolved, session, worker) {
                     Ok(Routed {
-                        backend,
                         request,
+                        retry,
                         slot,
                     }) => {
-                        outbox.request(&backend, request);
-                        Step::Slot(slot)
+                        outbox.request(&retry.backend, request);
+                        with_retry(slot, retry)
                     }
                     Err(step) => step,
                 }
@@ -2051,22 +2051,31 @@ async fn forward(
 ) -> Step {
     match route_forward(req, class, table, resolved, session, worker) {
         Ok(Routed {
-            backend,
             request,
+            retry,
             slot,
         }) => {
-            backend.send(request).await;
-            Step::Slot(slot)
+            retry.backend.send(request).await;
+            with_retry(slot, retry)
         }
         Err(step) => step,
     }
 }
 
-/// A request routed over a shared connection, not sent yet.
+/// A request routed over a shared connection, not sent yet: it goes to `retry.backend`,
+/// and `retry` then goes into its reply slot ([`with_retry`]).
 struct Routed {
-    backend: Backend,
     request: Request,
+    retry: Retry,
     slot: Slot,
+}
+
+/// The step that queues `slot` with its retry record.
+fn with_retry(mut slot: Slot, retry: Retry) -> Step {
+    if let Slot::Pending { retry: r, .. } = &mut slot {
+        *r = Some(retry);
+    }
+    Step::Slot(slot)
 }
 
 /// Routes a request over a shared connection (see [`forward`]); `Err` is the answer when
@@ -2120,17 +2129,18 @@ fn route_forward(
     } else {
         fallback
     };
-    if let Slot::Pending { then, retry, .. } = &mut slot {
+    if let Slot::Pending { then, .. } = &mut slot {
         *then = then_after;
-        *retry = Some(Retry {
-            frame,
-            read: matches!(class, Class::Read | Class::Neutral),
-            backend: backend.clone(),
-        });
     }
-    Ok(Routed {
+    // The handle this request goes on is its retry's: no second clone.
+    let retry = Retry {
+        frame,
+        read: matches!(class, Class::Read | Class::Neutral),
         backend,
+    };
+    Ok(Routed {
         request,
+        retry,
         slot,
     })
 }
