@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicUsize;
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pivot_proxy::command::CommandTable;
+use pivot_proxy::command::{CommandTable, LastLookup};
 use pivot_proxy::resp::{Mode, Scanner};
 use pivot_proxy::routing::{ClientState, NodeAddr, ReadPolicy, ReplicaRoute, RoutingTable, route};
 
@@ -123,6 +123,11 @@ fn lookup(c: &mut Criterion) {
             b.iter(|| black_box(table.lookup(black_box(cmd), black_box(arg1))))
         });
     }
+    // What a connection pays for a command it sent last time too.
+    let mut last = LastLookup::default();
+    g.bench_function("set_again", |b| {
+        b.iter(|| black_box(table.lookup_cached(&mut last, black_box(b"SET"), None)))
+    });
     g.finish();
 }
 
@@ -161,10 +166,14 @@ fn request(c: &mut Criterion) {
                 || BytesMut::from(&read[..]),
                 |buf| {
                     let mut scanner = Scanner::new(Mode::Request, 512 << 20);
+                    let mut last = LastLookup::default();
                     while let Some(info) = scanner.scan(buf).unwrap() {
                         let frame = buf.split_to(info.len).freeze();
-                        let lookup = commands
-                            .lookup(info.name(&frame).unwrap_or_default(), info.arg1(&frame));
+                        let lookup = commands.lookup_cached(
+                            &mut last,
+                            info.name(&frame).unwrap_or_default(),
+                            info.arg1(&frame),
+                        );
                         black_box(route(&table, lookup.class, None, &fresh, &rr));
                         black_box(frame);
                     }

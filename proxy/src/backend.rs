@@ -807,12 +807,16 @@ async fn write_requests(shared: &Shared, wr: &mut OwnedWriteHalf) -> Option<End>
 
 async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) -> End {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut read_hint = 8 * 1024;
     let mut scanner = Scanner::new(Mode::Reply, max_reply);
     loop {
-        reserve(&mut buf, scanner.need());
+        reserve_with(&mut buf, scanner.need(), read_hint);
         match rd.read_buf(&mut buf).await {
             Ok(0) => return End::Failed(BackendFailure::Lost, "closed by the server".into()),
-            Ok(_) => {}
+            // Room for twice what came last time: a connection many clients share gets
+            // its replies in a few large reads, not many 8 KiB ones (below the allocator's
+            // mmap threshold, so a buffer is never a fresh mapping).
+            Ok(n) => read_hint = (n * 2).clamp(8 * 1024, 64 * 1024),
             Err(e) => return End::Failed(BackendFailure::Lost, format!("read failed: {e}")),
         }
         let mut answered = 0;
@@ -879,11 +883,6 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
             return End::Closed;
         }
     }
-}
-
-/// Makes room for the next read: at least 8 KiB, or what the current frame still needs.
-pub(crate) fn reserve(buf: &mut BytesMut, need: usize) {
-    reserve_with(buf, need, 8 * 1024);
 }
 
 /// Makes room for the next read: at least `min` bytes, or what the current frame still

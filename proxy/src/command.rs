@@ -9,9 +9,12 @@
 //! Lookups are case-insensitive and allocation-free: the name is lowercased into a stack
 //! buffer and looked up as a byte slice, with foldhash rather than SipHash (a third of the
 //! cost of a lookup; the table's keys come from Redis, clients only look them up, so there
-//! is nothing to flood).
+//! is nothing to flood). A connection remembers its last lookup ([`LastLookup`]): clients
+//! send the same few commands again and again, and comparing a few bytes costs less than
+//! lowercasing and hashing them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use foldhash::fast::RandomState;
 
@@ -194,6 +197,22 @@ pub struct Lookup {
 #[derive(Debug, Clone, Default)]
 pub struct CommandTable {
     commands: HashMap<Box<[u8]>, Entry, RandomState>,
+    /// Tells tables apart for [`LastLookup`] (0 for every empty table, which all answer
+    /// alike).
+    id: u64,
+}
+
+/// Numbers the tables built from `COMMAND` replies.
+static TABLE_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Longest name [`LastLookup`] remembers (every name a client repeats at high rate fits).
+const LAST_NAME: usize = 16;
+
+/// A connection's last lookup of a command without subcommands, whose class depends on its
+/// name alone.
+#[derive(Debug, Default)]
+pub struct LastLookup {
+    hit: Option<(u64, [u8; LAST_NAME], usize, Lookup)>,
 }
 
 impl CommandTable {
@@ -237,38 +256,68 @@ impl CommandTable {
             }
             commands.insert(name.into_boxed_slice(), entry);
         }
-        Ok(CommandTable { commands })
+        Ok(CommandTable {
+            commands,
+            id: TABLE_IDS.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
     /// Classifies a request by its name and first argument (the subcommand of container
     /// commands), without allocating.
     pub fn lookup(&self, name: &[u8], arg1: Option<&[u8]>) -> Lookup {
+        self.classify(name, arg1).0
+    }
+
+    /// [`CommandTable::lookup`], answered from `last` when the name is the one looked up
+    /// last in this table (byte for byte) and its class does not depend on a subcommand.
+    pub fn lookup_cached(&self, last: &mut LastLookup, name: &[u8], arg1: Option<&[u8]>) -> Lookup {
+        if let Some((id, buf, len, lookup)) = &last.hit
+            && *id == self.id
+            && buf.get(..*len) == Some(name)
+        {
+            return *lookup;
+        }
+        let (lookup, by_name) = self.classify(name, arg1);
+        if by_name && name.len() <= LAST_NAME {
+            let mut buf = [0u8; LAST_NAME];
+            buf[..name.len()].copy_from_slice(name);
+            last.hit = Some((self.id, buf, name.len(), lookup));
+        }
+        lookup
+    }
+
+    /// The lookup, and whether it depends on the name alone (not on a subcommand).
+    fn classify(&self, name: &[u8], arg1: Option<&[u8]>) -> (Lookup, bool) {
         let Some(lower) = Lower::new(name) else {
-            return Lookup {
+            let unknown = Lookup {
                 class: Class::Unknown,
                 blocking: false,
                 special: None,
             };
+            return (unknown, true);
         };
         let lower = lower.as_bytes();
         let special = special(lower);
+        let mut by_name = true;
         let (class, blocking) = match self.commands.get(lower) {
             None => (Class::Unknown, false),
             Some(entry) => {
                 let sub_class = if entry.subcommands.is_empty() {
                     None
                 } else {
+                    by_name = false;
                     arg1.and_then(Lower::new)
                         .and_then(|sub| entry.subcommands.get(sub.as_bytes()).copied())
                 };
                 sub_class.or(entry.class).unwrap_or((Class::Unknown, false))
             }
         };
-        Lookup {
+        let lookup = Lookup {
             class,
             blocking,
             special,
-        }
+        };
+        (lookup, by_name)
     }
 }
 
@@ -452,6 +501,53 @@ mod tests {
             CommandTable::empty().lookup(b"SET", None).class,
             Class::Unknown
         );
+    }
+
+    #[test]
+    fn last_lookup_answers_what_lookup_would() {
+        let t = table();
+        let other = table();
+        let mut last = LastLookup::default();
+        // In an order that revisits names, switches tables, and mixes containers (whose
+        // class depends on the subcommand) with plain commands.
+        type Step<'a> = (&'a CommandTable, &'a [u8], Option<&'a [u8]>);
+        let seq: &[Step] = &[
+            (&t, b"GET", Some(b"k")),
+            (&t, b"GET", Some(b"k")),
+            (&t, b"get", None),
+            (&t, b"SET", None),
+            (&t, b"SCRIPT", Some(b"load")),
+            (&t, b"SCRIPT", Some(b"flush")),
+            (&t, b"SCRIPT", Some(b"flush")),
+            (&t, b"CONFIG", Some(b"GET")),
+            (&t, b"NOSUCHCMD", None),
+            (&t, b"NOSUCHCMD", None),
+            (&other, b"NOSUCHCMD", None),
+            (&t, b"MULTI", None),
+            (&t, b"MULTI", None),
+            (&t, b"BLMOVE", None),
+            (&other, b"BLMOVE", None),
+            (&t, b"SUBSCRIBE", None),
+            (&t, b"SUBSCRIBE", None),
+        ];
+        for (table, name, arg1) in seq {
+            let got = table.lookup_cached(&mut last, name, *arg1);
+            assert_eq!(
+                got,
+                table.lookup(name, *arg1),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        // A name is remembered with its table: another table's answer is its own.
+        let empty = CommandTable::empty();
+        let mut last = LastLookup::default();
+        assert_eq!(t.lookup_cached(&mut last, b"SET", None).class, Class::Write);
+        assert_eq!(
+            empty.lookup_cached(&mut last, b"SET", None).class,
+            Class::Unknown
+        );
+        assert_eq!(t.lookup_cached(&mut last, b"SET", None).class, Class::Write);
     }
 
     #[test]

@@ -42,7 +42,7 @@ use tracing::debug;
 
 use crate::backend::{Backend, BackendError, PoolKey, Reply, ReplyTo, Request, reserve_with};
 use crate::clients::{Client, Visible};
-use crate::command::{Class, Lookup, Lower, Special};
+use crate::command::{Class, LastLookup, Lookup, Lower, Special};
 use crate::inbox::{Replies, Ticket};
 use crate::metrics::{RetryReason, Target};
 use crate::queue::{Closed, Queue};
@@ -723,6 +723,7 @@ async fn read_loop(
     let mut buf = BytesMut::new();
     let mut read_hint: usize = 1024;
     let mut scanner = Scanner::new(Mode::Request, shared.limits.max_request_bytes);
+    let mut last_lookup = LastLookup::default();
     let mut resolved = Resolved {
         version: u64::MAX,
         generation: 0,
@@ -847,7 +848,11 @@ async fn read_loop(
                 // Redis ignores an empty multibulk.
                 continue;
             }
-            let lookup = commands.lookup(info.name(&bytes).unwrap_or_default(), info.arg1(&bytes));
+            let lookup = commands.lookup_cached(
+                &mut last_lookup,
+                info.name(&bytes).unwrap_or_default(),
+                info.arg1(&bytes),
+            );
             resolved.refresh(&table, session, worker);
             let mut req = Req {
                 frame: bytes,

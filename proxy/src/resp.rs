@@ -140,16 +140,24 @@ impl Scanner {
                     )));
                 }
             }
-            let Some(cr) = find_crlf(buf, start + 1, self.line_limit(start))? else {
+            // A length header (every header of a request) is parsed as it is searched for
+            // its CRLF, in one pass: the line is a few digits, too short for `memchr`'s
+            // setup to pay off. Other lines (simple strings, errors, numbers) can be long.
+            let header = match kind {
+                b'$' | b'!' | b'=' => parse_len(buf, start + 1, "invalid bulk length")?,
+                b'*' | b'%' | b'~' | b'>' | b'|' => {
+                    parse_len(buf, start + 1, "invalid multibulk length")?
+                }
+                _ => find_crlf(buf, start + 1, self.line_limit(start))?.map(|cr| (0, cr)),
+            };
+            let Some((len, cr)) = header else {
                 self.need = buf.len() + 1;
                 return Ok(None);
             };
-            let line = &buf[start + 1..cr];
             let after = cr + 2;
             match kind {
                 b'$' | b'!' | b'=' => {
-                    let n = parse_int(line)
-                        .map_err(|_| FrameError::Protocol("invalid bulk length".into()))?;
+                    let n = len;
                     if n == -1 && kind == b'$' {
                         self.pos = after;
                     } else {
@@ -189,8 +197,7 @@ impl Scanner {
                     }
                 }
                 b'*' | b'%' | b'~' | b'>' | b'|' => {
-                    let n = parse_int(line)
-                        .map_err(|_| FrameError::Protocol("invalid multibulk length".into()))?;
+                    let n = len;
                     self.pos = after;
                     if n == -1 && kind == b'*' && self.mode == Mode::Reply {
                         // Null array: a complete element.
@@ -269,7 +276,14 @@ impl Scanner {
 /// is not complete yet.
 fn find_crlf(buf: &[u8], from: usize, limit: usize) -> Result<Option<usize>, FrameError> {
     let window = &buf[from.min(buf.len())..buf.len().min(limit.max(from))];
-    match memchr::memchr(b'\r', window) {
+    // Most of these lines are short (`+OK`, `:1`): a plain loop finds their CR before
+    // `memchr` would be set up.
+    let (head, rest) = window.split_at(window.len().min(16));
+    let found = match head.iter().position(|&b| b == b'\r') {
+        Some(i) => Some(i),
+        None => memchr::memchr(b'\r', rest).map(|i| i + head.len()),
+    };
+    match found {
         Some(i) => {
             let cr = from + i;
             match buf.get(cr + 1) {
@@ -279,6 +293,41 @@ fn find_crlf(buf: &[u8], from: usize, limit: usize) -> Result<Option<usize>, Fra
             }
         }
         None if buf.len() >= limit => Err(FrameError::Protocol("too big header line".into())),
+        None => Ok(None),
+    }
+}
+
+/// Parses the length (an optional `-`, 1 to 18 digits) that starts at `from`, up to the CRLF
+/// ending its line: `Ok(Some((length, offset of the CR)))`, or `Ok(None)` when the line is
+/// not complete yet. Anything else on the line is `invalid` (Redis's own wording), reported
+/// as soon as it arrives.
+fn parse_len(
+    buf: &[u8],
+    from: usize,
+    invalid: &'static str,
+) -> Result<Option<(i64, usize)>, FrameError> {
+    let bad = || FrameError::Protocol(invalid.into());
+    let neg = buf.get(from) == Some(&b'-');
+    let digits = from + usize::from(neg);
+    let mut i = digits;
+    let mut n: i64 = 0;
+    let cr = loop {
+        match buf.get(i) {
+            None => return Ok(None),
+            Some(&b'\r') => break i,
+            Some(&d) if d.is_ascii_digit() && i - digits < 18 => {
+                n = n * 10 + i64::from(d - b'0');
+                i += 1;
+            }
+            Some(_) => return Err(bad()),
+        }
+    };
+    if cr == digits {
+        return Err(bad());
+    }
+    match buf.get(cr + 1) {
+        Some(b'\n') => Ok(Some((if neg { -n } else { n }, cr))),
+        Some(_) => Err(FrameError::Protocol("expected LF after CR".into())),
         None => Ok(None),
     }
 }
@@ -695,11 +744,25 @@ mod tests {
 
     #[test]
     fn header_line_is_bounded() {
+        // A length header is rejected at its 19th digit, before its CRLF comes.
         let mut long = b"*1\r\n$".to_vec();
-        long.extend(std::iter::repeat_n(b'1', MAX_LINE + 10));
-        let err = Scanner::new(Mode::Request, 1 << 30)
-            .scan(&long)
-            .unwrap_err();
+        long.extend(std::iter::repeat_n(b'1', 18));
+        let mut scanner = Scanner::new(Mode::Request, 1 << 30);
+        assert_eq!(scanner.scan(&long), Ok(None));
+        long.push(b'1');
+        let err = scanner.scan(&long).unwrap_err();
+        assert!(err.to_string().contains("invalid bulk length"), "{err}");
+        // So is anything but digits, and a CR without its LF.
+        for bad in [&b"*1x"[..], b"*\r\n", b"*-\r\n", b"*1\r\n$+3\r\n"] {
+            let err = Scanner::new(Mode::Request, 1024).scan(bad).unwrap_err();
+            assert!(err.to_string().contains("invalid"), "{err}");
+        }
+        let err = Scanner::new(Mode::Reply, 1024).scan(b"$3\rx").unwrap_err();
+        assert!(err.to_string().contains("expected LF"), "{err}");
+        // A simple line (an error, a status) may be long, up to the frame limit.
+        let mut line = b"-ERR ".to_vec();
+        line.extend(std::iter::repeat_n(b'x', 200));
+        let err = Scanner::new(Mode::Reply, 100).scan(&line).unwrap_err();
         assert!(err.to_string().contains("too big"), "{err}");
     }
 
