@@ -1,6 +1,7 @@
 //! The proxy's admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/status`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -40,7 +41,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
 /// included).
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let table = shared.table.load();
-    let reason = if table.version == 0 {
+    let reason = if shared.draining.load(Ordering::Relaxed) {
+        Some("shutting down")
+    } else if table.version == 0 {
         Some("no config received from the control plane yet")
     } else if shared.commands.load().is_empty() {
         Some("command table not loaded from the master yet")
@@ -84,5 +87,6 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "read_policy": format!("{:?}", t.read_policy),
         "consistency": format!("{:?}", t.consistency),
         "commands_known": shared.commands.load().len(),
+        "draining": shared.draining.load(Ordering::Relaxed),
     }))
 }

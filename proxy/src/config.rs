@@ -180,6 +180,13 @@ pub struct Config {
     #[arg(long, env = "PIVOT_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// At shutdown, how long to keep accepting and serving with /readyz answering 503
+    /// before the listener closes: time for a load balancer that polls /readyz to stop
+    /// sending new clients here. 0 closes it at once (on Kubernetes a preStop hook does
+    /// this job).
+    #[arg(long, env = "PIVOT_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
     /// Log format.
     #[arg(long, env = "PIVOT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -301,6 +308,7 @@ impl Config {
             sentinel_poll_interval: Duration::from_secs(1),
             status_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            shutdown_delay: Duration::ZERO,
             log_format: LogFormat::Text,
         }
     }

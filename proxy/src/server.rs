@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -70,6 +70,9 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Client limits.
     pub limits: Limits,
+    /// Shutting down: `/readyz` answers 503 while the proxy still serves for
+    /// `--shutdown-delay`.
+    pub draining: AtomicBool,
     /// Source of `CLIENT ID`s.
     pub next_client_id: AtomicU64,
     /// Round-robin cursor for reads.
@@ -238,6 +241,7 @@ impl Proxy {
                 write_ack_timeout: config.write_ack_timeout,
                 client_tcp_keepalive: config.client_tcp_keepalive,
             },
+            draining: AtomicBool::new(false),
             next_client_id: AtomicU64::new(1),
             rr: AtomicUsize::new(0),
             databases: AtomicU32::new(16),
@@ -276,9 +280,15 @@ impl Proxy {
         self.shared.clone()
     }
 
-    /// Serves until `shutdown` is cancelled, then stops accepting, lets client connections
-    /// finish what they sent (bounded by `--shutdown-grace`) and returns.
+    /// Serves until `shutdown` is cancelled; then reports not ready and serves on for
+    /// `--shutdown-delay`, stops accepting, lets client connections finish what they sent
+    /// (bounded by `--shutdown-grace`) and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        // What the tasks below stop on: `shutdown`, once the delay is over (or at once when
+        // a worker cannot start).
+        let stop = CancellationToken::new();
+        let requested = shutdown;
+        let shutdown = stop.clone();
         let Proxy {
             config,
             shared,
@@ -349,7 +359,21 @@ impl Proxy {
             threads.push(t);
         }
         drop(listener);
-        shutdown.cancelled().await;
+        tokio::select! {
+            _ = requested.cancelled() => {
+                shared.draining.store(true, Ordering::Relaxed);
+                let delay = config.shutdown_delay;
+                if !delay.is_zero() {
+                    info!(?delay, "shutting down: not ready, still serving for --shutdown-delay");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+            }
+            _ = stop.cancelled() => shared.draining.store(true, Ordering::Relaxed),
+        }
+        stop.cancel();
         info!("shutting down");
         tasks.close();
         // Joining blocks: do it off the async threads.

@@ -159,6 +159,12 @@ impl ProxyHandle {
         }
     }
 
+    /// Starts its shutdown (what SIGTERM does) without waiting for it; [`ProxyHandle::stop`]
+    /// waits.
+    pub fn begin_stop(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Stops it and waits until it has drained.
     pub async fn stop(self) -> Result<()> {
         self.shutdown.cancel();

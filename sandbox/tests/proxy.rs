@@ -345,16 +345,21 @@ async fn pipelines_answer_in_order_across_backends() -> Result<()> {
     stack.shutdown().await
 }
 
+/// The configuration of a proxy besides the stack's, for `service`, on ephemeral ports.
+fn another_proxy(stack: &Stack, service: &str) -> pivot_proxy::Config {
+    let cp = stack.control_plane.as_ref().expect("running");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = pivot_proxy::Config::for_service(service, &format!("http://{}", cp.grpc_addr));
+    config.listen = any;
+    config.admin_listen = any;
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_service_is_nacked_and_not_ready() -> Result<()> {
     common::init_tracing();
     let stack = Stack::start(StackOptions::default()).await?;
-    let cp = stack.control_plane.as_ref().expect("running");
-    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut config =
-        pivot_proxy::Config::for_service("nosuchservice", &format!("http://{}", cp.grpc_addr));
-    config.listen = any;
-    config.admin_listen = any;
+    let mut config = another_proxy(&stack, "nosuchservice");
     config.failover_hold = Duration::from_millis(300);
     let stray = pivot_sandbox::stack::start_proxy_with(config).await?;
     let url = format!("{}/api/v1/proxies", stack.http_url()?);
@@ -384,5 +389,59 @@ async fn unknown_service_is_nacked_and_not_ready() -> Result<()> {
         "{text}"
     );
     stray.stop().await?;
+    stack.shutdown().await
+}
+
+/// With `--shutdown-delay`, a stopping proxy says it is not ready but goes on serving
+/// (new clients included) for the delay, and only then closes its listener: a load
+/// balancer polling `/readyz` stops sending clients before any is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delay_serves_while_not_ready() -> Result<()> {
+    const DELAY: Duration = Duration::from_secs(5);
+    common::init_tracing();
+    let stack = Stack::start(StackOptions::default()).await?;
+    let mut config = another_proxy(&stack, "mymaster");
+    config.shutdown_delay = DELAY;
+    let proxy = pivot_sandbox::stack::start_proxy_with(config).await?;
+    proxy.wait_ready(T).await?;
+    let readyz = format!("http://{}/readyz", proxy.admin_addr);
+    assert_eq!(http_status(&readyz).await?, 200);
+    let mut before = connect(&proxy.client(), T).await?;
+
+    let asked = std::time::Instant::now();
+    proxy.begin_stop();
+    let body = wait_until("/readyz to answer 503", T, || {
+        let url = readyz.clone();
+        async move {
+            let resp = reqwest::get(&url).await.ok()?;
+            (resp.status().as_u16() == 503).then_some(())?;
+            resp.text().await.ok()
+        }
+    })
+    .await?;
+    assert!(body.contains("shutting down"), "{body}");
+    let status = http_json(&format!("http://{}/status", proxy.admin_addr)).await?;
+    assert_eq!(status["draining"], true, "{status}");
+    // Still serving, existing clients and new ones.
+    let _: () = before.set("during-delay", "1").await?;
+    let mut after = connect(&proxy.client(), T).await?;
+    assert_eq!(after.get::<_, String>("during-delay").await?, "1");
+    assert!(
+        asked.elapsed() < DELAY,
+        "the checks above took longer than the delay: {:?}",
+        asked.elapsed()
+    );
+
+    let addr = proxy.addr;
+    tokio::time::timeout(DELAY + T, proxy.stop()).await??;
+    assert!(
+        asked.elapsed() >= DELAY,
+        "stopped before the delay was over: {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is still open after the shutdown"
+    );
     stack.shutdown().await
 }
