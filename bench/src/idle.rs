@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use pivot_sandbox::procfs;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -18,7 +18,7 @@ use crate::targets::ping;
 const CONCURRENCY: usize = 128;
 
 /// One target's idle connections.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdleResult {
     /// The target.
     pub target: TargetKind,

@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use pivot_sandbox::procfs;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::options::{Command, TargetKind, Test};
 
 /// The latency columns of `redis-benchmark --csv` (Redis 7): requests per second, then
 /// average, minimum, 50th, 95th and 99th percentile and maximum latency in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BenchmarkLine {
     /// Requests per second.
     pub rps: f64,
@@ -35,7 +35,7 @@ pub struct BenchmarkLine {
 }
 
 /// The counters of one Redis node that a run is judged by (`INFO cpu stats`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RedisCounters {
     /// `used_cpu_sys + used_cpu_user`, seconds (all of the server's threads).
     pub cpu_s: f64,
@@ -107,7 +107,7 @@ impl ProcessCounters {
 }
 
 /// One recorded run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
     /// Round (0-based).
     pub round: usize,

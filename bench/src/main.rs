@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use pivot_bench::options::{TARGETS, TESTS};
+use pivot_bench::report::Report;
 use pivot_bench::run::Plan;
 use pivot_bench::targets::PROXY_BIN_ENV;
 use pivot_bench::{BenchOptions, DOCS_BEGIN, DOCS_END, TargetKind, Test, chart};
@@ -98,6 +99,10 @@ struct Args {
     /// Exit with status 2 when a target of the issue is not met.
     #[arg(long)]
     strict: bool,
+    /// Run nothing: read the samples a run wrote with --json and report them again
+    /// (tables, --update-docs, --chart, --strict), as that run's command line.
+    #[arg(long, value_name = "PATH", conflicts_with = "json")]
+    from_json: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -142,8 +147,20 @@ fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::print_stdout)]
 async fn run(args: Args, command_line: String) -> Result<ExitCode> {
+    if let Some(path) = &args.from_json {
+        let json = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let report: Report = serde_json::from_slice(&json)
+            .with_context(|| format!("{} is not the JSON of a pivot-bench run", path.display()))?;
+        if args.chart.is_some() {
+            chart::load_font(&args.font)?;
+        }
+        return report_results(&args, &report);
+    }
+    measure(args, command_line).await
+}
+
+async fn measure(args: Args, command_line: String) -> Result<ExitCode> {
     let proxy_bin = fleet::find_sibling_binary(
         "pivot-proxy",
         args.proxy_bin.as_deref(),
@@ -203,6 +220,18 @@ async fn run(args: Args, command_line: String) -> Result<ExitCode> {
         options.idle_connections
     );
     let report = pivot_bench::run(options, plan).await?;
+    if let Some(path) = &args.json {
+        // First, so that the samples survive a failure below.
+        let json = serde_json::to_string_pretty(&report).context("encoding the results")?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("pivot-bench: JSON written to {}", path.display());
+    }
+    report_results(&args, &report)
+}
+
+/// Prints the tables, updates the docs and the chart, judges the targets.
+#[allow(clippy::print_stdout)]
+fn report_results(args: &Args, report: &Report) -> Result<ExitCode> {
     let table = report.to_string();
     println!("{table}");
     if let Some(path) = &args.update_docs {
@@ -210,13 +239,8 @@ async fn run(args: Args, command_line: String) -> Result<ExitCode> {
         eprintln!("pivot-bench: results written to {}", path.display());
     }
     if let Some(path) = &args.chart {
-        chart::write(&report, path)?;
+        chart::write(report, path)?;
         eprintln!("pivot-bench: chart written to {}", path.display());
-    }
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report).context("encoding the results")?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("pivot-bench: JSON written to {}", path.display());
     }
     Ok(if args.strict && !report.meets_targets() {
         ExitCode::from(2)

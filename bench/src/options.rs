@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use pivot_sandbox::TopologyOptions;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The Redis command a test sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Command {
     /// `SET key:__rand_int__ <data>`.
@@ -20,7 +20,7 @@ pub enum Command {
 }
 
 /// One `redis-benchmark` test: a command and a pipeline depth.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Test {
     /// The command.
     pub command: Command,
@@ -83,7 +83,7 @@ impl FromStr for Test {
 }
 
 /// What the load is sent to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TargetKind {
     /// The Redis master itself: the reference of every ratio.

@@ -3,7 +3,7 @@
 
 use std::fmt::{self, Write as _};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::idle::IdleResult;
 use crate::load::Sample;
@@ -18,7 +18,7 @@ pub const DOCS_END: &str = "<!-- proxy-bench:end -->";
 const IDLE_TARGET_KIB: f64 = 10.0;
 
 /// Facts about the machine and the software.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     /// CPUs available.
     pub cpus: usize,
@@ -31,7 +31,7 @@ pub struct Machine {
 }
 
 /// A measured target and its software version.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetInfo {
     /// Which.
     pub kind: TargetKind,
@@ -40,7 +40,7 @@ pub struct TargetInfo {
 }
 
 /// Everything a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// How the bench was started.
     pub command_line: String,
@@ -184,6 +184,38 @@ impl Report {
         self.label(kind)
     }
 
+    /// In how many of the rounds that measured both Pivot and `peer` on `test` Pivot was
+    /// ahead (`better` of the two samples of a round), out of how many: medians over a few
+    /// rounds can flip between runs when two targets are close; this says how close.
+    fn rounds_ahead(
+        &self,
+        test: Test,
+        peer: TargetKind,
+        better: impl Fn(&Sample, &Sample) -> Option<bool>,
+    ) -> (usize, usize) {
+        let of = |kind: TargetKind, round: usize| {
+            self.samples
+                .iter()
+                .find(|s| s.target == kind && s.test == test && s.round == round)
+        };
+        let mut ahead = 0;
+        let mut rounds = 0;
+        for pivot in self
+            .samples
+            .iter()
+            .filter(|s| s.target == TargetKind::Pivot && s.test == test)
+        {
+            let Some(other) = of(peer, pivot.round) else {
+                continue;
+            };
+            if let Some(b) = better(pivot, other) {
+                rounds += 1;
+                ahead += usize::from(b);
+            }
+        }
+        (ahead, rounds)
+    }
+
     fn peers(&self) -> Vec<TargetKind> {
         self.targets
             .iter()
@@ -212,7 +244,11 @@ impl Report {
             let ahead = peer_ratios.iter().all(|(_, r)| pivot.ratio > *r);
             let others: Vec<String> = peer_ratios
                 .iter()
-                .map(|(p, r)| format!("{} {r:.2}", p.id()))
+                .map(|&(p, r)| {
+                    let (won, of) =
+                        self.rounds_ahead(test, p, |a, b| Some(a.line.rps > b.line.rps));
+                    format!("{} {r:.2}: Pivot ahead {won}/{of}", p.id())
+                })
                 .collect();
             out.push(Verdict {
                 target: format!(
@@ -229,7 +265,7 @@ impl Report {
                     if others.is_empty() {
                         String::new()
                     } else {
-                        format!(" ({})", others.join(", "))
+                        format!(" ({})", others.join("; "))
                     }
                 ),
                 met: pivot.ratio >= floor && ahead,
@@ -248,7 +284,11 @@ impl Report {
                 let below = peer_cpu.iter().all(|(_, c)| cpu < *c);
                 let others: Vec<String> = peer_cpu
                     .iter()
-                    .map(|(p, c)| format!("{} {c:.2}", p.id()))
+                    .map(|&(p, c)| {
+                        let (won, of) = self
+                            .rounds_ahead(test, p, |a, b| Some(a.proxy_cpu_us? < b.proxy_cpu_us?));
+                        format!("{} {c:.2}: Pivot below {won}/{of}", p.id())
+                    })
                     .collect();
                 out.push(Verdict {
                     target: format!(
@@ -264,7 +304,7 @@ impl Report {
                         if others.is_empty() {
                             String::new()
                         } else {
-                            format!(" ({})", others.join(", "))
+                            format!(" ({})", others.join("; "))
                         }
                     ),
                     met: cpu < budget && below,
@@ -448,7 +488,7 @@ impl Report {
         if !verdicts.is_empty() {
             writeln!(
                 f,
-                "| target (issue 7), for Pivot with reads to the master | measured (peers) | |"
+                "| target (issue 7), for Pivot with reads to the master | measured (peers; rounds in which Pivot was ahead) | |"
             )?;
             writeln!(f, "|---|---|---|")?;
             for v in &verdicts {
@@ -583,6 +623,11 @@ mod tests {
         let verdicts = r.verdicts();
         assert_eq!(verdicts.len(), 2, "{verdicts:?}");
         assert!(verdicts.iter().all(|v| v.met), "{verdicts:?}");
+        assert_eq!(verdicts[0].measured, "1.07 (haproxy 0.65: Pivot ahead 2/2)");
+        assert_eq!(
+            verdicts[1].measured,
+            "4.10 µs (haproxy 8.20: Pivot below 2/2)"
+        );
         assert!(r.meets_targets());
         let text = r.to_string();
         assert!(
@@ -600,11 +645,27 @@ mod tests {
                 sample(0, get, TargetKind::Direct, 100.0, None),
                 sample(0, get, TargetKind::Pivot, 85.0, Some(0.4)),
                 sample(0, get, TargetKind::Haproxy, 90.0, Some(0.3)),
+                // Ahead in one round of three: the medians say behind, the count says
+                // how close.
+                sample(1, get, TargetKind::Direct, 100.0, None),
+                sample(1, get, TargetKind::Pivot, 95.0, Some(0.2)),
+                sample(1, get, TargetKind::Haproxy, 80.0, Some(0.3)),
+                sample(2, get, TargetKind::Direct, 100.0, None),
+                sample(2, get, TargetKind::Pivot, 70.0, Some(0.5)),
+                sample(2, get, TargetKind::Haproxy, 90.0, Some(0.3)),
+                // A round HAProxy missed is not counted.
+                sample(3, get, TargetKind::Direct, 100.0, None),
+                sample(3, get, TargetKind::Pivot, 99.0, Some(0.1)),
             ],
             vec![get],
         );
         let verdicts = r.verdicts();
         assert!(verdicts.iter().all(|v| !v.met), "{verdicts:?}");
+        assert_eq!(verdicts[0].measured, "0.90 (haproxy 0.90: Pivot ahead 1/3)");
+        assert_eq!(
+            verdicts[1].measured,
+            "0.30 µs (haproxy 0.30: Pivot below 1/3)"
+        );
         assert!(!r.meets_targets());
     }
 

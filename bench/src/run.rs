@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use pivot_sandbox::fleet::{self, Api, ControlPlaneProcess, ControlPlaneSpec};
 use pivot_sandbox::{RedisNode, Topology};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::info;
 
@@ -30,7 +30,7 @@ const KEY: &str = "key:__rand_int__";
 const POLL: Duration = Duration::from_millis(10);
 
 /// A target that will not be measured, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Skipped {
     /// Which.
     pub target: TargetKind,

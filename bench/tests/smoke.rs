@@ -109,6 +109,11 @@ async fn bench_smoke() -> Result<()> {
     assert!(text.contains("| Pivot (reads to the master) |"), "{text}");
     assert!(text.contains("| target (issue 7)"), "{text}");
 
+    // What --json writes, --from-json reads back into the same report.
+    let json = serde_json::to_string(&report)?;
+    let again: pivot_bench::Report = serde_json::from_str(&json)?;
+    assert_eq!(again.to_string(), text);
+
     // The chart, when the font is installed (the binary fails clearly without it).
     if std::path::Path::new(chart::DEFAULT_FONT).is_file() {
         chart::load_font(std::path::Path::new(chart::DEFAULT_FONT))?;
