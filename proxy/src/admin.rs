@@ -38,7 +38,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
 
 /// Ready once a config snapshot has been applied and the command table is loaded (without
 /// it every command would be classified unknown and sent to the master, blocking ones
-/// included).
+/// included), until a shutdown begins (see `--shutdown-delay`).
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let table = shared.table.load();
     let reason = if shared.draining.load(Ordering::Relaxed) {

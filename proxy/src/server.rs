@@ -284,11 +284,9 @@ impl Proxy {
     /// `--shutdown-delay`, stops accepting, lets client connections finish what they sent
     /// (bounded by `--shutdown-grace`) and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        // What the tasks below stop on: `shutdown`, once the delay is over (or at once when
-        // a worker cannot start).
+        // What the tasks below stop on: `shutdown` once the delay is over, or at once when
+        // a worker cannot start.
         let stop = CancellationToken::new();
-        let requested = shutdown;
-        let shutdown = stop.clone();
         let Proxy {
             config,
             shared,
@@ -315,7 +313,7 @@ impl Proxy {
                     cache: cache.clone(),
                     status_interval: config.status_interval,
                 },
-                shutdown.clone(),
+                stop.clone(),
             )
             .instrument(info_span!("config_client")),
         );
@@ -328,14 +326,14 @@ impl Proxy {
                     after: config.sentinel_follow_after,
                     poll_interval: config.sentinel_poll_interval,
                 },
-                shutdown.clone(),
+                stop.clone(),
             )
             .instrument(info_span!("sentinel_follower")),
         );
         tasks.spawn(
-            refresh_commands(shared.clone(), shutdown.clone()).instrument(info_span!("commands")),
+            refresh_commands(shared.clone(), stop.clone()).instrument(info_span!("commands")),
         );
-        tasks.spawn(admin::serve(admin, shared.clone(), shutdown.clone()));
+        tasks.spawn(admin::serve(admin, shared.clone(), stop.clone()));
 
         let backend_opts = BackendOptions {
             connect_timeout: config.backend_connect_timeout,
@@ -349,18 +347,18 @@ impl Proxy {
         for i in 0..config.workers {
             let l = listener.try_clone().map_err(Error::Io)?;
             let shared = shared.clone();
-            let shutdown = shutdown.clone();
+            let stop = stop.clone();
             let opts = backend_opts.clone();
             let grace = config.shutdown_grace;
             let t = std::thread::Builder::new()
                 .name(format!("pivot-worker-{i}"))
-                .spawn(move || worker_thread(i, l, shared, opts, shutdown, grace))
+                .spawn(move || worker_thread(i, l, shared, opts, stop, grace))
                 .map_err(Error::Io)?;
             threads.push(t);
         }
         drop(listener);
         tokio::select! {
-            _ = requested.cancelled() => {
+            _ = shutdown.cancelled() => {
                 shared.draining.store(true, Ordering::Relaxed);
                 let delay = config.shutdown_delay;
                 if !delay.is_zero() {
