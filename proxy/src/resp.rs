@@ -18,7 +18,7 @@ use thiserror::Error;
 
 /// Deepest aggregate nesting accepted in a reply (Redis itself never nests this deep).
 pub const MAX_DEPTH: usize = 64;
-/// Longest header or simple-string line accepted, like Redis's `PROTO_INLINE_MAX_SIZE`.
+/// Longest inline command line accepted, like Redis's `PROTO_INLINE_MAX_SIZE`.
 pub const MAX_LINE: usize = 64 * 1024;
 /// Most arguments in one request, as Redis (`invalid multibulk length` beyond).
 pub const MAX_ARGS: i64 = 1024 * 1024;
@@ -142,22 +142,22 @@ impl Scanner {
             }
             // A length header (every header of a request) is parsed as it is searched for
             // its CRLF, in one pass: the line is a few digits, too short for `memchr`'s
-            // setup to pay off. Other lines (simple strings, errors, numbers) can be long.
+            // setup to pay off, and at most 20 bytes. Other lines (simple strings, errors,
+            // numbers: replies only) can be as long as a frame.
             let header = match kind {
                 b'$' | b'!' | b'=' => parse_len(buf, start + 1, "invalid bulk length")?,
                 b'*' | b'%' | b'~' | b'>' | b'|' => {
                     parse_len(buf, start + 1, "invalid multibulk length")?
                 }
-                _ => find_crlf(buf, start + 1, self.line_limit(start))?.map(|cr| (0, cr)),
+                _ => find_crlf(buf, start + 1, self.max_frame)?.map(|cr| (0, cr)),
             };
-            let Some((len, cr)) = header else {
+            let Some((n, cr)) = header else {
                 self.need = buf.len() + 1;
                 return Ok(None);
             };
             let after = cr + 2;
             match kind {
                 b'$' | b'!' | b'=' => {
-                    let n = len;
                     if n == -1 && kind == b'$' {
                         self.pos = after;
                     } else {
@@ -197,7 +197,6 @@ impl Scanner {
                     }
                 }
                 b'*' | b'%' | b'~' | b'>' | b'|' => {
-                    let n = len;
                     self.pos = after;
                     if n == -1 && kind == b'*' && self.mode == Mode::Reply {
                         // Null array: a complete element.
@@ -260,14 +259,6 @@ impl Scanner {
                 }
                 self.depth -= 1;
             }
-        }
-    }
-
-    /// How far a header line starting at `start` may run before it is an error.
-    fn line_limit(&self, start: usize) -> usize {
-        match self.mode {
-            Mode::Request => start + MAX_LINE,
-            Mode::Reply => self.max_frame,
         }
     }
 }
