@@ -34,6 +34,7 @@ export function sentinelsState(t) {
 /** `{tone, text, detail}` of a proxy's config: current, behind, NACKed or disconnected. */
 export function proxyState(p, fleetVersion) {
   if (!p.connected) return { tone: "muted", text: "disconnected", detail: "no config stream" };
+  if (p.draining) return { tone: "warn", text: "draining", detail: "shutting down: not ready, finishing its clients" };
   if (p.last_nack && (p.last_nack_version === null || p.last_nack_version === undefined
       || p.acked_version === null || p.last_nack_version > p.acked_version)) {
     return { tone: "bad", text: `NACK v${p.last_nack_version ?? "?"}`, detail: p.last_nack };

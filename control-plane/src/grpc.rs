@@ -106,6 +106,8 @@ pub struct ProxyInfo {
     /// Its stream is open, but nothing arrived on it for [`SILENT_AFTER_INTERVALS`] report
     /// periods. (A proxy without an open stream is disconnected: `streams == 0`.)
     pub silent: bool,
+    /// Its last status said it is shutting down (not ready, finishing its clients).
+    pub draining: bool,
 }
 
 impl ProxyInfo {
@@ -133,6 +135,7 @@ impl ProxyInfo {
             status_at: None,
             status_interval: DEFAULT_STATUS_INTERVAL,
             silent: false,
+            draining: false,
         }
     }
 
@@ -316,6 +319,7 @@ impl ProxyRegistry {
                     p.commands_total = Some(s.commands_total);
                     p.errors_total = Some(s.errors_total);
                     p.held_requests = Some(s.held_requests);
+                    p.draining = s.draining;
                     if s.running_version > 0 {
                         p.running_version = Some(s.running_version);
                     }
@@ -733,6 +737,7 @@ mod tests {
             uptime_ms,
             interval_ms: 2000,
             running_control_plane_id: String::new(),
+            draining: false,
         }
     }
 

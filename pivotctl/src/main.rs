@@ -779,6 +779,8 @@ fn event_row(e: &pb::EventView) -> Vec<String> {
 fn proxy_row(p: &pb::ProxyView, version: u64) -> Vec<String> {
     let state = if !p.connected {
         "disconnected"
+    } else if p.draining {
+        "draining"
     } else if p.silent {
         "silent"
     } else if p.behind {

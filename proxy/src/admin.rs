@@ -1,7 +1,6 @@
 //! The proxy's admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/status`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -41,7 +40,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
 /// included), until a shutdown begins (see `--shutdown-delay`).
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let table = shared.table.load();
-    let reason = if shared.draining.load(Ordering::Relaxed) {
+    let reason = if *shared.draining.borrow() {
         Some("shutting down")
     } else if table.version == 0 {
         Some("no config received from the control plane yet")
@@ -87,6 +86,6 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "read_policy": format!("{:?}", t.read_policy),
         "consistency": format!("{:?}", t.consistency),
         "commands_known": shared.commands.load().len(),
-        "draining": shared.draining.load(Ordering::Relaxed),
+        "draining": *shared.draining.borrow(),
     }))
 }

@@ -401,6 +401,8 @@ async fn stream_once(
     );
     // After a stall (a slow ACK send), one report, then the regular period again.
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A shutdown is reported at once, not at the next tick.
+    let mut draining = shared.draining.subscribe();
     loop {
         let deferred_until = deferred.as_ref().map(|(_, at)| *at);
         // `Streaming::message` keeps its state in `updates`: cancelling it loses nothing.
@@ -430,7 +432,16 @@ async fn stream_once(
                     KEEP_NEWER_EPOCH_FOR.as_secs());
                 (update, true)
             }
-            _ = report.tick() => {
+            r = async {
+                tokio::select! {
+                    _ = report.tick() => true,
+                    changed = draining.changed() => changed.is_ok(),
+                }
+            } => {
+                if !r {
+                    // The proxy is gone (its state dropped): nothing left to report.
+                    return Ok(received);
+                }
                 // Never waits: when the control plane is not reading, a report is dropped
                 // (the next one carries the same totals) rather than queued or blocking.
                 match tx.try_send(status(shared, settings.status_interval)) {
@@ -537,6 +548,7 @@ fn status(shared: &Shared, interval: Duration) -> v1::ProxyMessage {
             uptime_ms: millis(shared.started.elapsed()),
             interval_ms: millis(interval),
             running_control_plane_id: running.control_plane_id.to_string(),
+            draining: *shared.draining.borrow(),
         })),
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -71,8 +71,8 @@ pub struct Shared {
     /// Client limits.
     pub limits: Limits,
     /// Shutting down: `/readyz` answers 503 while the proxy still serves for
-    /// `--shutdown-delay`.
-    pub draining: AtomicBool,
+    /// `--shutdown-delay`, and the control plane is told at once.
+    pub draining: watch::Sender<bool>,
     /// Source of `CLIENT ID`s.
     pub next_client_id: AtomicU64,
     /// Round-robin cursor for reads.
@@ -241,7 +241,7 @@ impl Proxy {
                 write_ack_timeout: config.write_ack_timeout,
                 client_tcp_keepalive: config.client_tcp_keepalive,
             },
-            draining: AtomicBool::new(false),
+            draining: watch::Sender::new(false),
             next_client_id: AtomicU64::new(1),
             rr: AtomicUsize::new(0),
             databases: AtomicU32::new(16),
@@ -359,7 +359,7 @@ impl Proxy {
         drop(listener);
         tokio::select! {
             _ = shutdown.cancelled() => {
-                shared.draining.store(true, Ordering::Relaxed);
+                shared.draining.send_replace(true);
                 let delay = config.shutdown_delay;
                 if !delay.is_zero() {
                     info!(?delay, "shutting down: not ready, still serving for --shutdown-delay");
@@ -369,7 +369,9 @@ impl Proxy {
                     }
                 }
             }
-            _ = stop.cancelled() => shared.draining.store(true, Ordering::Relaxed),
+            _ = stop.cancelled() => {
+                shared.draining.send_replace(true);
+            }
         }
         stop.cancel();
         info!("shutting down");

@@ -402,6 +402,10 @@ async fn shutdown_delay_serves_while_not_ready() -> Result<()> {
     let stack = Stack::start(StackOptions::default()).await?;
     let mut config = another_proxy(&stack, "mymaster");
     config.shutdown_delay = DELAY;
+    config.proxy_id = Some("draining-proxy".into());
+    // Longer than the test: only the report sent when the shutdown begins can tell the
+    // control plane.
+    config.status_interval = Duration::from_secs(60);
     let proxy = pivot_sandbox::stack::start_proxy_with(config).await?;
     proxy.wait_ready(T).await?;
     let readyz = format!("http://{}/readyz", proxy.admin_addr);
@@ -422,6 +426,25 @@ async fn shutdown_delay_serves_while_not_ready() -> Result<()> {
     assert!(body.contains("shutting down"), "{body}");
     let status = http_json(&format!("http://{}/status", proxy.admin_addr)).await?;
     assert_eq!(status["draining"], true, "{status}");
+    // The control plane hears it at once (not at the next status period), and says so.
+    let proxies = format!("{}/api/v1/proxies", stack.http_url()?);
+    wait_until(
+        "the control plane to show the proxy draining",
+        DELAY,
+        || {
+            let url = proxies.clone();
+            async move {
+                let doc = http_json(&url).await.ok()?;
+                doc["proxies"].as_array()?.iter().find(|p| {
+                    p["proxy_id"] == "draining-proxy"
+                        && p["draining"] == true
+                        && p["connected"] == true
+                })?;
+                Some(())
+            }
+        },
+    )
+    .await?;
     // Still serving, existing clients and new ones.
     let _: () = before.set("during-delay", "1").await?;
     let mut after = connect(&proxy.client(), T).await?;

@@ -325,6 +325,7 @@ fn proxy_pb(v: ProxyView) -> pb::ProxyView {
         last_seen: v.last_seen,
         client_connections: v.client_connections.unwrap_or(0),
         ops_per_sec: v.ops_per_sec.unwrap_or(0.0),
+        draining: v.draining,
     }
 }
 

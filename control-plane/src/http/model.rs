@@ -806,6 +806,9 @@ pub struct ProxyView {
     pub status_at: Option<String>,
     /// Its stream is open but nothing arrived on it for several report periods.
     pub silent: bool,
+    /// Its last status report said it is shutting down: not ready, still serving for its
+    /// `--shutdown-delay`, then finishing its clients.
+    pub draining: bool,
 }
 
 impl ProxyView {
@@ -839,6 +842,7 @@ impl ProxyView {
             held_requests: p.held_requests,
             status_at: p.status_at.map(time),
             silent: p.silent,
+            draining: p.draining,
         }
     }
 }
