@@ -29,11 +29,7 @@ fn main() -> std::process::ExitCode {
     };
     let shutdown = CancellationToken::new();
     let result = rt.block_on(async {
-        let signal = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            signal.cancel();
-        });
+        tokio::spawn(on_signals(shutdown.clone()));
         pivot_proxy::run(config, shutdown).await
     });
     match result {
@@ -45,17 +41,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn wait_for_signal() {
+/// The first SIGINT or SIGTERM starts the shutdown (`--shutdown-delay`, then
+/// `--shutdown-grace`); a second one ends the process at once, for an operator who will
+/// not wait for the clients.
+async fn on_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!(
+            "cannot listen for SIGINT and SIGTERM: either ends the proxy without draining"
+        );
+        return;
+    };
+    for first in [true, false] {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        if first {
+            shutdown.cancel();
+        } else {
+            tracing::warn!("second signal: exiting without waiting for client connections");
+            std::process::exit(1);
         }
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use common::{calls, connect, http_json, http_status, raw_exchange, reset_stats, wait_until};
 use pivot_control_plane::ReadPolicy;
 use pivot_sandbox::{Stack, StackOptions};
@@ -467,4 +467,65 @@ async fn shutdown_delay_serves_while_not_ready() -> Result<()> {
         "the listener is still open after the shutdown"
     );
     stack.shutdown().await
+}
+
+/// The real binary: a first SIGTERM starts the drain (`--shutdown-delay`), a second one ends
+/// the process at once instead of waiting the delay out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_drain() -> Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    common::init_tracing();
+    let bin = pivot_sandbox::fleet::test_binary(
+        "pivot-proxy",
+        "pivot-proxy",
+        "libpivot_proxy-",
+        "PIVOT_PROXY_BIN",
+    )?;
+    // No control plane needed: the proxy starts, serves its admin listener and retries the
+    // config stream. Ports are the kernel's: free ones, found by binding and releasing.
+    let free = || -> Result<std::net::SocketAddr> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    };
+    let (listen, admin, grpc) = (free()?, free()?, free()?);
+    let mut child = tokio::process::Command::new(bin)
+        .args(["--service", "mymaster", "--shutdown-delay", "60s"])
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin-listen")
+        .arg(admin.to_string())
+        .arg("--control-plane")
+        .arg(format!("http://{grpc}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = Pid::from_raw(i32::try_from(child.id().context("no pid")?)?);
+    let healthz = format!("http://{admin}/healthz");
+    wait_until("the proxy's admin listener", T, || {
+        let url = healthz.clone();
+        async move { (http_status(&url).await.ok()? == 200).then_some(()) }
+    })
+    .await?;
+
+    kill(pid, Signal::SIGTERM)?;
+    let readyz = format!("http://{admin}/readyz");
+    wait_until("/readyz to say shutting down", T, || {
+        let url = readyz.clone();
+        async move {
+            let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            body.contains("shutting down").then_some(())
+        }
+    })
+    .await?;
+    // Draining: it would serve on for a minute.
+    assert!(child.try_wait()?.is_none(), "exited on the first signal");
+
+    kill(pid, Signal::SIGTERM)?;
+    let status = tokio::time::timeout(T, child.wait())
+        .await
+        .context("still running 10 s after the second signal")??;
+    assert_eq!(status.code(), Some(1), "{status}");
+    Ok(())
 }
