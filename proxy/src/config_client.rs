@@ -432,16 +432,14 @@ async fn stream_once(
                     KEEP_NEWER_EPOCH_FOR.as_secs());
                 (update, true)
             }
-            r = async {
+            () = async {
+                // (`changed` fails only once `shared` is gone, which it cannot be here; the
+                // pattern then disables that branch rather than spinning.)
                 tokio::select! {
-                    _ = report.tick() => true,
-                    changed = draining.changed() => changed.is_ok(),
+                    _ = report.tick() => {}
+                    Ok(()) = draining.changed() => {}
                 }
             } => {
-                if !r {
-                    // The proxy is gone (its state dropped): nothing left to report.
-                    return Ok(received);
-                }
                 // Never waits: when the control plane is not reading, a report is dropped
                 // (the next one carries the same totals) rather than queued or blocking.
                 match tx.try_send(status(shared, settings.status_interval)) {
