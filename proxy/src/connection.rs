@@ -44,7 +44,7 @@ use crate::backend::{Backend, BackendError, PoolKey, Reply, ReplyTo, Request, re
 use crate::clients::{Client, Visible};
 use crate::command::{Class, LastLookup, Lookup, Lower, Special};
 use crate::inbox::{Replies, Ticket};
-use crate::metrics::{RetryReason, Target};
+use crate::metrics::{CommandRun, LatencyRun, Metrics, RetryReason, Target};
 use crate::queue::{Closed, Queue};
 use crate::reply;
 use crate::resp::{self, FrameError, Mode, Scanner};
@@ -613,7 +613,7 @@ async fn read_requests(
     worker: &Worker,
     mut session: Session,
 ) {
-    let mut outbox = Outbox::default();
+    let mut outbox = Outbox::new(&worker.shared.metrics);
     read_loop(&mut rd, fifo, &mut outbox, worker, &mut session).await;
     // What the last read produced (replies up to a protocol error, say) still goes out.
     let _ = outbox.hand_over(fifo);
@@ -632,8 +632,7 @@ async fn read_requests(
 /// What one read produced, handed over at once when the read is done (or before anything
 /// waits): the requests for each backend connection as one batch each, the reply slots to
 /// the writer as one batch. One lock and one wake-up per read and queue, not per request.
-#[derive(Default)]
-struct Outbox {
+struct Outbox<'a> {
     slots: Vec<Slot>,
     /// Requests for each backend connection (usually one), in order.
     requests: Vec<(Backend, Vec<Request>)>,
@@ -641,9 +640,21 @@ struct Outbox {
     spare: Vec<Vec<Request>>,
     /// Connections whose queue was full after the last hand-over.
     full: Vec<Backend>,
+    /// The commands staged, counted at each hand-over.
+    commands: CommandRun<'a>,
 }
 
-impl Outbox {
+impl<'a> Outbox<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        Outbox {
+            slots: Vec::new(),
+            requests: Vec::new(),
+            spare: Vec::new(),
+            full: Vec::new(),
+            commands: CommandRun::new(metrics),
+        }
+    }
+
     /// Stages a reply slot, silenced under `CLIENT REPLY OFF` or a `SKIP` (`skip`).
     fn slot(&mut self, mut slot: Slot, session: &Session, skip: bool) {
         if skip || session.reply_off {
@@ -671,6 +682,7 @@ impl Outbox {
     /// writer is gone (the client can no longer be answered); `Ok(true)` when a queue is now
     /// full, and the reader must [`Outbox::wait`] before it reads more.
     fn hand_over(&mut self, fifo: &Queue<Slot>) -> Result<bool, Closed> {
+        self.commands.flush();
         for (backend, mut reqs) in self.requests.drain(..) {
             if backend.send_batch(&mut reqs) {
                 self.full.push(backend);
@@ -711,7 +723,7 @@ impl Outbox {
 async fn read_loop(
     rd: &mut OwnedReadHalf,
     fifo: &Queue<Slot>,
-    outbox: &mut Outbox,
+    outbox: &mut Outbox<'_>,
     worker: &Worker,
     session: &mut Session,
 ) {
@@ -917,7 +929,9 @@ async fn read_loop(
                         request,
                         retry,
                         slot,
+                        target,
                     }) => {
+                        outbox.commands.add(class, target);
                         outbox.request(&retry.backend, request);
                         with_retry(slot, retry)
                     }
@@ -1118,7 +1132,7 @@ impl Req {
 
 /// Stages the error and the close; `read_requests` hands them over when the read loop
 /// returns.
-fn protocol_error(outbox: &mut Outbox, worker: &Worker, e: &FrameError) {
+fn protocol_error(outbox: &mut Outbox<'_>, worker: &Worker, e: &FrameError) {
     worker.shared.metrics.protocol_errors.inc();
     debug!(error = %e, "client protocol error");
     // Replies to the requests before the bad one are still delivered, then the error, then
@@ -2059,7 +2073,9 @@ async fn forward(
             request,
             retry,
             slot,
+            target,
         }) => {
+            worker.shared.metrics.command(class, target);
             retry.backend.send(request).await;
             with_retry(slot, retry)
         }
@@ -2073,6 +2089,8 @@ struct Routed {
     request: Request,
     retry: Retry,
     slot: Slot,
+    /// Where it goes, for the caller to count it.
+    target: Target,
 }
 
 /// The step that queues `slot` with its retry record.
@@ -2124,8 +2142,7 @@ fn route_forward(
         None
     };
     let frame = req.frame.clone();
-    let (request, mut slot) =
-        request_n(req.frame, class, target, worker, 1, false, &session.client);
+    let (request, mut slot) = request_n(req.frame, target, 1, false, &session.client);
     let then_after = if target == Target::Master && table.write_ack > 0 && writes(class) {
         Some(Box::new(Then::AwaitReplicas(
             table.write_ack,
@@ -2147,6 +2164,7 @@ fn route_forward(
         request,
         retry,
         slot,
+        target,
     })
 }
 
@@ -2193,22 +2211,21 @@ async fn send_n(
     pubsub: bool,
     client: &Arc<Client>,
 ) -> Step {
-    let (request, slot) = request_n(frame, class, target, worker, frames, pubsub, client);
+    worker.shared.metrics.command(class, target);
+    let (request, slot) = request_n(frame, target, frames, pubsub, client);
     backend.send(request).await;
     Step::Slot(slot)
 }
 
-/// A request answered by `frames` reply frames, and its reply slot (see [`send_n`]).
+/// A request answered by `frames` reply frames, and its reply slot (see [`send_n`]). The
+/// caller counts it.
 fn request_n(
     frame: Bytes,
-    class: Class,
     target: Target,
-    worker: &Worker,
     frames: usize,
     pubsub: bool,
     client: &Arc<Client>,
 ) -> (Request, Slot) {
-    worker.shared.metrics.command(class, target);
     let ticket = Ticket::take(client);
     let seq = ticket.seq();
     let request = Request {
@@ -2252,7 +2269,7 @@ async fn write_replies_from(
     let mut slots: VecDeque<Slot> = VecDeque::new();
     // Replies taken from the client's inbox, oldest first.
     let mut replies = Replies::default();
-    let metrics = &worker.shared.metrics;
+    let mut latency = LatencyRun::new(&worker.shared.metrics);
     // Pub/Sub messages, once a command has needed them (`Slot::Messages`).
     let mut messages: Option<mpsc::Receiver<Bytes>> = None;
     // Grows to the replies of one batch; a large one is dropped after its write.
@@ -2328,7 +2345,7 @@ async fn write_replies_from(
                     Err(u) => follow_up(u, worker).await,
                 };
                 let now = Instant::now();
-                metrics.latency(target, now.saturating_duration_since(started));
+                latency.add(target, now.saturating_duration_since(started));
                 done_at = Some(now);
                 counted += append(&mut out, r, silent);
             }
@@ -2360,7 +2377,7 @@ async fn write_replies_from(
                         // Already there: answered no later than the reply waited for above
                         // (one clock read per batch of replies).
                         let now = *done_at.get_or_insert_with(Instant::now);
-                        metrics.latency(target, now.saturating_duration_since(started));
+                        latency.add(target, now.saturating_duration_since(started));
                         counted += append(&mut out, r, silent);
                     }
                     None => {
@@ -2386,6 +2403,7 @@ async fn write_replies_from(
                 Slot::Messages(m) => messages = Some(m),
             }
         }
+        latency.flush();
         if !out.is_empty() {
             let written = tokio::select! {
                 biased;

@@ -440,11 +440,20 @@ impl Metrics {
         }
     }
 
-    /// Records a forwarded command's latency.
+    /// Counts `n` commands of one class and target.
     #[inline]
-    pub fn latency(&self, target: Target, d: Duration) {
+    pub fn commands(&self, class: Class, target: Target, n: u64) {
+        let i = class as usize * Target::ALL.len() + target as usize;
+        if let Some(c) = self.commands.get(i) {
+            c.inc_by(n);
+        }
+    }
+
+    /// Records `n` forwarded commands of one latency.
+    #[inline]
+    pub fn latency(&self, target: Target, d: Duration, n: u64) {
         if let Some(h) = self.latency.get(target as usize) {
-            h.observe(d);
+            h.observe_n(d, n);
         }
     }
 
@@ -638,15 +647,114 @@ impl LatencyHistogram {
     /// Records one observation.
     #[inline]
     pub fn observe(&self, d: Duration) {
+        self.observe_n(d, 1);
+    }
+
+    /// Records `n` observations of `d`.
+    #[inline]
+    pub fn observe_n(&self, d: Duration, n: u64) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let i = LATENCY_BOUNDS_NS
             .iter()
             .position(|b| ns <= *b)
             .unwrap_or(LATENCY_BOUNDS_NS.len());
         if let Some(b) = self.0.buckets.get(i) {
-            b.fetch_add(1, Ordering::Relaxed);
+            b.fetch_add(n, Ordering::Relaxed);
         }
-        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.0
+            .sum_ns
+            .fetch_add(ns.saturating_mul(n), Ordering::Relaxed);
+    }
+}
+
+/// Commands counted on the per-request path: a run of commands of the same class and
+/// target (the requests of one pipeline, usually) is added to the shared counter in one
+/// step when the run ends, instead of one atomic add per command, which every worker's
+/// cache line contends for. Flushed when dropped.
+pub struct CommandRun<'a> {
+    metrics: &'a Metrics,
+    run: Option<(Class, Target)>,
+    n: u64,
+}
+
+impl<'a> CommandRun<'a> {
+    /// An empty run.
+    pub fn new(metrics: &'a Metrics) -> Self {
+        CommandRun {
+            metrics,
+            run: None,
+            n: 0,
+        }
+    }
+
+    /// Counts one command.
+    #[inline]
+    pub fn add(&mut self, class: Class, target: Target) {
+        if self.run == Some((class, target)) {
+            self.n += 1;
+        } else {
+            self.flush();
+            self.run = Some((class, target));
+            self.n = 1;
+        }
+    }
+
+    /// Adds what is counted to the shared counters.
+    pub fn flush(&mut self) {
+        if let Some((class, target)) = self.run.take() {
+            self.metrics.commands(class, target, self.n);
+        }
+    }
+}
+
+impl Drop for CommandRun<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Latencies recorded on the per-request path, like [`CommandRun`]: the replies a client's
+/// writer takes in one turn share its clock reading, and the requests of one read share
+/// their start, so a pipeline's replies are one observation of `n`. Flushed when dropped.
+pub struct LatencyRun<'a> {
+    metrics: &'a Metrics,
+    run: Option<(Target, Duration)>,
+    n: u64,
+}
+
+impl<'a> LatencyRun<'a> {
+    /// An empty run.
+    pub fn new(metrics: &'a Metrics) -> Self {
+        LatencyRun {
+            metrics,
+            run: None,
+            n: 0,
+        }
+    }
+
+    /// Records one forwarded command's latency.
+    #[inline]
+    pub fn add(&mut self, target: Target, d: Duration) {
+        if self.run == Some((target, d)) {
+            self.n += 1;
+        } else {
+            self.flush();
+            self.run = Some((target, d));
+            self.n = 1;
+        }
+    }
+
+    /// Adds what is recorded to the shared histograms.
+    pub fn flush(&mut self) {
+        if let Some((target, d)) = self.run.take() {
+            self.metrics.latency(target, d, self.n);
+        }
+    }
+}
+
+impl Drop for LatencyRun<'_> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -685,8 +793,8 @@ mod tests {
         m.command(Class::Write, Target::Master);
         m.command(Class::Read, Target::Replica);
         m.command(Class::Read, Target::Replica);
-        m.latency(Target::Replica, Duration::from_micros(300));
-        m.latency(Target::Replica, Duration::from_secs(3));
+        m.latency(Target::Replica, Duration::from_micros(300), 1);
+        m.latency(Target::Replica, Duration::from_secs(3), 1);
         m.backend_failure(BackendFailure::Lost);
         let text = m.encode();
         assert!(
@@ -708,6 +816,43 @@ mod tests {
             r#"pivot_proxy_command_duration_seconds_bucket{le="+Inf",target="replica"} 2"#,
             r#"pivot_proxy_command_duration_seconds_count{target="replica"} 2"#,
             r#"pivot_proxy_command_duration_seconds_sum{target="replica"} 3.0003"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn runs_add_up_to_what_each_observation_would() {
+        let m = Metrics::new();
+        {
+            let mut commands = CommandRun::new(&m);
+            let mut latency = LatencyRun::new(&m);
+            for (class, target, us) in [
+                (Class::Read, Target::Master, 300),
+                (Class::Read, Target::Master, 300),
+                (Class::Write, Target::Master, 300),
+                (Class::Read, Target::Master, 2_000),
+                (Class::Read, Target::Replica, 2_000),
+            ] {
+                commands.add(class, target);
+                latency.add(target, Duration::from_micros(us));
+            }
+            commands.flush();
+            assert_eq!(m.totals().commands, 5, "flushed");
+            commands.add(Class::Write, Target::Master);
+            // The rest is added when the runs are dropped.
+        }
+        let text = m.encode();
+        for line in [
+            r#"pivot_proxy_commands_total{class="read",target="master"} 3"#,
+            r#"pivot_proxy_commands_total{class="write",target="master"} 2"#,
+            r#"pivot_proxy_commands_total{class="read",target="replica"} 1"#,
+            r#"pivot_proxy_command_duration_seconds_bucket{le="0.0005",target="master"} 3"#,
+            r#"pivot_proxy_command_duration_seconds_bucket{le="0.001",target="master"} 3"#,
+            r#"pivot_proxy_command_duration_seconds_bucket{le="0.0025",target="master"} 4"#,
+            r#"pivot_proxy_command_duration_seconds_count{target="master"} 4"#,
+            r#"pivot_proxy_command_duration_seconds_sum{target="master"} 0.0029"#,
+            r#"pivot_proxy_command_duration_seconds_count{target="replica"} 1"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
