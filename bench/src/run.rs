@@ -261,9 +261,7 @@ impl Bench<'_> {
             for (t, &test) in tests.iter().enumerate() {
                 let runs: Vec<TargetKind> =
                     targets.iter().copied().filter(|k| k.runs(test)).collect();
-                // Rotate the order every test and round, so that no target always follows
-                // the same one (caches, Redis's memory, the machine's other load).
-                let start = (round * tests.len() + t) % runs.len();
+                let start = rotation(round, t, runs.len());
                 let order = runs[start..].iter().chain(&runs[..start]);
                 for (position, &target) in order.enumerate() {
                     let sample = self
@@ -492,4 +490,38 @@ fn binary_version(binary: &Path) -> String {
         .ok()
         .and_then(|o| version_in(&String::from_utf8_lossy(&o.stdout)))
         .unwrap_or_else(|| "unknown version".into())
+}
+
+/// Where round `round` of test `test` starts in its list of `targets`: the order rotates
+/// every round, so that over `targets` rounds each target runs once in every position (no
+/// target always follows the same one: caches, Redis's memory, the machine's other load),
+/// and successive tests of a round start at different targets.
+fn rotation(round: usize, test: usize, targets: usize) -> usize {
+    (round + test) % targets.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_target_takes_every_position() {
+        // 4 tests, as many as the SET tests' targets (direct, Pivot, two peers): the
+        // rotation once left each test's order unchanged from round to round.
+        for (tests, targets) in [(4, 4), (4, 5), (2, 2), (2, 3), (1, 1), (3, 6)] {
+            for test in 0..tests {
+                let mut seen = vec![vec![false; targets]; targets];
+                for round in 0..targets {
+                    let start = rotation(round, test, targets);
+                    for position in 0..targets {
+                        seen[(start + position) % targets][position] = true;
+                    }
+                }
+                assert!(
+                    seen.iter().flatten().all(|s| *s),
+                    "{tests} tests, {targets} targets, test {test}: {seen:?}"
+                );
+            }
+        }
+    }
 }
