@@ -11,16 +11,23 @@
 //! - `route`: choosing master or replica;
 //! - `request`: the three together for every request of one read of 16 pipelined `SET`s
 //!   or `GET`s (`redis-benchmark -P 16 -d 64`), including splitting each frame off the
-//!   buffer as `Bytes`, as the connection does.
+//!   buffer as `Bytes`, as the connection does;
+//! - `deliver`: a backend connection handing one client's 16 replies to its inbox, and the
+//!   client's writer taking them;
+//! - `count`: the metrics of 16 requests.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::hint::black_box;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pivot_proxy::command::{CommandTable, LastLookup};
+use pivot_proxy::clients::Registry;
+use pivot_proxy::command::{Class, CommandTable, LastLookup};
+use pivot_proxy::inbox::{Replies, Ticket};
+use pivot_proxy::metrics::{CommandRun, LatencyRun, Metrics, Target};
 use pivot_proxy::resp::{Mode, Scanner};
 use pivot_proxy::routing::{ClientState, NodeAddr, ReadPolicy, ReplicaRoute, RoutingTable, route};
 
@@ -185,5 +192,62 @@ fn request(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, scan, lookup, routes, request);
+/// A backend connection handing the replies of one client's 16 pipelined requests to the
+/// client's inbox (with the output-limit update and the `outstanding` decrement of each),
+/// and the client's writer taking them.
+fn deliver(c: &mut Criterion) {
+    let registry = Registry::new(16, 0);
+    let addr = "127.0.0.1:1".parse().unwrap();
+    let client = registry.register(1, addr, addr).unwrap();
+    let outstanding = AtomicUsize::new(0);
+    let reply = Bytes::from_static(b"+OK\r\n");
+    let mut replies = Replies::default();
+    let mut g = c.benchmark_group("deliver");
+    g.throughput(Throughput::Elements(16));
+    g.bench_function("tickets_x16", |b| {
+        b.iter(|| {
+            let tickets: [Ticket; 16] = std::array::from_fn(|_| Ticket::take(&client));
+            let first = tickets[0].seq();
+            for t in tickets {
+                outstanding.fetch_sub(1, Ordering::AcqRel);
+                client.add_output(reply.len());
+                t.deliver(Ok(reply.clone()));
+            }
+            for seq in first..first + 16 {
+                black_box(replies.try_take(seq, &client.inbox).unwrap());
+            }
+        })
+    });
+    g.finish();
+}
+
+/// Counting the commands and latencies of one read of 16 requests: one atomic update each,
+/// or one per run of equal observations ([`CommandRun`], [`LatencyRun`]).
+fn count(c: &mut Criterion) {
+    let metrics = Metrics::new();
+    let d = Duration::from_micros(180);
+    let mut g = c.benchmark_group("count");
+    g.throughput(Throughput::Elements(16));
+    g.bench_function("each_x16", |b| {
+        b.iter(|| {
+            for _ in 0..16 {
+                metrics.command(black_box(Class::Read), Target::Master);
+                metrics.latency(Target::Master, black_box(d), 1);
+            }
+        })
+    });
+    g.bench_function("runs_x16", |b| {
+        b.iter(|| {
+            let mut commands = CommandRun::new(&metrics);
+            let mut latency = LatencyRun::new(&metrics);
+            for _ in 0..16 {
+                commands.add(black_box(Class::Read), Target::Master);
+                latency.add(Target::Master, black_box(d));
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, scan, lookup, routes, request, deliver, count);
 criterion_main!(benches);

@@ -41,7 +41,6 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::inbox::Batch;
 use crate::metrics::{BackendFailure, Metrics};
 use crate::queue::Queue;
 use crate::resp::{Mode, Scanner};
@@ -102,6 +101,13 @@ impl ReplyTo {
                 let _ = tx.send(r);
             }
             ReplyTo::Client(ticket) => ticket.deliver(r),
+        }
+    }
+
+    fn client(&self) -> Option<&Arc<crate::clients::Client>> {
+        match self {
+            ReplyTo::Oneshot(_) => None,
+            ReplyTo::Client(ticket) => Some(ticket.client()),
         }
     }
 }
@@ -264,17 +270,6 @@ impl Shared {
     fn complete(&self, reply: ReplyTo, r: Reply) {
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
         reply.send(r);
-    }
-
-    /// Completes the replies of `batch` (one client's, see [`Batch`]) at once.
-    fn complete_batch(&self, batch: &mut Batch) {
-        if batch.is_empty() {
-            return;
-        }
-        // Before delivery, as `complete` does: a client that has its reply sees the
-        // request no longer outstanding.
-        self.outstanding.fetch_sub(batch.len(), Ordering::AcqRel);
-        batch.deliver();
     }
 }
 
@@ -814,8 +809,6 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut read_hint = 8 * 1024;
     let mut scanner = Scanner::new(Mode::Reply, max_reply);
-    // Replies for the client of the last one, delivered together (see `Batch`).
-    let mut batch = Batch::default();
     loop {
         reserve_with(&mut buf, scanner.need(), read_hint);
         match rd.read_buf(&mut buf).await {
@@ -836,10 +829,7 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
                     let frame = match scanner.scan(&buf) {
                         Ok(Some(frame)) => frame,
                         Ok(None) => break None,
-                        Err(e) => {
-                            shared.complete_batch(&mut batch);
-                            return End::Failed(BackendFailure::Protocol, e.to_string());
-                        }
+                        Err(e) => return End::Failed(BackendFailure::Protocol, e.to_string()),
                     };
                     let bytes = buf.split_to(frame.len).freeze();
                     // On a connection with a sink, out-of-band frames go there, and so does
@@ -850,7 +840,6 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
                         break Some(bytes);
                     }
                     let Some(p) = inflight.front_mut() else {
-                        shared.complete_batch(&mut batch);
                         return End::Failed(
                             BackendFailure::Protocol,
                             "reply received with no request in flight".into(),
@@ -875,23 +864,12 @@ async fn read_replies(shared: &Shared, mut rd: OwnedReadHalf, max_reply: usize) 
                         }
                         None => bytes,
                     };
-                    match p.reply {
-                        ReplyTo::Client(ticket) => {
-                            if !batch.accepts(&ticket) {
-                                shared.complete_batch(&mut batch);
-                            }
-                            batch.push(ticket, Ok(reply));
-                        }
-                        other => {
-                            shared.complete_batch(&mut batch);
-                            shared.complete(other, Ok(reply));
-                        }
+                    if let Some(client) = p.reply.client() {
+                        client.add_output(reply.len());
                     }
+                    shared.complete(p.reply, Ok(reply));
                 }
             };
-            // Delivered before the sink gets a message that came after them, and before
-            // the next read.
-            shared.complete_batch(&mut batch);
             let Some(bytes) = for_sink else { break };
             if let Some(sink) = &shared.sink
                 && sink.send(bytes).await.is_err()

@@ -111,7 +111,7 @@ pub struct Client {
     /// The output limit closed the connection.
     overflowed: AtomicBool,
     /// Where the replies to its requests land.
-    pub(crate) inbox: crate::inbox::Inbox,
+    pub inbox: crate::inbox::Inbox,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

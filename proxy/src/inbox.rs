@@ -49,99 +49,28 @@ fn lock(m: &Mutex<Cells>) -> std::sync::MutexGuard<'_, Cells> {
 
 impl Inbox {
     fn deliver(&self, seq: u64, reply: Option<Reply>) {
-        let front = lock(&self.cells).place(seq, reply);
+        let front = {
+            let mut c = lock(&self.cells);
+            if c.closed {
+                // Nobody will write it (the client is gone or was cut off): dropped now,
+                // not held until the client's last request is answered.
+                return;
+            }
+            // Below `base`: taken already, which cannot be (each ticket delivers once).
+            let Some(i) = seq.checked_sub(c.base) else {
+                return;
+            };
+            let Ok(i) = usize::try_from(i) else {
+                return;
+            };
+            if i >= c.cells.len() {
+                c.cells.resize_with(i + 1, || None);
+            }
+            c.cells[i] = Some(reply);
+            i == 0
+        };
         if front {
             self.writer.wake();
-        }
-    }
-}
-
-impl Cells {
-    /// Puts the reply to ticket `seq` in its cell; true when that is the front one (the
-    /// writer may be waiting for it).
-    fn place(&mut self, seq: u64, reply: Option<Reply>) -> bool {
-        if self.closed {
-            // Nobody will write it (the client is gone or was cut off): dropped now, not
-            // held until the client's last request is answered.
-            return false;
-        }
-        // Below `base`: taken already, which cannot be (each ticket delivers once).
-        let Some(i) = seq.checked_sub(self.base) else {
-            return false;
-        };
-        let Ok(i) = usize::try_from(i) else {
-            return false;
-        };
-        if i >= self.cells.len() {
-            self.cells.resize_with(i + 1, || None);
-        }
-        self.cells[i] = Some(reply);
-        i == 0
-    }
-}
-
-/// Replies for one client delivered together: the replies a backend connection reads for
-/// one client's pipeline cost one lock of its inbox, one output-limit update and at most
-/// one wake-up, instead of one each. Filled by [`Batch::push`], delivered by
-/// [`Batch::deliver`]; a batch dropped undelivered drops its tickets (each delivers
-/// "dropped").
-#[derive(Debug, Default)]
-pub struct Batch {
-    items: Vec<(Ticket, Reply)>,
-    /// Bytes of the replies, for the client's output limit.
-    bytes: usize,
-}
-
-impl Batch {
-    /// Whether `ticket` can join the batch: it is empty, or holds replies for the same
-    /// client.
-    pub fn accepts(&self, ticket: &Ticket) -> bool {
-        self.items
-            .first()
-            .is_none_or(|(t, _)| Arc::ptr_eq(&t.client, &ticket.client))
-    }
-
-    /// Adds a reply; the caller checked [`Batch::accepts`].
-    pub fn push(&mut self, ticket: Ticket, reply: Reply) {
-        if let Ok(b) = &reply {
-            self.bytes += b.len();
-        }
-        self.items.push((ticket, reply));
-    }
-
-    /// Replies held.
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// True when it holds none.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    /// Delivers every reply held, as [`Ticket::deliver`] would one by one, and empties the
-    /// batch (keeping its capacity).
-    pub fn deliver(&mut self) {
-        let Some((first, _)) = self.items.first() else {
-            return;
-        };
-        let client = first.client.clone();
-        // Counted before delivery: the writer subtracts what it writes.
-        client.add_output(std::mem::take(&mut self.bytes));
-        // Killed (by this very addition, say): nothing is delivered but "dropped", as
-        // `Ticket::deliver` does.
-        let killed = client.kill.is_raised();
-        let front = {
-            let mut c = lock(&client.inbox.cells);
-            let mut front = false;
-            for (mut ticket, reply) in self.items.drain(..) {
-                ticket.delivered = true;
-                front |= c.place(ticket.seq, (!killed).then_some(reply));
-            }
-            front
-        };
-        if front {
-            client.inbox.writer.wake();
         }
     }
 }
@@ -178,6 +107,11 @@ impl Ticket {
     /// The ticket's number, for the writer to wait on ([`Replies::poll`]).
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// The client the reply is for.
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
     }
 
     /// Delivers the reply. To a killed client (`CLIENT KILL`, or past its output limit,
@@ -341,95 +275,6 @@ mod tests {
             r.try_take(seq, &c.inbox).unwrap().is_none(),
             "held for a killed client"
         );
-    }
-
-    #[test]
-    fn a_batch_delivers_like_its_tickets_one_by_one() {
-        // An output limit of 4 bytes: the four replies below are exactly that.
-        let reg = crate::clients::Registry::new(10, 4);
-        let a = "127.0.0.1:1".parse().unwrap();
-        let c = reg.register(1, a, a).unwrap();
-        let other = client();
-        let tickets: Vec<Ticket> = (0..4).map(|_| Ticket::take(&c)).collect();
-        let seqs: Vec<u64> = tickets.iter().map(Ticket::seq).collect();
-        let mut b = Batch::default();
-        let stranger = Ticket::take(&other);
-        assert!(b.accepts(&stranger), "an empty batch takes anyone's");
-        let mut it = tickets.into_iter();
-        let t0 = it.next().unwrap();
-        // The last three first: the writer waits for the front one.
-        for (t, v) in it.zip(["b", "c", "d"]) {
-            assert!(b.accepts(&t));
-            b.push(t, ok(v));
-        }
-        assert!(
-            !b.accepts(&stranger),
-            "another client's reply starts a new batch"
-        );
-        assert_eq!(b.len(), 3);
-        b.deliver();
-        assert!(b.is_empty());
-        let mut r = Replies::default();
-        assert!(r.try_take(seqs[0], &c.inbox).is_none());
-        b.push(t0, ok("a"));
-        b.deliver();
-        for (seq, want) in seqs.iter().zip(["a", "b", "c", "d"]) {
-            let got = r.try_take(*seq, &c.inbox).unwrap().unwrap().unwrap();
-            assert_eq!(&got[..], want.as_bytes());
-        }
-        // Counted against the output limit, as `add_output` per reply would: at the
-        // limit, and over it with one byte more.
-        assert!(!c.kill.is_raised());
-        let t = Ticket::take(&c);
-        b.push(t, ok("e"));
-        b.deliver();
-        assert!(c.kill.is_raised());
-        // Undelivered: each ticket delivers "dropped".
-        let t = Ticket::take(&other);
-        let seq = t.seq();
-        drop(stranger);
-        let mut b = Batch::default();
-        b.push(t, ok("lost"));
-        drop(b);
-        let mut r = Replies::default();
-        assert!(r.try_take(seq, &other.inbox).unwrap().is_none());
-    }
-
-    #[test]
-    fn a_batch_over_the_output_limit_kills_and_drops() {
-        let reg = crate::clients::Registry::new(10, 5);
-        let a = "127.0.0.1:1".parse().unwrap();
-        let c = reg.register(1, a, a).unwrap();
-        let (t0, t1) = (Ticket::take(&c), Ticket::take(&c));
-        let seq = t1.seq();
-        let mut b = Batch::default();
-        b.push(t0, ok("abc"));
-        b.push(t1, ok("def"));
-        b.deliver();
-        assert!(c.kill.is_raised(), "6 bytes over a limit of 5");
-        let mut r = Replies::default();
-        assert!(r.try_take(seq, &c.inbox).unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn a_batch_wakes_the_writer_for_its_front_reply() {
-        let c = client();
-        let t0 = Ticket::take(&c);
-        let seq = t0.seq();
-        let c2 = c.clone();
-        let writer = tokio::spawn(async move {
-            let mut r = Replies::default();
-            std::future::poll_fn(|cx| r.poll(cx, seq, &c2.inbox)).await
-        });
-        tokio::task::yield_now().await;
-        let mut b = Batch::default();
-        b.push(t0, ok("x"));
-        b.deliver();
-        let got = tokio::time::timeout(std::time::Duration::from_secs(5), writer)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&got.unwrap().unwrap()[..], b"x");
     }
 
     #[tokio::test]

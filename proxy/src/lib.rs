@@ -29,7 +29,7 @@ pub mod config_client;
 mod connection;
 pub mod error;
 pub mod follower;
-mod inbox;
+pub mod inbox;
 pub mod metrics;
 mod queue;
 pub mod reply;
