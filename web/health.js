@@ -47,4 +47,27 @@ export function proxyState(p, fleetVersion) {
   return { tone: "ok", text: `v${p.acked_version}`, detail: "current" };
 }
 
+/**
+ * Connected proxies that need a look: `{notCurrent, draining}`. A draining proxy is shutting
+ * down, not behind: it is counted apart, whatever its config.
+ */
+export function fleetCounts(proxies, fleetVersion) {
+  let notCurrent = 0;
+  let draining = 0;
+  for (const p of proxies) {
+    if (!p.connected) continue;
+    if (p.draining) draining += 1;
+    else if (proxyState(p, fleetVersion).tone !== "ok") notCurrent += 1;
+  }
+  return { notCurrent, draining };
+}
+
+/** Badges of `fleetCounts`: a warning for each kind present, else `okText`. */
+export function fleetBadges({ notCurrent, draining }, okText) {
+  const out = [];
+  if (notCurrent) out.push(badge("warn", `${notCurrent} not current`));
+  if (draining) out.push(badge("warn", `${draining} draining`));
+  return out.length ? out : [badge("ok", okText)];
+}
+
 export const stateBadge = (st, attrs) => badge(st.tone, st.text, { title: st.detail || null, ...attrs });

@@ -3,7 +3,7 @@
 
 import { seg } from "./api.js";
 import { badge, fmtBytes, fmtRate, h, morph, table } from "./dom.js";
-import { masterState, proxyState, replicaState, sentinelsState, stateBadge } from "./health.js";
+import { fleetBadges, fleetCounts, masterState, proxyState, replicaState, sentinelsState, stateBadge } from "./health.js";
 import { proxiesOf, state, subscribe } from "./state.js";
 
 function serviceCard(svc) {
@@ -12,7 +12,7 @@ function serviceCard(svc) {
   const ss = sentinelsState(t);
   const serving = proxiesOf(svc.name);
   const ops = serving.reduce((sum, p) => sum + (Number(p.ops_per_sec) || 0), 0);
-  const behind = serving.filter((p) => proxyState(p, state.fleetVersion).tone !== "ok");
+  const attention = fleetCounts(serving, state.fleetVersion);
   const replicas = t.replicas || [];
   const unhealthy = replicas.filter((r) => !r.healthy).length;
   const policy = svc.policy || {};
@@ -41,7 +41,9 @@ function serviceCard(svc) {
           h("span", { class: "mono" }, p.proxy_id), " ", stateBadge(proxyState(p, state.fleetVersion)))))),
       h("dt", null, "Ops/s"),
       h("dd", { class: "num-left" }, serving.length ? fmtRate(ops) : "–",
-        behind.length ? h("span", { class: "muted small" }, ` · ${behind.length} ${behind.length === 1 ? "proxy" : "proxies"} not current`) : null),
+        attention.notCurrent ? h("span", { class: "muted small" },
+          ` · ${attention.notCurrent} ${attention.notCurrent === 1 ? "proxy" : "proxies"} not current`) : null,
+        attention.draining ? h("span", { class: "muted small" }, ` · ${attention.draining} draining`) : null),
       h("dt", null, "Policy"),
       h("dd", { class: "small" },
         `reads: ${policy.read_policy || "–"} · ${policy.consistency || "–"} · write ack: ${policy.write_ack || "–"}`)),
@@ -54,7 +56,6 @@ function summary() {
   const services = [...state.services.values()];
   const noMaster = services.filter((x) => masterState(x.topology).tone !== "ok").length;
   const connected = state.proxies.filter((p) => p.connected);
-  const notCurrent = connected.filter((p) => proxyState(p, state.fleetVersion).tone !== "ok").length;
   const ops = connected.reduce((sum, p) => sum + (Number(p.ops_per_sec) || 0), 0);
   const stat = (label, value, extra) => h("div", { class: "stat" },
     h("span", { class: "stat-label" }, label), h("span", { class: "stat-value" }, value), extra || null);
@@ -62,7 +63,7 @@ function summary() {
     stat("Services", String(services.length),
       noMaster ? badge("bad", `${noMaster} without master`) : badge("ok", "all have a master")),
     stat("Proxies connected", String(connected.length),
-      notCurrent ? badge("warn", `${notCurrent} not current`) : badge("ok", "all current")),
+      fleetBadges(fleetCounts(connected, state.fleetVersion), "all current")),
     stat("Config version", state.fleetVersion === null ? "–" : `v${state.fleetVersion}`),
     stat("Ops/s (all proxies)", fmtRate(ops)));
 }

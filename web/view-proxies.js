@@ -2,8 +2,8 @@
 // current one, why one is behind (NACK reason), its connections and ops/s.
 
 import { seg } from "./api.js";
-import { ago, badge, emptyRow, fmtRate, h, morph, table } from "./dom.js";
-import { proxyState, stateBadge } from "./health.js";
+import { ago, emptyRow, fmtRate, h, morph, table } from "./dom.js";
+import { fleetBadges, fleetCounts, proxyState, stateBadge } from "./health.js";
 import { loadProxies, state, subscribe } from "./state.js";
 import { reportError } from "./ui.js";
 
@@ -37,10 +37,9 @@ export function mount(root) {
   const render = () => {
     const list = [...state.proxies].sort((a, b) => (b.connected - a.connected) || a.proxy_id.localeCompare(b.proxy_id));
     const connected = list.filter((p) => p.connected).length;
-    const notCurrent = list.filter((p) => p.connected && proxyState(p, state.fleetVersion).tone !== "ok").length;
     morph(summary, `${list.length} known · ${connected} connected · current config version `,
       h("strong", null, state.fleetVersion === null ? "–" : `v${state.fleetVersion}`), " ",
-      notCurrent ? badge("warn", `${notCurrent} not current`) : list.length ? badge("ok", "all connected proxies current") : null);
+      list.length ? fleetBadges(fleetCounts(list, state.fleetVersion), "all connected proxies current") : null);
     morph(body, table("Proxies",
       ["Proxy", "Address", "Build", "Services", "Config acked / current", "State", "Connections", "Ops/s", "Last seen"],
       list.length ? list.map(row) : [emptyRow(9, "No proxy has connected yet.")],

@@ -149,6 +149,19 @@ struct Api {
 }
 
 impl Api {
+    /// Waits until `GET /proxies` shows the proxy `id` with `flag` true.
+    async fn wait_proxy(&self, id: &str, flag: &str) -> Result<()> {
+        wait_until(&format!("proxy {id} to be {flag}"), UI_WAIT, || async {
+            let doc = self.get("/proxies").await.ok()?;
+            doc["proxies"]
+                .as_array()?
+                .iter()
+                .any(|p| p["proxy_id"] == id && p[flag] == true)
+                .then_some(())
+        })
+        .await
+    }
+
     async fn get(&self, path: &str) -> Result<Value> {
         let url = format!("{}/api/v1{path}", self.base);
         let resp = self
@@ -733,9 +746,32 @@ async fn flow(ui: &Ui, stack: &Stack) -> Result<()> {
         .context("a rule added through the API did not appear live")?;
     ui.shot("service", DESKTOP).await?;
 
-    // ---- The other pages.
+    // ---- The other pages. The fleet shows a proxy that is shutting down (a second one,
+    // stopped with a delay that outlasts the check) as draining.
+    let stopping = {
+        let cp = stack
+            .control_plane
+            .as_ref()
+            .context("the control plane is running")?;
+        let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let mut config =
+            pivot_proxy::Config::for_service(&service, &format!("http://{}", cp.grpc_addr));
+        config.listen = any;
+        config.admin_listen = any;
+        config.proxy_id = Some("ui-draining".into());
+        config.shutdown_delay = Duration::from_secs(60);
+        pivot_sandbox::stack::start_proxy_with(config).await?
+    };
+    api.wait_proxy("ui-draining", "connected").await?;
+    stopping.begin_stop();
+    api.wait_proxy("ui-draining", "draining").await?;
     ui.click("a[data-nav=proxies]").await?;
-    ui.wait_css("#proxies-table tr[data-proxy]").await?;
+    ui.wait_js(
+        "the proxies page to show the stopping proxy draining",
+        "const r = document.querySelector('#proxies-table tr[data-proxy=\"ui-draining\"]'); const s = document.querySelector('#proxies-summary').textContent; return !!r && r.classList.contains('row-warn') && r.textContent.includes('draining') && s.includes('1 draining') && !s.includes('not current');",
+        UI_WAIT,
+    )
+    .await?;
     ui.shot("proxies", DESKTOP).await?;
 
     ui.click("a[data-nav=events]").await?;
