@@ -138,25 +138,32 @@ impl Drop for Ticket {
 pub struct Replies {
     /// Ticket number of `taken[0]`.
     base: u64,
-    taken: VecDeque<Option<Reply>>,
+    /// Cells taken from the inbox, every one delivered (`Some`).
+    taken: VecDeque<Option<Option<Reply>>>,
 }
 
 impl Replies {
     /// Takes every delivered reply at the front of the inbox (one lock for all of them).
+    /// When all the inbox holds is delivered, as for a pipeline whose replies are all
+    /// there, the two rings are swapped rather than the replies moved one by one.
     fn take_ready(&mut self, inbox: &Inbox) {
         if self.taken.is_empty() {
             crate::queue::recycle(&mut self.taken);
         }
         let mut c = lock(&inbox.cells);
-        while let Some(Some(_)) = c.cells.front() {
-            if let Some(Some(r)) = c.cells.pop_front() {
-                self.taken.push_back(r);
+        let ready = c.cells.iter().take_while(|cell| cell.is_some()).count();
+        if ready == 0 {
+            return;
+        }
+        if ready == c.cells.len() && self.taken.is_empty() {
+            std::mem::swap(&mut self.taken, &mut c.cells);
+        } else {
+            self.taken.extend(c.cells.drain(..ready));
+            if c.cells.is_empty() {
+                crate::queue::recycle(&mut c.cells);
             }
-            c.base += 1;
         }
-        if c.cells.is_empty() {
-            crate::queue::recycle(&mut c.cells);
-        }
+        c.base += ready as u64;
     }
 
     /// The reply to ticket `seq`, if delivered: `Some(None)` when the ticket was dropped
@@ -171,7 +178,9 @@ impl Replies {
             if self.taken.is_empty() {
                 self.take_ready(inbox);
             }
-            let r = self.taken.pop_front()?;
+            // Every cell taken was delivered: `None` only for a ticket dropped without a
+            // reply.
+            let r = self.taken.pop_front()?.flatten();
             self.base += 1;
             if self.base > seq {
                 return Some(r);
@@ -226,6 +235,38 @@ mod tests {
             let got = r.try_take(seq, &c.inbox).unwrap().unwrap().unwrap();
             assert_eq!(&got[..], want.as_bytes());
         }
+    }
+
+    #[test]
+    fn replies_are_taken_in_order_across_gaps_and_partial_takes() {
+        let c = client();
+        let t: Vec<Ticket> = (0..5).map(|_| Ticket::take(&c)).collect();
+        let seq: Vec<u64> = t.iter().map(Ticket::seq).collect();
+        let mut t = t.into_iter();
+        let (t0, t1, t2, t3, t4) = (
+            t.next().unwrap(),
+            t.next().unwrap(),
+            t.next().unwrap(),
+            t.next().unwrap(),
+            t.next().unwrap(),
+        );
+        let mut r = Replies::default();
+        let take = |r: &mut Replies, s: u64| r.try_take(s, &c.inbox).map(|x| x.unwrap().unwrap());
+        // The front delivered, a gap behind it: only the front is taken.
+        t0.deliver(ok("a"));
+        t2.deliver(ok("c"));
+        assert_eq!(&take(&mut r, seq[0]).unwrap()[..], b"a");
+        assert!(take(&mut r, seq[1]).is_none(), "t1 is not there yet");
+        t1.deliver(ok("b"));
+        t3.deliver(ok("d"));
+        // Everything there: taken at once; the writer then takes them one by one, and one
+        // delivered meanwhile is taken after them.
+        assert_eq!(&take(&mut r, seq[1]).unwrap()[..], b"b");
+        t4.deliver(ok("e"));
+        for (s, want) in [(seq[2], "c"), (seq[3], "d"), (seq[4], "e")] {
+            assert_eq!(&take(&mut r, s).unwrap()[..], want.as_bytes());
+        }
+        assert!(lock(&c.inbox.cells).cells.is_empty());
     }
 
     #[test]
