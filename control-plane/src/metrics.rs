@@ -62,7 +62,7 @@ pub struct Metrics {
     /// NACKs received from proxies.
     pub proxy_nacks: Counter,
     /// Config streams refused for a missing or wrong proxy token.
-    pub proxy_auth_failures: Counter,
+    pub proxy_token_refusals: Counter,
 }
 
 impl Default for Metrics {
@@ -143,11 +143,11 @@ impl Metrics {
             "NACKs received from proxies",
             proxy_nacks.clone(),
         );
-        let proxy_auth_failures = Counter::default();
+        let proxy_token_refusals = Counter::default();
         registry.register(
-            "proxy_auth_failures",
+            "proxy_token_refusals",
             "Proxy config streams refused for a missing or wrong proxy token (--proxy-token)",
-            proxy_auth_failures.clone(),
+            proxy_token_refusals.clone(),
         );
         Self {
             registry,
@@ -162,7 +162,7 @@ impl Metrics {
             promotions,
             proxy_acks,
             proxy_nacks,
-            proxy_auth_failures,
+            proxy_token_refusals,
         }
     }
 

@@ -104,7 +104,10 @@ async fn streams_need_one_of_the_proxy_tokens() {
     // Nothing was registered for the refused ones.
     assert!(cp.registry.get("p").is_none());
     let (_, body) = common::http_get(cp.http, "/metrics").await;
-    assert!(body.contains("pivot_proxy_auth_failures_total 4"), "{body}");
+    assert!(
+        body.contains("pivot_proxy_token_refusals_total 4"),
+        "{body}"
+    );
 
     // Either configured token works, the scheme in any case.
     for auth in [

@@ -260,9 +260,9 @@ async fn mutual_tls_and_tokens_decide_who_subscribes() -> Result<()> {
         .await?;
     let refusals: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("pivot_proxy_auth_failures_total "))
+        .find_map(|l| l.strip_prefix("pivot_proxy_token_refusals_total "))
         .and_then(|n| n.trim().parse().ok())
-        .context("pivot_proxy_auth_failures_total in /metrics")?;
+        .context("pivot_proxy_token_refusals_total in /metrics")?;
     ensure!(refusals >= 4, "{refusals} token refusals counted");
     ensure!(
         !metrics.contains(TOKEN) && !metrics.contains("not-the-token"),

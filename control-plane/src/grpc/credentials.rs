@@ -212,7 +212,7 @@ impl tonic::service::Interceptor for TokenCheck {
         match self.tokens.accepts(header) {
             Ok(()) => Ok(request),
             Err(why) => {
-                self.metrics.proxy_auth_failures.inc();
+                self.metrics.proxy_token_refusals.inc();
                 warn!(peer = ?request.remote_addr(), reason = why.as_str(), "config stream refused");
                 Err(Status::unauthenticated(format!(
                     "{}: the control plane requires a proxy token (proxy flag --control-plane-token)",
