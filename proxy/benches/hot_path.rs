@@ -238,11 +238,11 @@ fn count(c: &mut Criterion) {
     });
     g.bench_function("runs_x16", |b| {
         b.iter(|| {
-            let mut commands = CommandRun::new(&metrics);
-            let mut latency = LatencyRun::new(&metrics);
+            let mut commands = CommandRun::commands(&metrics);
+            let mut latency = LatencyRun::latencies(&metrics);
             for _ in 0..16 {
-                commands.add(black_box(Class::Read), Target::Master);
-                latency.add(Target::Master, black_box(d));
+                commands.add((black_box(Class::Read), Target::Master));
+                latency.add((Target::Master, black_box(d)));
             }
         })
     });

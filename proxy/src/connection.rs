@@ -651,7 +651,7 @@ impl<'a> Outbox<'a> {
             requests: Vec::new(),
             spare: Vec::new(),
             full: Vec::new(),
-            commands: CommandRun::new(metrics),
+            commands: CommandRun::commands(metrics),
         }
     }
 
@@ -931,7 +931,7 @@ async fn read_loop(
                         slot,
                         target,
                     }) => {
-                        outbox.commands.add(class, target);
+                        outbox.commands.add((class, target));
                         outbox.request(&retry.backend, request);
                         with_retry(slot, retry)
                     }
@@ -2269,7 +2269,7 @@ async fn write_replies_from(
     let mut slots: VecDeque<Slot> = VecDeque::new();
     // Replies taken from the client's inbox, oldest first.
     let mut replies = Replies::default();
-    let mut latency = LatencyRun::new(&worker.shared.metrics);
+    let mut latency = LatencyRun::latencies(&worker.shared.metrics);
     // Pub/Sub messages, once a command has needed them (`Slot::Messages`).
     let mut messages: Option<mpsc::Receiver<Bytes>> = None;
     // Grows to the replies of one batch; a large one is dropped after its write.
@@ -2345,7 +2345,7 @@ async fn write_replies_from(
                     Err(u) => follow_up(u, worker).await,
                 };
                 let now = Instant::now();
-                latency.add(target, now.saturating_duration_since(started));
+                latency.add((target, now.saturating_duration_since(started)));
                 done_at = Some(now);
                 counted += append(&mut out, r, silent);
             }
@@ -2377,7 +2377,7 @@ async fn write_replies_from(
                         // Already there: answered no later than the reply waited for above
                         // (one clock read per batch of replies).
                         let now = *done_at.get_or_insert_with(Instant::now);
-                        latency.add(target, now.saturating_duration_since(started));
+                        latency.add((target, now.saturating_duration_since(started)));
                         counted += append(&mut out, r, silent);
                     }
                     None => {

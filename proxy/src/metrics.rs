@@ -667,92 +667,73 @@ impl LatencyHistogram {
     }
 }
 
-/// Commands counted on the per-request path: a run of commands of the same class and
-/// target (the requests of one pipeline, usually) is added to the shared counter in one
-/// step when the run ends, instead of one atomic add per command, which every worker's
-/// cache line contends for. Flushed when dropped.
-pub struct CommandRun<'a> {
+/// Observations of the per-request path recorded a run at a time: a run of equal ones (the
+/// requests of one pipeline, usually) is added to the shared metrics in one step when it
+/// ends, instead of one atomic add each on cache lines that every worker contends for.
+/// Flushed when dropped. See [`CommandRun`] and [`LatencyRun`].
+pub struct Run<'a, K: Copy + PartialEq> {
     metrics: &'a Metrics,
-    run: Option<(Class, Target)>,
+    run: Option<K>,
     n: u64,
+    record: fn(&Metrics, K, u64),
 }
 
-impl<'a> CommandRun<'a> {
-    /// An empty run.
-    pub fn new(metrics: &'a Metrics) -> Self {
-        CommandRun {
+/// Commands counted by class and target: the commands of one read, counted when the read's
+/// requests are handed over.
+pub type CommandRun<'a> = Run<'a, (Class, Target)>;
+
+/// Latencies by target: the replies a client's writer takes in one turn share its clock
+/// reading, and the requests of one read share their start, so a pipeline's replies are one
+/// observation of `n`.
+pub type LatencyRun<'a> = Run<'a, (Target, Duration)>;
+
+impl<'a> Run<'a, (Class, Target)> {
+    /// An empty run of commands.
+    pub fn commands(metrics: &'a Metrics) -> Self {
+        Run::new(metrics, |m, (class, target), n| {
+            m.commands(class, target, n)
+        })
+    }
+}
+
+impl<'a> Run<'a, (Target, Duration)> {
+    /// An empty run of latencies.
+    pub fn latencies(metrics: &'a Metrics) -> Self {
+        Run::new(metrics, |m, (target, d), n| m.latency(target, d, n))
+    }
+}
+
+impl<'a, K: Copy + PartialEq> Run<'a, K> {
+    fn new(metrics: &'a Metrics, record: fn(&Metrics, K, u64)) -> Self {
+        Run {
             metrics,
             run: None,
             n: 0,
+            record,
         }
     }
 
-    /// Counts one command.
+    /// Records one observation.
     #[inline]
-    pub fn add(&mut self, class: Class, target: Target) {
-        if self.run == Some((class, target)) {
+    pub fn add(&mut self, key: K) {
+        if self.run == Some(key) {
             self.n += 1;
         } else {
             self.flush();
-            self.run = Some((class, target));
+            self.run = Some(key);
             self.n = 1;
         }
     }
 
-    /// Adds what is counted to the shared counters.
+    /// Adds what is recorded to the shared metrics.
     pub fn flush(&mut self) {
-        if let Some((class, target)) = self.run.take() {
-            self.metrics.commands(class, target, self.n);
+        if let Some(key) = self.run.take() {
+            (self.record)(self.metrics, key, self.n);
         }
     }
 }
 
-impl Drop for CommandRun<'_> {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
-/// Latencies recorded on the per-request path, like [`CommandRun`]: the replies a client's
-/// writer takes in one turn share its clock reading, and the requests of one read share
-/// their start, so a pipeline's replies are one observation of `n`. Flushed when dropped.
-pub struct LatencyRun<'a> {
-    metrics: &'a Metrics,
-    run: Option<(Target, Duration)>,
-    n: u64,
-}
-
-impl<'a> LatencyRun<'a> {
-    /// An empty run.
-    pub fn new(metrics: &'a Metrics) -> Self {
-        LatencyRun {
-            metrics,
-            run: None,
-            n: 0,
-        }
-    }
-
-    /// Records one forwarded command's latency.
-    #[inline]
-    pub fn add(&mut self, target: Target, d: Duration) {
-        if self.run == Some((target, d)) {
-            self.n += 1;
-        } else {
-            self.flush();
-            self.run = Some((target, d));
-            self.n = 1;
-        }
-    }
-
-    /// Adds what is recorded to the shared histograms.
-    pub fn flush(&mut self) {
-        if let Some((target, d)) = self.run.take() {
-            self.metrics.latency(target, d, self.n);
-        }
-    }
-}
-
-impl Drop for LatencyRun<'_> {
+impl<K: Copy + PartialEq> Drop for Run<'_, K> {
     fn drop(&mut self) {
         self.flush();
     }
@@ -825,8 +806,8 @@ mod tests {
     fn runs_add_up_to_what_each_observation_would() {
         let m = Metrics::new();
         {
-            let mut commands = CommandRun::new(&m);
-            let mut latency = LatencyRun::new(&m);
+            let mut commands = CommandRun::commands(&m);
+            let mut latency = LatencyRun::latencies(&m);
             for (class, target, us) in [
                 (Class::Read, Target::Master, 300),
                 (Class::Read, Target::Master, 300),
@@ -834,12 +815,12 @@ mod tests {
                 (Class::Read, Target::Master, 2_000),
                 (Class::Read, Target::Replica, 2_000),
             ] {
-                commands.add(class, target);
-                latency.add(target, Duration::from_micros(us));
+                commands.add((class, target));
+                latency.add((target, Duration::from_micros(us)));
             }
             commands.flush();
             assert_eq!(m.totals().commands, 5, "flushed");
-            commands.add(Class::Write, Target::Master);
+            commands.add((Class::Write, Target::Master));
             // The rest is added when the runs are dropped.
         }
         let text = m.encode();
