@@ -565,11 +565,7 @@ pub(crate) async fn serve(mut stream: TcpStream, worker: Arc<Worker>, shutdown: 
     };
     // When the reader stops, it finishes the FIFO: the writer answers what is queued and
     // exits. When the writer stops, it closes the FIFO: the reader's next hand-over fails.
-    // One task, polled reader first: the writer takes what the reader handed over in the
-    // same poll, so the hand-over needs no wake-up (`Queue::push_in_task`), which would
-    // only poll the task once more per read.
     tokio::join!(
-        biased;
         read_requests(rd, &fifo, &worker, session),
         write_replies(wr, &fifo, &worker, client.clone())
     );
@@ -695,9 +691,7 @@ impl<'a> Outbox<'a> {
                 self.spare.push(reqs);
             }
         }
-        // The writer is polled right after the reader in the same task (`serve`): it sees
-        // the slots without a wake-up.
-        let fifo_full = fifo.push_in_task(&mut self.slots)?;
+        let fifo_full = fifo.push(&mut self.slots)?;
         if self.slots.capacity() > crate::queue::KEEP_CAPACITY {
             self.slots = Vec::new();
         }

@@ -99,23 +99,6 @@ impl<T> Queue<T> {
         Ok(full)
     }
 
-    /// [`Queue::push`] without waking the consumer, for a queue whose consumer runs in the
-    /// producer's own task and is polled right after it in every poll of that task (a
-    /// client's reply slots: `connection::serve` joins the reader and the writer, `biased`,
-    /// in that order). Waking it would only schedule the task once more, to find nothing new.
-    pub(crate) fn push_in_task(&self, batch: &mut Vec<T>) -> Result<bool, Closed> {
-        if batch.is_empty() {
-            return Ok(false);
-        }
-        let mut st = self.lock();
-        if st.closed {
-            return Err(Closed);
-        }
-        st.held += batch.len();
-        st.items.extend(batch.drain(..));
-        Ok(st.held >= self.capacity)
-    }
-
     /// Appends one item (see [`Queue::push`]); gives it back when the consumer is gone.
     pub(crate) fn push_one(&self, item: T) -> Result<bool, T> {
         let full = {
