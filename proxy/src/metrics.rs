@@ -434,10 +434,7 @@ impl Metrics {
     /// Counts one command.
     #[inline]
     pub fn command(&self, class: Class, target: Target) {
-        let i = class as usize * Target::ALL.len() + target as usize;
-        if let Some(c) = self.commands.get(i) {
-            c.inc();
-        }
+        self.commands(class, target, 1);
     }
 
     /// Counts `n` commands of one class and target.
@@ -642,12 +639,6 @@ impl LatencyHistogram {
     /// An empty histogram.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Records one observation.
-    #[inline]
-    pub fn observe(&self, d: Duration) {
-        self.observe_n(d, 1);
     }
 
     /// Records `n` observations of `d`.

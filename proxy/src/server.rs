@@ -358,19 +358,19 @@ impl Proxy {
         }
         drop(listener);
         tokio::select! {
-            _ = shutdown.cancelled() => {
-                shared.draining.send_replace(true);
-                let delay = config.shutdown_delay;
-                if !delay.is_zero() {
-                    info!(?delay, "shutting down: not ready, still serving for --shutdown-delay");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.cancelled() => {}
-                    }
-                }
-            }
-            _ = stop.cancelled() => {
-                shared.draining.send_replace(true);
+            _ = shutdown.cancelled() => {}
+            _ = stop.cancelled() => {}
+        }
+        shared.draining.send_replace(true);
+        let delay = config.shutdown_delay;
+        if !stop.is_cancelled() && !delay.is_zero() {
+            info!(
+                ?delay,
+                "shutting down: not ready, still serving for --shutdown-delay"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => {}
             }
         }
         stop.cancel();
